@@ -1,0 +1,1 @@
+"""Speech recognition stage: streaming VAD + faster-whisper behind the SpeechRecognition gRPC service."""

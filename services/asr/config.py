@@ -1,0 +1,43 @@
+"""Typed configuration of the ASR stage (the `args` of the `asr` Serve application)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from services.common.config import Config, Device
+
+
+class FasterWhisperConfig(Config):
+    kind: Literal["faster_whisper"] = "faster_whisper"
+    # A CTranslate2 Whisper directory (with tokenizer.json), or a faster-whisper model id.
+    model: str = "models/tiny/whisper"
+    device: Device = "auto"
+    # "auto": int8 on CPU, float16 on CUDA.
+    compute_type: str = "auto"
+    cpu_threads: int = Field(1, ge=0)
+    # Parallel decodes inside one replica (CTranslate2 workers).
+    num_workers: int = Field(1, ge=1)
+    # Random-weight test models loop to max_length; real models stop on their own.
+    max_new_tokens: int = Field(96, ge=1, le=440)
+
+
+ASREngineConfig = FasterWhisperConfig
+
+
+class ASRConfig(Config):
+    engine: ASREngineConfig = FasterWhisperConfig()
+    # Defaults a RecognitionConfig can override per stream.
+    language: str | None = "en"
+    beam_size: int = Field(1, ge=1, le=10)
+    min_silence_ms: int = Field(300, ge=50, le=5000)
+    partial_interval_ms: int = Field(400, ge=100)
+    # VAD: speech probability threshold, shortest speech that opens an utterance, and audio kept
+    # from before the VAD fired so first syllables are not clipped.
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    min_speech_ms: int = Field(90, ge=0)
+    pre_roll_ms: int = Field(200, ge=0, le=1000)
+    max_utterance_s: float = Field(30.0, gt=1.0, le=120.0)
+    # Admission: the largest single audio frame accepted, in ms of audio.
+    max_frame_ms: int = Field(1000, ge=20, le=10_000)

@@ -1,0 +1,1 @@
+"""Pieces shared by every stage: audio, text chunking, typed config, gRPC stream helpers."""

@@ -1,0 +1,44 @@
+"""Typed configuration: every stage's config is a pydantic model validated once, at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Config(BaseModel):
+    """Base for Parley config models: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def resolve_device(device: Device) -> str:
+    if device != "auto":
+        return device
+    import torch  # engines that call this already depend on torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def require_path(value: str | Path, what: str) -> Path:
+    """A local model path that must exist; the error names the fix."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{what} not found at {path}. Build tiny offline models with `parley models tiny`, "
+            "or point the config at a downloaded checkpoint."
+        )
+    return path
+
+
+def model_dump_public(config: BaseModel) -> dict[str, Any]:
+    """Config as a dict for logs, with secrets masked."""
+    data = config.model_dump(mode="json")
+    for key in list(data):
+        if any(word in key for word in ("key", "token", "secret", "password")) and data[key]:
+            data[key] = "***"
+    return data

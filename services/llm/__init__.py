@@ -1,0 +1,1 @@
+"""Language-model stage: vLLM, transformers or an OpenAI-compatible endpoint behind the LanguageModel gRPC service."""

@@ -1,0 +1,59 @@
+"""Typed configuration of the LLM stage (the `args` of the `llm` Serve application)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from services.common.config import Config, Device
+
+
+class TransformersConfig(Config):
+    """Hugging Face transformers on CPU (or a small GPU): the embedded default."""
+
+    kind: Literal["transformers"] = "transformers"
+    model: str = "models/tiny/llm"
+    device: Device = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    torch_threads: int = Field(1, ge=1)
+
+
+class VLLMConfig(Config):
+    """vLLM's async engine (CUDA)."""
+
+    kind: Literal["vllm"] = "vllm"
+    model: str
+    # The share of the GPU this replica may use; match it to the deployment's num_gpus.
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=0.95)
+    max_model_len: int | None = Field(None, ge=128)
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(1, ge=1)
+    enable_prefix_caching: bool = True
+
+
+class OpenAIConfig(Config):
+    """Any OpenAI-compatible /v1/chat/completions endpoint (vLLM serve, llama.cpp, TGI...)."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str  # e.g. http://vllm.internal:8000/v1
+    model: str
+    # Name of an environment variable holding the API key: secrets never live in config files.
+    api_key_env: str | None = None
+    timeout_s: float = Field(30.0, gt=0)
+
+
+LLMEngineConfig = Annotated[Union[TransformersConfig, VLLMConfig, OpenAIConfig], Field(discriminator="kind")]
+
+
+class LLMConfig(Config):
+    engine: LLMEngineConfig = TransformersConfig()
+    # Defaults for SamplingParams fields a request leaves unset.
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    # Hard cap on max_tokens a request may ask for, and on the chat size.
+    max_tokens_limit: int = Field(2048, ge=1)
+    max_messages: int = Field(512, ge=1)
+    max_request_chars: int = Field(200_000, ge=1)

@@ -1,0 +1,1 @@
+"""Speech-synthesis stage: Kokoro behind the SpeechSynthesis gRPC service, streaming by sentence and clause."""

@@ -1,0 +1,36 @@
+"""Typed configuration of the TTS stage (the `args` of the `tts` Serve application)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from services.common.config import Config, Device
+
+
+class KokoroConfig(Config):
+    kind: Literal["kokoro"] = "kokoro"
+    # Directory with config.json, the weights (*.pth) and voices/*.pt, in hexgrad/Kokoro-82M's layout.
+    model: str = "models/tiny/kokoro"
+    device: Device = "auto"
+    default_voice: str = "af_heart"
+    # misaki language code: "a" American English, "b" British English.
+    lang_code: Literal["a", "b"] = "a"
+    # "auto": misaki's spaCy-based G2P when en_core_web_sm is installed, else espeak-ng.
+    g2p: Literal["auto", "misaki", "espeak"] = "auto"
+    torch_threads: int = Field(1, ge=1)
+
+
+TTSEngineConfig = KokoroConfig
+
+
+class TTSConfig(Config):
+    engine: TTSEngineConfig = KokoroConfig()
+    # Clause splitting: a clause break (, ; :) ends a segment once it holds this many words,
+    # so the first audio comes out early; sentences always end a segment.
+    min_clause_words: int = Field(4, ge=1)
+    max_segment_chars: int = Field(300, ge=20)
+    # Admission: the largest text chunk and the most text one stream may carry.
+    max_chunk_chars: int = Field(4096, ge=1)
+    max_stream_chars: int = Field(100_000, ge=1)
