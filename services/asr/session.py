@@ -1,0 +1,161 @@
+"""One recognition stream: audio in, VAD events, partials and finals out.
+
+The reader feeds audio to the segmenter as it arrives; a single decoder task runs the engine so
+decodes never pile up: at most one partial is pending, finals are never dropped, and every event
+of an utterance is emitted before the next utterance's final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.asr import segmenter as seg
+from services.asr.config import ASRConfig
+from services.asr.engine import SAMPLE_RATE, ASREngine, DecodeOptions
+from services.asr.vad import StreamingVAD
+from services.common.audio import StreamResampler, check_sample_rate, pcm16_to_float
+from services.common.rpc import check_size, first_message, invalid_argument
+from services.common.workers import EngineWorker
+from services.proto import asr_pb2, common_pb2
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    sample_rate: int
+    options: DecodeOptions
+    min_silence_ms: int
+    partial_interval_s: float | None  # None: no partials
+    max_frame_bytes: int
+
+    @classmethod
+    def from_request(cls, request: asr_pb2.RecognitionConfig, defaults: ASRConfig) -> StreamSettings:
+        rate = check_sample_rate(request.sample_rate_hz)
+        if request.beam_size < 0 or request.beam_size > 10:
+            raise invalid_argument(f"beam_size must be 0-10, got {request.beam_size}")
+        if request.min_silence_ms < 0:
+            raise invalid_argument("min_silence_ms must not be negative")
+        partial_ms = request.partial_interval_ms or defaults.partial_interval_ms
+        return cls(
+            sample_rate=rate,
+            options=DecodeOptions(
+                language=request.language or defaults.language,
+                beam_size=request.beam_size or defaults.beam_size,
+                word_timestamps=request.word_timestamps,
+            ),
+            min_silence_ms=request.min_silence_ms or defaults.min_silence_ms,
+            partial_interval_s=None if partial_ms < 0 else partial_ms / 1000,
+            max_frame_bytes=rate * defaults.max_frame_ms // 1000 * 2,
+        )
+
+
+@dataclass(frozen=True)
+class _Decode:
+    utterance_id: int
+    audio: np.ndarray
+    start_s: float
+    end_s: float
+    final: bool
+
+
+_END = object()
+
+
+class RecognitionSession:
+    def __init__(self, engine: ASREngine, worker: EngineWorker, config: ASRConfig):
+        self._engine, self._worker, self._config = engine, worker, config
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._decodes: asyncio.Queue = asyncio.Queue()
+        self._pending_partial: _Decode | None = None
+        self._utterances = 0
+
+    async def run(self, requests: AsyncIterator[asr_pb2.RecognizeRequest]) -> AsyncIterator[asr_pb2.RecognizeResponse]:
+        settings = StreamSettings.from_request(await first_message(requests, "config"), self._config)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._read(requests, settings))
+            tasks.create_task(self._decode_loop(settings.options))
+            while (event := await self._events.get()) is not _END:
+                yield event
+
+    async def _read(self, requests, settings: StreamSettings) -> None:
+        resampler = StreamResampler(settings.sample_rate, SAMPLE_RATE)
+        segmenter = seg.UtteranceSegmenter(
+            StreamingVAD(),
+            threshold=self._config.vad_threshold,
+            min_speech_ms=self._config.min_speech_ms,
+            min_silence_ms=settings.min_silence_ms,
+            pre_roll_ms=self._config.pre_roll_ms,
+            max_utterance_s=self._config.max_utterance_s,
+        )
+        next_partial_at = 0.0
+        async for request in requests:
+            kind = request.WhichOneof("request")
+            if kind == "audio":
+                check_size(len(request.audio.pcm), settings.max_frame_bytes, "audio frame size in bytes")
+                events = segmenter.push(resampler.push(pcm16_to_float(request.audio.pcm)))
+            elif kind == "flush":
+                events = segmenter.flush()
+            else:
+                raise invalid_argument(f"unexpected `{kind}` message after the config")
+            for event in events:
+                if isinstance(event, seg.SpeechStarted):
+                    next_partial_at = event.offset_s + (settings.partial_interval_s or 0)
+                self._on_segment_event(event)
+            if segmenter.in_speech and settings.partial_interval_s and segmenter.audio_s >= next_partial_at:
+                next_partial_at = segmenter.audio_s + settings.partial_interval_s
+                self._request_partial(segmenter)
+        for event in segmenter.flush():
+            self._on_segment_event(event)
+        self._decodes.put_nowait(_END)
+        self._summary = asr_pb2.StreamSummary(audio_s=segmenter.audio_s, utterances=self._utterances)
+
+    def _on_segment_event(self, event) -> None:
+        if isinstance(event, seg.SpeechStarted):
+            self._emit(speech_started=asr_pb2.SpeechStarted(
+                audio_offset_s=event.offset_s, utterance_id=event.utterance_id))
+        elif isinstance(event, seg.SpeechStopped):
+            self._emit(speech_stopped=asr_pb2.SpeechStopped(
+                audio_offset_s=event.offset_s, utterance_id=event.utterance_id))
+        elif isinstance(event, seg.UtteranceEnded):
+            self._utterances += 1
+            self._pending_partial = None  # the final supersedes it
+            self._decodes.put_nowait(_Decode(event.utterance_id, event.audio, event.start_s, event.end_s, True))
+
+    def _request_partial(self, segmenter: seg.UtteranceSegmenter) -> None:
+        audio = segmenter.current_audio()
+        if audio is None or audio.size == 0:
+            return
+        utterance_id, end_s = segmenter.utterance_id, segmenter.audio_s
+        queued = self._pending_partial is not None and self._pending_partial.utterance_id == utterance_id
+        self._pending_partial = _Decode(utterance_id, audio, end_s - audio.size / SAMPLE_RATE, end_s, False)
+        if not queued:
+            # A token, not the job: when the decoder reaches it, it takes the newest partial of
+            # this utterance, or nothing if the utterance's final has superseded it.
+            self._decodes.put_nowait(("partial", utterance_id))
+
+    async def _decode_loop(self, options: DecodeOptions) -> None:
+        partial_options = DecodeOptions(language=options.language, beam_size=1, word_timestamps=False)
+        while (job := await self._decodes.get()) is not _END:
+            if isinstance(job, tuple):
+                pending = self._pending_partial
+                if pending is None or pending.utterance_id != job[1]:
+                    continue
+                job, self._pending_partial = pending, None
+            started = time.perf_counter()
+            result = await self._worker.run(self._engine.transcribe, job.audio, options if job.final else partial_options)
+            transcript = asr_pb2.Transcript(
+                utterance_id=job.utterance_id, text=result.text.strip(), start_s=job.start_s, end_s=job.end_s,
+                language=result.language, decode_s=time.perf_counter() - started,
+                words=[common_pb2.WordTiming(word=w.word, start_s=job.start_s + w.start_s, end_s=job.start_s + w.end_s,
+                                             probability=w.probability) for w in result.words],
+            )
+            self._emit(**{"final" if job.final else "partial": transcript})
+        self._emit(summary=self._summary)
+        self._events.put_nowait(_END)
+
+    def _emit(self, **event) -> None:
+        self._events.put_nowait(asr_pb2.RecognizeResponse(**event))

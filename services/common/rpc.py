@@ -1,0 +1,102 @@
+"""gRPC plumbing shared by the stage deployments and their clients.
+
+Stages raise `StageError` for anything a caller did wrong or the stage cannot serve; the
+`grpc_stream` decorator turns it into the RPC's status code and details, so a bad request ends
+one stream cleanly and the replica keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from services.common.audio import AudioFormatError
+
+# Serve application names double as the `application` metadata a client sends to the proxy.
+APPLICATIONS = ("asr", "llm", "tts", "moshi")
+DEFAULT_GRPC_ADDRESS = "127.0.0.1:9000"
+# Messages are audio frames and text chunks; anything near this size is a client bug or abuse.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+# Every servicer Serve's gRPC proxy must register (serve_config.yaml grpc_options lists these).
+SERVICER_FUNCTIONS = (
+    "services.proto.asr_pb2_grpc.add_SpeechRecognitionServicer_to_server",
+    "services.proto.llm_pb2_grpc.add_LanguageModelServicer_to_server",
+    "services.proto.tts_pb2_grpc.add_SpeechSynthesisServicer_to_server",
+    "services.proto.moshi_pb2_grpc.add_DuplexSpeechServicer_to_server",
+)
+
+
+class StageError(Exception):
+    """An error with the gRPC status a caller should see."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __reduce__(self):  # Ray pickles it from the replica to the proxy
+        return (StageError, (self.code, self.message))
+
+
+def invalid_argument(message: str) -> StageError:
+    return StageError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def resource_exhausted(message: str) -> StageError:
+    return StageError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
+def grpc_stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """Map StageError (and malformed audio) raised by a streaming Serve method to a gRPC status."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, grpc_context=None):
+        try:
+            async for response in method(self, request):
+                yield response
+        except* (StageError, AudioFormatError) as group:
+            error = group.exceptions[0]
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            if not isinstance(error, StageError):
+                error = invalid_argument(str(error))
+            if grpc_context is not None:
+                grpc_context.set_code(error.code)
+                grpc_context.set_details(error.message)
+            raise error from None
+
+    # Serve passes `grpc_context` only to methods whose signature names it; functools.wraps would
+    # make the signature look like the wrapped method's.
+    del wrapper.__wrapped__
+    return wrapper
+
+
+async def first_message(requests: AsyncIterator[Any], expected: str) -> Any:
+    """Read the stream's first message and check it is the `expected` oneof field (the config)."""
+    async for message in requests:
+        kind = message.WhichOneof("request")
+        if kind != expected:
+            raise invalid_argument(f"the first message of the stream must be `{expected}`, got `{kind}`")
+        return getattr(message, expected)
+    raise invalid_argument(f"the stream ended before its `{expected}` message")
+
+
+def check_size(actual: int, limit: int, what: str) -> None:
+    if actual > limit:
+        raise resource_exhausted(f"{what} is {actual}, over the limit of {limit}")
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+def stage_metadata(application: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """Metadata that routes a call through Serve's gRPC proxy to `application`."""
+    return (("application", application), *extra)

@@ -1,0 +1,68 @@
+"""Split streaming text into sentences and clauses as soon as each one is complete.
+
+Used by TTS to start speaking before the whole reply is in, and by the edge to hand LLM output
+to TTS sentence by sentence. Feed it text deltas of any size, even mid-word.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n+")
+_CLAUSE_END = re.compile(r"[,;:—–]+(?=\s)")
+# Tokens ending in a period that do not end a sentence.
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m no approx dept inc ltd".split()
+)
+
+
+def _ends_at_abbreviation_or_number(text: str, end: int) -> bool:
+    head = text[:end].rstrip(".")
+    word = head.split()[-1].lower() if head.split() else ""
+    if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+        return True
+    # "3.5" never reaches here (no whitespace after the dot); "No. 5" is covered above.
+    return False
+
+
+class TextChunker:
+    """Accumulates text and releases complete segments.
+
+    A sentence end always releases; a clause break releases once the segment has at least
+    `min_clause_words` words; a segment longer than `max_chars` is cut at a space.
+    """
+
+    def __init__(self, min_clause_words: int = 4, max_chars: int = 300):
+        self.min_clause_words = min_clause_words
+        self.max_chars = max_chars
+        self._buffer = ""
+
+    @property
+    def pending(self) -> str:
+        return self._buffer
+
+    def push(self, text: str) -> list[str]:
+        self._buffer += text
+        segments = []
+        while (cut := self._next_cut()) is not None:
+            segment, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:].lstrip()
+            if segment:
+                segments.append(segment)
+        return segments
+
+    def flush(self) -> list[str]:
+        segment, self._buffer = self._buffer.strip(), ""
+        return [segment] if segment else []
+
+    def _next_cut(self) -> int | None:
+        text = self._buffer
+        for match in _SENTENCE_END.finditer(text):
+            if match.group().startswith("\n") or not _ends_at_abbreviation_or_number(text, match.end()):
+                return match.end()
+        for match in _CLAUSE_END.finditer(text):
+            if len(text[: match.start()].split()) >= self.min_clause_words:
+                return match.end()
+        if len(text) > self.max_chars:
+            space = text.rfind(" ", 0, self.max_chars)
+            return space if space > 0 else self.max_chars
+        return None

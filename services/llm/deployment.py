@@ -1,0 +1,100 @@
+"""The `llm` Serve application: the LanguageModel gRPC service (one RPC per turn)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import aclosing
+from dataclasses import asdict
+
+from ray import serve
+from ray.serve import Application
+
+from services.common.config import model_dump_public
+from services.common.rpc import check_size, grpc_stream, invalid_argument
+from services.llm.config import LLMConfig
+from services.llm.engine import ChatRequest, ChatTurn, Delta, Sampling, load_engine
+from services.proto import llm_pb2
+
+logger = logging.getLogger("ray.serve")
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+FINISH_REASONS = {"stop": llm_pb2.FINISH_REASON_STOP, "length": llm_pb2.FINISH_REASON_LENGTH}
+
+
+def to_chat_request(request: llm_pb2.GenerateRequest, config: LLMConfig) -> ChatRequest:
+    """Validate a GenerateRequest and fill unset sampling fields from the deployment defaults."""
+    if not request.messages:
+        raise invalid_argument("messages must not be empty")
+    check_size(len(request.messages), config.max_messages, "number of messages")
+    check_size(sum(len(m.content) for m in request.messages) + len(request.tools_json),
+               config.max_request_chars, "request size in characters")
+    for message in request.messages:
+        if message.role not in ROLES:
+            raise invalid_argument(f"unknown role {message.role!r}; use one of {sorted(ROLES)}")
+    sampling = request.sampling
+    temperature = sampling.temperature if sampling.HasField("temperature") else config.temperature
+    top_p = sampling.top_p if sampling.HasField("top_p") else config.top_p
+    max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else config.max_tokens
+    if not 0.0 <= temperature <= 2.0:
+        raise invalid_argument(f"temperature must be within [0, 2], got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise invalid_argument(f"top_p must be within (0, 1], got {top_p}")
+    if sampling.top_k < 0:
+        raise invalid_argument("top_k must not be negative")
+    if not 1 <= max_tokens <= config.max_tokens_limit:
+        raise invalid_argument(f"max_tokens must be within [1, {config.max_tokens_limit}], got {max_tokens}")
+    try:
+        tools = tuple(json.loads(request.tools_json)) if request.tools_json else ()
+    except (ValueError, TypeError) as error:
+        raise invalid_argument(f"tools_json is not a JSON array: {error}") from None
+    if not all(isinstance(tool, dict) for tool in tools):
+        raise invalid_argument("tools_json must be a JSON array of objects")
+    return ChatRequest(
+        messages=tuple(ChatTurn(m.role, m.content, m.tool_call_id) for m in request.messages),
+        sampling=Sampling(
+            temperature=temperature, top_p=top_p, top_k=sampling.top_k, max_tokens=max_tokens,
+            stop=tuple(s for s in sampling.stop if s),
+            seed=sampling.seed if sampling.HasField("seed") else None,
+        ),
+        tools=tools,
+        request_id=request.request_id,
+    )
+
+
+@serve.deployment(name="LanguageModel", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+class LanguageModelDeployment:
+    def __init__(self, config: LLMConfig):
+        self.config = LLMConfig.model_validate(config)
+        logger.info("loading LLM engine %s", model_dump_public(self.config.engine))
+        self.engine = load_engine(self.config.engine)
+
+    @grpc_stream
+    async def Generate(self, request: llm_pb2.GenerateRequest):
+        chat = to_chat_request(request, self.config)
+        started = time.perf_counter()
+        first_token_s = None
+        # aclosing: a cancelled RPC closes the engine's generator, which aborts the generation.
+        async with aclosing(self.engine.generate(chat)) as stream:
+            async for item in stream:
+                if isinstance(item, Delta):
+                    if first_token_s is None:
+                        first_token_s = time.perf_counter() - started
+                    yield llm_pb2.GenerateResponse(delta=llm_pb2.TextDelta(text=item.text, tokens=item.tokens))
+                else:
+                    total = time.perf_counter() - started
+                    yield llm_pb2.GenerateResponse(done=llm_pb2.GenerationDone(
+                        finish_reason=FINISH_REASONS[item.reason], prompt_tokens=item.prompt_tokens,
+                        completion_tokens=item.completion_tokens,
+                        time_to_first_token_s=first_token_s if first_token_s is not None else total,
+                        total_s=total, model=self.engine.model_name,
+                    ))
+
+    async def engine_stats(self) -> dict:
+        """Engine counters (started, finished, aborted, active): for operators and tests."""
+        return asdict(self.engine.stats)
+
+
+def build_app(args: LLMConfig) -> Application:
+    return LanguageModelDeployment.bind(args)

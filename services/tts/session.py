@@ -1,0 +1,107 @@
+"""One synthesis stream: text chunks in, audio out as soon as each sentence or clause is spoken.
+
+The reader splits incoming text into segments (services.common.text) and queues them; the
+synthesizer speaks them in order on the replica's engine worker, so the first sentence is
+playing while the LLM is still writing the second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.common.audio import check_sample_rate, float_to_pcm16, resample
+from services.common.rpc import check_size, first_message, invalid_argument
+from services.common.text import TextChunker
+from services.common.workers import EngineWorker
+from services.proto import common_pb2, tts_pb2
+from services.tts.config import TTSConfig
+from services.tts.engine import TTSEngine
+
+# Long segments are sent in pieces so playout can start before the whole segment is on the wire.
+CHUNK_S = 0.5
+_END = object()
+
+
+@dataclass(frozen=True)
+class VoiceSettings:
+    voice: str
+    speed: float
+    sample_rate: int
+
+    @classmethod
+    def from_request(cls, request: tts_pb2.SynthesisConfig, engine: TTSEngine, default_voice: str) -> VoiceSettings:
+        voice = request.voice or default_voice
+        if voice not in engine.voices():
+            raise invalid_argument(f"unknown voice {voice!r}; this deployment has {sorted(engine.voices())}")
+        speed = request.speed or 1.0
+        if not 0.5 <= speed <= 2.0:
+            raise invalid_argument(f"speed must be within [0.5, 2.0], got {speed}")
+        rate = check_sample_rate(request.sample_rate_hz) if request.sample_rate_hz else engine.sample_rate
+        return cls(voice, speed, rate)
+
+
+class SynthesisSession:
+    def __init__(self, engine: TTSEngine, worker: EngineWorker, config: TTSConfig):
+        self._engine, self._worker, self._config = engine, worker, config
+        self._segments: asyncio.Queue = asyncio.Queue()
+        self._events: asyncio.Queue = asyncio.Queue()
+
+    async def run(self, requests: AsyncIterator[tts_pb2.SynthesizeRequest]) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        request = await first_message(requests, "config")
+        voice = VoiceSettings.from_request(request, self._engine, self._config.engine.default_voice)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._read(requests))
+            tasks.create_task(self._synthesize_loop(voice))
+            while (event := await self._events.get()) is not _END:
+                yield event
+
+    async def _read(self, requests) -> None:
+        chunker = TextChunker(self._config.min_clause_words, self._config.max_segment_chars)
+        total_chars = 0
+        async for request in requests:
+            kind = request.WhichOneof("request")
+            if kind == "text":
+                text = request.text.text
+                check_size(len(text), self._config.max_chunk_chars, "text chunk length")
+                total_chars += len(text)
+                check_size(total_chars, self._config.max_stream_chars, "text in this stream")
+                segments = chunker.push(text)
+            elif kind == "flush":
+                segments = chunker.flush()
+            elif kind == "end":
+                break
+            else:
+                raise invalid_argument(f"unexpected `{kind}` message after the config")
+            for segment in segments:
+                self._segments.put_nowait(segment)
+        for segment in chunker.flush():
+            self._segments.put_nowait(segment)
+        self._segments.put_nowait(_END)
+
+    async def _synthesize_loop(self, voice: VoiceSettings) -> None:
+        segment_id, audio_s = 0, 0.0
+        while (text := await self._segments.get()) is not _END:
+            speech = await self._worker.run(self._engine.synthesize, text, voice.voice, voice.speed)
+            audio = resample(speech.audio, self._engine.sample_rate, voice.sample_rate)
+            if audio.size == 0:
+                continue  # punctuation-only segment: nothing to say
+            audio_s += audio.size / voice.sample_rate
+            self._emit_segment(segment_id, text, audio, speech.words, voice.sample_rate)
+            segment_id += 1
+        self._events.put_nowait(tts_pb2.SynthesizeResponse(done=tts_pb2.SynthesisDone(segments=segment_id, audio_s=audio_s)))
+        self._events.put_nowait(_END)
+
+    def _emit_segment(self, segment_id: int, text: str, audio: np.ndarray, words, rate: int) -> None:
+        step = int(CHUNK_S * rate)
+        for start in range(0, audio.size, step):
+            t0, t1 = start / rate, min(start + step, audio.size) / rate
+            self._events.put_nowait(tts_pb2.SynthesizeResponse(audio=tts_pb2.SpeechAudio(
+                pcm=float_to_pcm16(audio[start:start + step]), sample_rate_hz=rate, text=text, segment_id=segment_id,
+                words=[common_pb2.WordTiming(word=w.word, start_s=w.start_s - t0, end_s=w.end_s - t0)
+                       for w in words if t0 <= w.start_s < t1],
+                segment_end=start + step >= audio.size,
+            )))
