@@ -10,7 +10,7 @@ from services.models import ensure_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ROOT = ROOT / "models" / "tiny"
-DATA = Path(__file__).parent / "data"
+SPEECH_WAV = ROOT / "services" / "assets" / "hello.wav"  # espeak-ng: "Hello, I would like to book a table for two tonight."
 
 
 def _tiny(name: str) -> Path:

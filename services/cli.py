@@ -1,0 +1,134 @@
+"""`parley`: build tiny models, bring the stages up on a local Ray cluster, and try them.
+
+    parley models tiny            build the random-weight test models under models/tiny
+    parley up                     start local Ray (if needed), serve deploy, wait until healthy
+    parley demo                   transcribe a WAV, stream a reply, synthesize it to a WAV
+    parley down                   stop the local Ray cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+DEFAULT_CONFIG = Path("serve_config.cpu.yaml")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from services.models import ensure_tiny
+
+    print(f"building tiny random-weight models in {args.out} (offline; they produce gibberish)")
+    ensure_tiny(args.out, args.only or None, force=args.force)
+    return 0
+
+
+def _cluster(args: argparse.Namespace):
+    from services.cluster import LocalCluster
+
+    return LocalCluster(gcs_port=args.gcs_port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from services.cluster import application_names
+
+    if not args.config.exists():
+        print(f"error: {args.config} not found (run from the repo root, or pass --config)", file=sys.stderr)
+        return 2
+    cluster = _cluster(args)
+    cluster.start()
+    cluster.deploy(args.config)
+    cluster.wait_running(application_names(args.config), timeout_s=args.timeout)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    _cluster(args).stop()
+    print("Ray stopped")
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from services.common import clients
+    from services.common.audio import read_wav, write_wav
+
+    audio, rate = read_wav(args.wav)
+    async with clients.open_channel(args.grpc) as channel:
+        print(f"ASR  <- {args.wav} ({audio.size / rate:.1f}s at {rate} Hz, 100 ms frames)")
+        started = time.perf_counter()
+        events = await clients.recognize(channel, clients.audio_requests(audio, rate, 100))
+        asr_s = time.perf_counter() - started
+        finals = [event.final for event in events if event.WhichOneof("event") == "final"]
+        for event in events:
+            kind = event.WhichOneof("event")
+            detail = getattr(event, kind)
+            text = f" {detail.text!r}" if kind in ("partial", "final") else ""
+            print(f"     -> {kind}{text}")
+        transcript = " ".join(final.text for final in finals) or "Hello!"
+
+        print("LLM  <- user:", repr(transcript[:80]))
+        started = time.perf_counter()
+        reply = await clients.generate(channel, [("system", "You are a helpful voice agent."), ("user", transcript)])
+        llm_s = time.perf_counter() - started
+        print(f"     -> {reply.deltas} deltas: {reply.text[:120]!r}")
+
+        speak = args.say or reply.text.strip() or "Hello, how can I help you today?"
+        print("TTS  <-", repr(speak[:80]))
+        started = time.perf_counter()
+        speech = await clients.synthesize(channel, clients.text_requests([speak], sample_rate=24000))
+        tts_s = time.perf_counter() - started
+        write_wav(args.out, speech.audio, speech.sample_rate or 24000)
+        print(f"     -> {speech.audio.size / max(speech.sample_rate, 1):.2f}s of audio in {len(speech.chunks)} chunks -> {args.out}")
+
+    done = reply.done
+    print("\nstage  first result   total")
+    print(f"asr    {finals[0].decode_s * 1000 if finals else 0:8.0f} ms  {asr_s * 1000:7.0f} ms  (final decode / stream)")
+    print(f"llm    {(done.time_to_first_token_s if done else 0) * 1000:8.0f} ms  {llm_s * 1000:7.0f} ms  (time to first token)")
+    print(f"tts    {(speech.first_audio_s or 0) * 1000:8.0f} ms  {tts_s * 1000:7.0f} ms  (time to first audio)")
+    print("\nTiny random-weight models speak and write gibberish; see README 'Real models'.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="parley", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="build offline models")
+    models.add_argument("which", choices=["tiny"])
+    models.add_argument("--out", type=Path, default=Path("models/tiny"))
+    models.add_argument("--only", nargs="*", help="whisper llm kokoro moshi")
+    models.add_argument("--force", action="store_true")
+    models.set_defaults(run=_models)
+
+    for name, run, text in (("up", _up, "start Ray and deploy a serve config"), ("down", _down, "stop local Ray")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--gcs-port", type=int, default=6379)
+        command.add_argument("--dashboard-port", type=int, default=8265)
+        command.add_argument("--num-cpus", type=int, default=None)
+        command.set_defaults(run=run)
+    up = commands.choices["up"]
+    up.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    up.add_argument("--timeout", type=float, default=600)
+
+    demo = commands.add_parser("demo", help="call each stage once and show what it took")
+    demo.add_argument("--grpc", default="127.0.0.1:9000")
+    demo.add_argument("--wav", type=Path, default=Path(str(resources.files("services.assets") / "hello.wav")))
+    demo.add_argument("--say", default="", help="text for TTS instead of the LLM's reply")
+    demo.add_argument("--out", type=Path, default=Path("out/demo_tts.wav"))
+    demo.set_defaults(run=lambda args: asyncio.run(_demo(args)))
+
+    args = parser.parse_args(argv)
+    from services.cluster import ClusterError
+
+    try:
+        return args.run(args)
+    except (ClusterError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Async clients for the stage services, through Serve's gRPC proxy.
+
+Used by the CLI demo, the tests, the benchmarks and (later) the conversation edge, so there is one
+way to talk to a stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from services.common.audio import float_to_pcm16, pcm16_to_float
+from services.common.rpc import DEFAULT_GRPC_ADDRESS, channel_options, stage_metadata
+from services.proto import (asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, tts_pb2,
+                            tts_pb2_grpc)
+
+
+def open_channel(address: str = DEFAULT_GRPC_ADDRESS) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=channel_options())
+
+
+async def audio_requests(audio: np.ndarray, rate: int, frame_ms: int = 100, *, realtime: bool = False,
+                         config: asr_pb2.RecognitionConfig | None = None) -> AsyncIterator[asr_pb2.RecognizeRequest]:
+    """A config message, then the audio cut into frames (paced in real time if asked)."""
+    yield asr_pb2.RecognizeRequest(config=config or asr_pb2.RecognitionConfig(sample_rate_hz=rate))
+    step = rate * frame_ms // 1000
+    started = time.perf_counter()
+    for index, start in enumerate(range(0, audio.size, step)):
+        if realtime:
+            await asyncio.sleep(max(0.0, started + index * frame_ms / 1000 - time.perf_counter()))
+        yield asr_pb2.RecognizeRequest(audio=common_pb2.AudioChunk(pcm=float_to_pcm16(audio[start:start + step])))
+
+
+async def recognize(channel: grpc.aio.Channel, requests: AsyncIterator[asr_pb2.RecognizeRequest] | Iterable,
+                    application: str = "asr") -> list[asr_pb2.RecognizeResponse]:
+    stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
+    return [event async for event in stub.Recognize(requests, metadata=stage_metadata(application))]
+
+
+@dataclass
+class Reply:
+    text: str
+    deltas: int
+    done: llm_pb2.GenerationDone | None
+    first_delta_s: float | None  # client-side, request sent -> first delta
+
+
+async def generate(channel: grpc.aio.Channel, messages: list[tuple[str, str]], application: str = "llm",
+                   **sampling) -> Reply:
+    stub = llm_pb2_grpc.LanguageModelStub(channel)
+    request = llm_pb2.GenerateRequest(
+        messages=[llm_pb2.ChatMessage(role=role, content=content) for role, content in messages],
+        sampling=llm_pb2.SamplingParams(**sampling),
+    )
+    started, first, parts, done = time.perf_counter(), None, [], None
+    async for response in stub.Generate(request, metadata=stage_metadata(application)):
+        if response.WhichOneof("event") == "delta":
+            first = first if first is not None else time.perf_counter() - started
+            parts.append(response.delta.text)
+        else:
+            done = response.done
+    return Reply("".join(parts), len(parts), done, first)
+
+
+async def text_requests(chunks: Iterable[str], *, voice: str = "", sample_rate: int = 0, speed: float = 0.0,
+                        delay_s: float = 0.0) -> AsyncIterator[tts_pb2.SynthesizeRequest]:
+    yield tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesisConfig(voice=voice, sample_rate_hz=sample_rate, speed=speed))
+    for chunk in chunks:
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        yield tts_pb2.SynthesizeRequest(text=tts_pb2.TextChunk(text=chunk))
+    yield tts_pb2.SynthesizeRequest(end=tts_pb2.EndOfInput())
+
+
+@dataclass
+class Speech:
+    audio: np.ndarray
+    sample_rate: int
+    chunks: list[tts_pb2.SpeechAudio] = field(default_factory=list)
+    done: tts_pb2.SynthesisDone | None = None
+    first_audio_s: float | None = None  # client-side, stream opened -> first audio chunk
+
+
+async def synthesize(channel: grpc.aio.Channel, requests: AsyncIterator[tts_pb2.SynthesizeRequest],
+                     application: str = "tts") -> Speech:
+    stub = tts_pb2_grpc.SpeechSynthesisStub(channel)
+    speech, started = Speech(np.zeros(0, np.float32), 0), time.perf_counter()
+    async for response in stub.Synthesize(requests, metadata=stage_metadata(application)):
+        if response.WhichOneof("event") == "audio":
+            if speech.first_audio_s is None:
+                speech.first_audio_s = time.perf_counter() - started
+            speech.chunks.append(response.audio)
+            speech.sample_rate = response.audio.sample_rate_hz
+        else:
+            speech.done = response.done
+    if speech.chunks:
+        speech.audio = np.concatenate([pcm16_to_float(chunk.pcm) for chunk in speech.chunks])
+    return speech

@@ -1,0 +1,373 @@
+"""Hugging Face transformers engine: the embedded default, for CPU or a small GPU.
+
+One generation runs at a time per engine, on a dedicated worker thread. The thread calls
+`model.generate` with a stopping criterion that, after every new token, detokenizes it
+incrementally, checks stop strings, pushes text to the asyncio side and checks a per-request
+abort event. Closing or cancelling the async generator sets the event, so the running generation
+ends after at most one more token; a request still waiting for the thread is simply dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from services.common.config import require_path, resolve_device
+from services.llm.config import TransformersConfig
+from services.llm.engine import ChatRequest, Delta, EngineStats, Finished, LLMEngine, Sampling
+
+_REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
+
+
+def looks_local(value: str) -> bool:
+    """A model string names a local directory (not a hub repo id such as `org/name`)."""
+    if value.startswith(("/", "./", "../", "~", "\\")) or Path(value).expanduser().exists():
+        return True
+    return value.count("/") >= 2 or "\\" in value
+
+
+def chat_messages(request: ChatRequest) -> list[dict[str, Any]]:
+    """The request's turns as the message dicts chat templates (and OpenAI servers) expect."""
+    messages = []
+    for turn in request.messages:
+        message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+        if turn.role == "tool" and turn.tool_call_id:
+            message["tool_call_id"] = turn.tool_call_id
+        messages.append(message)
+    return messages
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text pieces without splitting UTF-8 characters.
+
+    Decodes a short window of recent ids and emits only the text that a new token added; text
+    that ends in an incomplete byte sequence is held back until a later token completes it.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._skip = skip_special_tokens
+        self.ids: list[int] = []
+        self._prefix_offset = 0  # window start
+        self._read_offset = 0  # ids before this are already turned into text
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=self._skip)
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix_text = self._decode(self.ids[self._prefix_offset:self._read_offset])
+        new_text = self._decode(self.ids[self._prefix_offset:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith(_REPLACEMENT):
+            self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
+            return new_text[len(prefix_text):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (possibly with replacement characters): call once at the end."""
+        prefix_text = self._decode(self.ids[self._prefix_offset:self._read_offset])
+        new_text = self._decode(self.ids[self._prefix_offset:])
+        self._prefix_offset = self._read_offset = len(self.ids)
+        return new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+
+
+class StopStringMatcher:
+    """Streams text while cutting it at the first stop string.
+
+    Text that could be the start of a stop string is held back until it is known not to be one,
+    so no part of a stop string is ever emitted.
+    """
+
+    def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """Add text; return what can safely be emitted now. Sets `stopped` when a stop string appears."""
+        if self.stopped:
+            return ""
+        self.text += piece
+        if not self.stops:
+            out, self.emitted = self.text[self.emitted:], len(self.text)
+            return out
+        hits = [i for i in (self.text.find(s, self.emitted) for s in self.stops) if i >= 0]
+        if hits:
+            cut = min(hits)
+            out = self.text[self.emitted:cut]
+            self.emitted = cut
+            self.stopped = True
+            return out
+        hold = 0
+        tail = self.text[self.emitted:]
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(tail)), hold, -1):
+                if tail.endswith(stop[:k]):
+                    hold = k
+                    break
+        safe = len(self.text) - hold
+        out = self.text[self.emitted:safe]
+        self.emitted = safe
+        return out
+
+    def finish(self) -> str:
+        """The held-back tail once generation has ended without a stop string."""
+        if self.stopped:
+            return ""
+        out, self.emitted = self.text[self.emitted:], len(self.text)
+        return out
+
+
+class _Job:
+    """One generation's state, shared between the asyncio side and the worker thread."""
+
+    def __init__(self, request_id: str, prompt_ids: list[int], sampling: Sampling, max_new_tokens: int,
+                 push: Callable[[Any], None]) -> None:
+        self.request_id = request_id
+        self.prompt_ids = prompt_ids
+        self.sampling = sampling
+        self.max_new_tokens = max_new_tokens
+        self.push = push
+        self.abort = threading.Event()
+
+
+def _build_stopping_criterion(engine: TransformersEngine, job: _Job, eos_ids: set[int]):
+    """A StoppingCriteria that also streams: it runs once per generated token, before the next forward."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _StreamAndStop(StoppingCriteria):
+        def __init__(self) -> None:
+            self.detok = IncrementalDetokenizer(engine.tokenizer)
+            self.matcher = StopStringMatcher(job.sampling.stop)
+            self.prompt_len = len(job.prompt_ids)
+            self.completion_tokens = 0
+            self.pending_tokens = 0  # generated but not yet attached to a Delta
+            self.hit_eos = False
+
+        def _emit(self, text: str) -> None:
+            if text:
+                job.push(Delta(text, self.pending_tokens))
+                self.pending_tokens = 0
+
+        def flush(self) -> None:
+            """End of generation: emit held-back text and the tokens not yet reported."""
+            text = self.matcher.feed(self.detok.flush()) if not self.matcher.stopped else ""
+            text += self.matcher.finish()
+            if text or self.pending_tokens:
+                job.push(Delta(text, self.pending_tokens))
+                self.pending_tokens = 0
+
+        def __call__(self, input_ids, scores, **kwargs):
+            stop = job.abort.is_set()
+            generated = input_ids.shape[-1] - self.prompt_len
+            # Normally exactly one new token per call; loop in case a version calls less often.
+            while not stop and self.completion_tokens < generated and not self.matcher.stopped:
+                token = int(input_ids[0, self.prompt_len + self.completion_tokens])
+                self.completion_tokens += 1
+                self.pending_tokens += 1
+                engine.tokens_generated += 1
+                if token in eos_ids:
+                    self.hit_eos = True
+                    break
+                self._emit(self.matcher.feed(self.detok.add(token)))
+            stop = stop or self.matcher.stopped or self.hit_eos
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return _StreamAndStop()
+
+
+class TransformersEngine(LLMEngine):
+    def __init__(self, config: TransformersConfig) -> None:
+        super().__init__()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config = config
+        self.model_name = config.model
+        self.device = resolve_device(config.device)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("LLM engine device 'cuda' requested but CUDA is not available: set device to cpu or auto")
+        if config.dtype == "auto":
+            self.dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+        else:
+            self.dtype = getattr(torch, config.dtype)
+        torch.set_num_threads(config.torch_threads)
+
+        source: str | Path = config.model
+        local = looks_local(config.model)
+        if local:
+            source = require_path(config.model, "LLM model directory")
+        self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer at {source} has no chat_template; use a chat (instruct) model")
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, local_files_only=local)
+        self.model.to(self.device).eval()
+
+        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
+        self._eos_ids = self._collect_eos_ids()
+        self._pad_id = self.tokenizer.pad_token_id
+        if self._pad_id is None:
+            self._pad_id = min(self._eos_ids) if self._eos_ids else 0
+        # One generation at a time: a single worker thread; requests queue in front of it.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-llm")
+        self._jobs: set[_Job] = set()
+        self.tokens_generated = 0  # all completion tokens computed by this engine, aborted ones included
+
+    def _collect_eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for value in (getattr(self.model.generation_config, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids
+
+    # -- prompt -----------------------------------------------------------------------------------
+
+    def render_prompt(self, request: ChatRequest) -> str:
+        """The chat rendered by the model's chat template, ready for the assistant's reply."""
+        return self.tokenizer.apply_chat_template(
+            chat_messages(request),
+            tools=list(request.tools) or None,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+
+    def encode_prompt(self, request: ChatRequest) -> list[int]:
+        # The template already wrote any BOS/special tokens the model wants: add none here.
+        return list(self.tokenizer.encode(self.render_prompt(request), add_special_tokens=False))
+
+    # -- generation -------------------------------------------------------------------------------
+
+    async def generate(self, request: ChatRequest) -> AsyncIterator[Delta | Finished]:
+        request_id = request.request_id or f"chat-{uuid.uuid4().hex[:16]}"
+        stats: EngineStats = self.stats
+        stats.started += 1
+        stats.active += 1
+        accounted = False
+        outcome = "aborted"
+        job: _Job | None = None
+        future: concurrent.futures.Future | None = None
+        try:
+            prompt_ids = self.encode_prompt(request)
+            max_new = request.sampling.max_tokens
+            if self.max_context is not None:
+                room = self.max_context - len(prompt_ids)
+                if room <= 0:
+                    raise ValueError(
+                        f"prompt of {len(prompt_ids)} tokens does not fit the model's context of {self.max_context}"
+                    )
+                max_new = min(max_new, room)
+            if max_new < 1:
+                raise ValueError(f"max_tokens must be >= 1, got {request.sampling.max_tokens}")
+
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue = asyncio.Queue()
+
+            def push(item: Any) -> None:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+                except RuntimeError:  # the event loop is gone: nobody is listening any more
+                    if job is not None:
+                        job.abort.set()
+
+            job = _Job(request_id, prompt_ids, request.sampling, max_new, push)
+            self._jobs.add(job)
+            future = self._executor.submit(self._run, job)
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, Finished):
+                    outcome = "finished"
+                    stats.active -= 1
+                    stats.finished += 1
+                    accounted = True
+                    yield item
+                    return
+                yield item
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            # Runs on normal end, on error, on aclose() (GeneratorExit) and on task cancellation.
+            if job is not None:
+                job.abort.set()  # the worker stops before computing another token
+                self._jobs.discard(job)
+            if future is not None:
+                future.cancel()  # still queued behind another request: never starts
+            if not accounted:
+                stats.active -= 1
+                if outcome == "aborted":
+                    stats.record_abort(request_id)
+
+    def _run(self, job: _Job) -> None:
+        """Worker thread: run one generation, pushing Delta items then Finished (or an exception)."""
+        if job.abort.is_set():
+            return
+        try:
+            job.push(self._generate_blocking(job))
+        except BaseException as exc:  # noqa: BLE001 - handed to the asyncio side
+            job.push(exc)
+
+    def _generate_blocking(self, job: _Job) -> Finished:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        sampling = job.sampling
+        criterion = _build_stopping_criterion(self, job, self._eos_ids)
+        input_ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
+        # The checkpoint's generation defaults, overridden by this request's sampling.
+        config = copy.deepcopy(self.model.generation_config)
+        config.max_new_tokens = job.max_new_tokens
+        config.pad_token_id = self._pad_id
+        if sampling.temperature <= 0.0:
+            config.do_sample = False
+        else:
+            config.do_sample = True
+            config.temperature = float(sampling.temperature)
+            config.top_p = float(sampling.top_p) if 0.0 < sampling.top_p < 1.0 else 1.0
+            config.top_k = int(sampling.top_k) if sampling.top_k > 0 else 0
+        kwargs: dict[str, Any] = dict(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            generation_config=config,
+            stopping_criteria=StoppingCriteriaList([criterion]),
+        )
+        with self._seeded(sampling.seed), torch.inference_mode():
+            self.model.generate(**kwargs)
+        criterion.flush()
+        if criterion.matcher.stopped or criterion.hit_eos:
+            reason = "stop"
+        elif criterion.completion_tokens >= job.max_new_tokens:
+            reason = "length"
+        else:  # only when aborted: nobody reads this
+            reason = "stop"
+        return Finished(reason, len(job.prompt_ids), criterion.completion_tokens)
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int | None):
+        """Seed torch's RNG for one request and restore it afterwards (generations are serialized)."""
+        if seed is None:
+            yield
+            return
+        import torch
+
+        devices = [torch.device(self.device).index or 0] if self.device == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    async def close(self) -> None:
+        for job in list(self._jobs):
+            job.abort.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,157 @@
+"""vLLM's async engine (CUDA): continuous batching, paged KV cache, prefix caching.
+
+Written against vLLM >= 0.11 (the v1 engine; `AsyncLLMEngine` is its `AsyncLLM`). vLLM is
+imported only when this engine is built, so the module imports anywhere. Closing or cancelling
+`generate` aborts the request inside vLLM at once, freeing its KV-cache blocks for the next turn.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from services.common.config import require_path
+from services.llm.config import VLLMConfig
+from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine, Sampling
+from services.llm.engines.transformers import chat_messages, looks_local
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError(
+            "the vllm LLM engine needs the `vllm` package (CUDA only): install `parley[llm-vllm]` in the GPU "
+            "image, or choose the transformers or openai engine"
+        ) from exc
+    return vllm
+
+
+class VLLMEngine(LLMEngine):
+    def __init__(self, config: VLLMConfig) -> None:
+        super().__init__()
+        vllm = _import_vllm()
+        try:
+            from vllm import AsyncLLMEngine  # v1: an alias of vllm.v1.engine.async_llm.AsyncLLM
+        except ImportError:
+            from vllm.v1.engine.async_llm import AsyncLLM as AsyncLLMEngine
+        try:
+            from vllm.sampling_params import RequestOutputKind
+        except ImportError:
+            RequestOutputKind = None  # noqa: N806 - very old vLLM: outputs are cumulative
+
+        self.config = config
+        self.model_name = config.model
+        source: str | Path = config.model
+        if looks_local(config.model):
+            source = require_path(config.model, "LLM model directory")
+        self._vllm = vllm
+        self._delta_kind = getattr(RequestOutputKind, "DELTA", None) if RequestOutputKind is not None else None
+        args = vllm.AsyncEngineArgs(
+            model=str(source),
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_model_len=config.max_model_len,
+            dtype=config.dtype,
+            enforce_eager=config.enforce_eager,
+            tensor_parallel_size=config.tensor_parallel_size,
+            enable_prefix_caching=config.enable_prefix_caching,
+        )
+        self.engine = AsyncLLMEngine.from_engine_args(args)
+        self._tokenizer: Any = None
+
+    async def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            tokenizer = self.engine.get_tokenizer()  # a coroutine before vLLM 0.12, a plain call after
+            if inspect.isawaitable(tokenizer):
+                tokenizer = await tokenizer
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    async def encode_prompt(self, request: ChatRequest) -> list[int]:
+        tokenizer = await self.tokenizer()
+        text = tokenizer.apply_chat_template(
+            chat_messages(request),
+            tools=list(request.tools) or None,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        # The chat template already wrote BOS and other special tokens: add none here.
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    def sampling_params(self, sampling: Sampling) -> Any:
+        greedy = sampling.temperature <= 0.0
+        kwargs: dict[str, Any] = dict(
+            n=1,
+            temperature=0.0 if greedy else float(sampling.temperature),
+            top_p=1.0 if greedy or not 0.0 < sampling.top_p <= 1.0 else float(sampling.top_p),
+            top_k=int(sampling.top_k) if sampling.top_k > 0 else 0,  # 0 = off (vLLM >= 0.8; -1 before)
+            max_tokens=int(sampling.max_tokens),
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+        )
+        if self._delta_kind is not None:
+            kwargs["output_kind"] = self._delta_kind
+        return self._vllm.SamplingParams(**kwargs)
+
+    async def generate(self, request: ChatRequest) -> AsyncIterator[Delta | Finished]:
+        request_id = request.request_id or f"chat-{uuid.uuid4().hex[:16]}"
+        stats = self.stats
+        stats.started += 1
+        stats.active += 1
+        accounted = False
+        outcome = "aborted"
+        submitted = False
+        try:
+            prompt_ids = await self.encode_prompt(request)
+            params = self.sampling_params(request.sampling)
+            delta_mode = self._delta_kind is not None
+            sent_text = 0  # cumulative mode only: characters already yielded
+            sent_tokens = 0  # cumulative mode only: tokens already reported
+            completion_tokens = 0
+            finish_reason: str | None = None
+            submitted = True
+            outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+            try:
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    if delta_mode:
+                        text, tokens = completion.text, len(completion.token_ids)
+                    else:
+                        text, tokens = completion.text[sent_text:], len(completion.token_ids) - sent_tokens
+                        sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
+                    completion_tokens += tokens
+                    if text or tokens:
+                        yield Delta(text, tokens)
+                    if completion.finish_reason is not None:
+                        finish_reason = completion.finish_reason
+            finally:
+                # A no-op once the stream is exhausted; on an early exit vLLM's own generator aborts too.
+                await outputs.aclose()
+            if finish_reason == "abort":
+                raise RuntimeError(f"vLLM aborted request {request_id}")
+            outcome = "finished"
+            stats.active -= 1
+            stats.finished += 1
+            accounted = True
+            yield Finished("length" if finish_reason == "length" else "stop", len(prompt_ids), completion_tokens)
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            if not accounted:
+                stats.active -= 1
+                if outcome == "aborted":
+                    stats.record_abort(request_id)
+                    if submitted:
+                        # Free the sequence's KV cache now; a no-op if vLLM already dropped it.
+                        await self.engine.abort(request_id)
+
+    async def close(self) -> None:
+        shutdown = getattr(self.engine, "shutdown", None)
+        if shutdown is not None:
+            result = shutdown()
+            if inspect.isawaitable(result):
+                await result

@@ -1,0 +1,139 @@
+"""FasterWhisperEngine on the tiny random-weight Whisper built by services.asr.tiny."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.asr import tiny
+from services.asr.config import FasterWhisperConfig
+from services.asr.engine import DecodeOptions, Transcription, Word, load_engine
+from services.asr.engines.faster_whisper import (
+    FasterWhisperEngine,
+    looks_like_path,
+    resolve_compute_type,
+)
+from services.common.audio import read_wav
+
+SR = 16_000
+HELLO = Path(__file__).resolve().parents[2] / "services" / "assets" / "hello.wav"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_whisper) -> FasterWhisperEngine:
+    eng = FasterWhisperEngine(FasterWhisperConfig(model=str(tiny_whisper), device="cpu",
+                                                  max_new_tokens=32))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    """3 s of audio: the espeak fixture where it exists, else a deterministic voiced-like signal."""
+    if HELLO.exists():
+        audio, rate = read_wav(HELLO)
+        assert rate == SR
+        return audio[: 3 * SR]
+    t = np.arange(3 * SR) / SR
+    return (0.1 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def test_tiny_model_has_whisper_layout(tiny_whisper):
+    for name in ("model.bin", "config.json", "vocabulary.json", "tokenizer.json",
+                 "preprocessor_config.json"):
+        assert (tiny_whisper / name).is_file(), name
+    tok = tiny.build_tokenizer()
+    assert tok.get_vocab_size() == 51865
+    ids = {t: tok.token_to_id(t) for t in (
+        "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
+        "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>", "<|0.00|>",
+        "<|30.00|>", "")}
+    assert ids == {"<|endoftext|>": 50257, "<|startoftranscript|>": 50258, "<|en|>": 50259,
+                   "<|translate|>": 50358, "<|transcribe|>": 50359, "<|startoflm|>": 50360,
+                   "<|startofprev|>": 50361, "<|nocaptions|>": 50362, "<|notimestamps|>": 50363,
+                   "<|0.00|>": 50364, "<|30.00|>": 51864, "": 50256}
+    text = "Hello, I would like to book a table."
+    assert tok.decode(tok.encode(text, add_special_tokens=False).ids) == text
+    # Deterministic: the file shipped with the model is the one the builder makes.
+    assert json.loads((tiny_whisper / "tokenizer.json").read_text()) == json.loads(tok.to_str())
+
+
+def test_engine_loads_multilingual_on_cpu_int8(engine):
+    assert engine.device == "cpu" and engine.compute_type == "int8"
+    assert engine.model.model.is_multilingual
+
+
+def test_transcribe_returns_text_in_english(engine, speech):
+    started = time.perf_counter()
+    result = engine.transcribe(speech, DecodeOptions(language="en"))
+    elapsed = time.perf_counter() - started
+    assert isinstance(result, Transcription)
+    assert isinstance(result.text, str) and result.text == result.text.strip()
+    assert result.language == "en"
+    assert result.words == ()
+    assert elapsed < 15.0
+
+
+def test_word_timestamps_lie_within_the_buffer(engine, speech):
+    result = engine.transcribe(speech, DecodeOptions(language="en", word_timestamps=True))
+    assert result.words, "the tiny model emits tokens, so there are words to time"
+    duration = speech.size / SR
+    for word in result.words:
+        assert isinstance(word, Word) and isinstance(word.word, str)
+        assert 0.0 <= word.start_s <= word.end_s <= duration
+        assert 0.0 <= word.probability <= 1.0
+    starts = [w.start_s for w in result.words]
+    assert starts == sorted(starts)
+
+
+def test_beam_search_and_empty_audio(engine, speech):
+    result = engine.transcribe(speech[: SR], DecodeOptions(language="en", beam_size=2))
+    assert isinstance(result.text, str) and result.language == "en"
+    empty = engine.transcribe(np.zeros(0, np.float32), DecodeOptions(language="en"))
+    assert empty == Transcription(text="", language="en")
+
+
+def test_concurrent_calls_from_worker_threads_agree(engine, speech):
+    expected = engine.transcribe(speech, DecodeOptions(language="en"))
+    results: list[Transcription] = []
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            results.append(engine.transcribe(speech, DecodeOptions(language="en")))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(results) == 3
+    assert all(r == expected for r in results)
+
+
+def test_load_engine_selects_faster_whisper(tiny_whisper):
+    eng = load_engine(FasterWhisperConfig(model=str(tiny_whisper), device="cpu", max_new_tokens=8))
+    try:
+        assert isinstance(eng, FasterWhisperEngine)
+    finally:
+        eng.close()
+
+
+def test_missing_model_path_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="parley models tiny"):
+        FasterWhisperEngine(FasterWhisperConfig(model=str(tmp_path / "nope" / "whisper")))
+
+
+def test_path_and_compute_type_resolution():
+    assert looks_like_path("models/tiny/whisper") and looks_like_path("./whisper")
+    assert not looks_like_path("large-v3")
+    assert resolve_compute_type("auto", "cpu") == "int8"
+    assert resolve_compute_type("auto", "cuda") == "float16"
+    assert resolve_compute_type("int8_float16", "cuda") == "int8_float16"

@@ -1,0 +1,127 @@
+"""The tiny Moshi checkpoint loads through moshi's own loaders and streams full-duplex on CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "moshi.models.loaders",
+    reason="moshi is not installed (install it with `pip install --no-deps moshi==0.2.13` plus its "
+    "requirements, see the Makefile)",
+)
+import torch  # noqa: E402
+from moshi.models.lm import LMGen  # noqa: E402
+
+from services.moshi.loading import load_moshi  # noqa: E402
+
+FRAME = 1920  # samples per 80 ms frame at 24 kHz
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_moshi: Path):
+    return load_moshi(tiny_moshi, "cpu")
+
+
+def _run_session(mimi, lm, gen_config: dict, batch: int, frames: int, seed: int = 0):
+    """Stream `frames` frames of noise through Mimi + LMGen; per-frame outputs and step times."""
+    lm_gen = LMGen(lm, **gen_config)
+    generator = torch.Generator().manual_seed(seed)
+    outputs, step_s = [], []
+    with torch.no_grad(), mimi.streaming(batch), lm_gen.streaming(batch):
+        for _ in range(frames):
+            pcm = 0.1 * torch.randn(batch, 1, FRAME, generator=generator)
+            started = time.perf_counter()
+            codes = mimi.encode(pcm)
+            assert codes.shape == (batch, 8, 1)
+            tokens = lm_gen.step(codes)
+            wav = None if tokens is None else mimi.decode(tokens[:, 1:])
+            step_s.append(time.perf_counter() - started)
+            outputs.append((tokens, wav))
+    return outputs, step_s
+
+
+def test_layout_and_config(tiny_moshi: Path, loaded):
+    mimi, lm, tokenizer, info = loaded
+    for name in ("config.json", "model.safetensors", "tokenizer-e351c8d8-checkpoint125.safetensors",
+                 "tokenizer_spm_32k_3.model", "mimi_config.json"):
+        assert (tiny_moshi / name).is_file(), name
+    assert "mimi_config_name" not in json.loads((tiny_moshi / "config.json").read_text())
+    assert info.mimi_config is not None  # the tiny Mimi, not moshi's built-in full-size one
+    assert (lm.n_q, lm.dep_q, lm.card, lm.num_codebooks) == (16, 8, 2048, 17)
+    assert lm.text_card <= tokenizer.get_piece_size()
+    assert mimi.sample_rate == 24000 and mimi.frame_rate == 12.5 and mimi.frame_size == FRAME
+    assert mimi.num_codebooks == 8
+    assert not lm.training and not mimi.training
+
+
+def test_streaming_session_batch_2(loaded):
+    mimi, lm, tokenizer, info = loaded
+    frames, batch = 10, 2
+    outputs, step_s = _run_session(mimi, lm, info.lm_gen_config, batch, frames)
+    delay = max(lm.delays)  # LMGen returns None until the delayed codebooks are complete
+    assert all(tokens is None for tokens, _ in outputs[:delay])
+    texts = []
+    for tokens, wav in outputs[delay:]:
+        assert tokens is not None and tokens.shape == (batch, 1 + lm.dep_q, 1)
+        assert ((tokens[:, 1:] >= 0) & (tokens[:, 1:] < lm.card)).all()
+        assert wav.shape == (batch, 1, FRAME)
+        assert torch.isfinite(wav).all()
+        text_ids = tokens[:, 0, 0].tolist()
+        assert all(0 <= t < lm.text_card for t in text_ids)
+        texts.append([tokenizer.id_to_piece(t) for t in text_ids])
+        assert isinstance(tokenizer.decode(text_ids), str)
+    assert len(texts) == frames - delay
+    # A whole frame (encode + LM step + decode for the batch) costs far under a second. The cores
+    # are shared with other jobs, so judge the cost by the fastest frames, not the median.
+    assert sorted(step_s[delay:])[1] < 0.5, step_s
+
+
+def test_step_time_batch_1_and_8(loaded):
+    mimi, lm, _, info = loaded
+    report = []
+    for batch in (1, 8):
+        _, step_s = _run_session(mimi, lm, info.lm_gen_config, batch, frames=12)
+        steady = [1000 * s for s in step_s[2:]]  # frames with LM output, after warm-up
+        report.append(f"batch {batch}: median {statistics.median(steady):.1f} ms, "
+                      f"best {min(steady):.1f} ms per 80 ms frame")
+        assert min(steady) < 1000  # min: the shared cores make the median noisy
+    print(f"\n[tiny moshi, CPU, {torch.get_num_threads()} threads] " + "; ".join(report))
+
+
+def test_missing_dir_names_the_fix(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="parley models tiny"):
+        load_moshi(tmp_path / "nope", "cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="parley models tiny"):
+        load_moshi(tmp_path / "empty", "cpu")
+
+
+def test_mimi_config_name_resolved_locally(tiny_moshi: Path, tmp_path: Path):
+    """A config.json naming its Mimi config is read from the directory, never from the hub."""
+    model_dir = tmp_path / "renamed"
+    shutil.copytree(tiny_moshi, model_dir)
+    (model_dir / "mimi_config.json").rename(model_dir / "my_mimi.json")
+    config = json.loads((model_dir / "config.json").read_text())
+    config["mimi_config_name"] = "my_mimi.json"
+    (model_dir / "config.json").write_text(json.dumps(config))
+    mimi, _, _, info = load_moshi(model_dir, "cpu")
+    assert info.mimi_config["seanet"]["dimension"] == mimi.dimension
+
+
+def test_legacy_moshiko_layout_without_config(tmp_path: Path):
+    """A moshiko directory without config.json maps to moshi's Moshi-7B defaults, with no hub call."""
+    from services.moshi.loading import checkpoint_info
+
+    for name in ("model.safetensors", "tokenizer-e351c8d8-checkpoint125.safetensors",
+                 "tokenizer_spm_32k_3.model"):
+        (tmp_path / name).write_bytes(b"")
+    info = checkpoint_info(tmp_path)
+    assert info.lm_config is None and info.mimi_config is None
+    assert info.moshi_weights == tmp_path / "model.safetensors"
+    assert info.tokenizer == tmp_path / "tokenizer_spm_32k_3.model"
