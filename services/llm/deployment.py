@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from contextlib import aclosing
-from dataclasses import asdict
 
 from ray import serve
 from ray.serve import Application
 
-from services.common.config import model_dump_public
 from services.common.rpc import check_size, grpc_stream, invalid_argument
+from services.common.stage import StageDeployment
 from services.llm.config import LLMConfig
 from services.llm.engine import ChatRequest, ChatTurn, Delta, Sampling, load_engine
 from services.proto import llm_pb2
-
-logger = logging.getLogger("ray.serve")
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 FINISH_REASONS = {"stop": llm_pb2.FINISH_REASON_STOP, "length": llm_pb2.FINISH_REASON_LENGTH}
@@ -64,15 +60,18 @@ def to_chat_request(request: llm_pb2.GenerateRequest, config: LLMConfig) -> Chat
 
 
 @serve.deployment(name="LanguageModel", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
-class LanguageModelDeployment:
+class LanguageModelDeployment(StageDeployment[LLMConfig]):
+    config_type = LLMConfig
+
     def __init__(self, config: LLMConfig):
-        self.config = LLMConfig.model_validate(config)
-        logger.info("loading LLM engine %s", model_dump_public(self.config.engine))
-        self.engine = load_engine(self.config.engine)
+        super().__init__(config, load_engine)
 
     @grpc_stream
     async def Generate(self, request: llm_pb2.GenerateRequest):
-        chat = to_chat_request(request, self.config)
+        async for response in self.track(self._generate(to_chat_request(request, self.config))):
+            yield response
+
+    async def _generate(self, chat: ChatRequest):
         started = time.perf_counter()
         first_token_s = None
         # aclosing: a cancelled RPC closes the engine's generator, which aborts the generation.
@@ -90,10 +89,6 @@ class LanguageModelDeployment:
                         time_to_first_token_s=first_token_s if first_token_s is not None else total,
                         total_s=total, model=self.engine.model_name,
                     ))
-
-    async def engine_stats(self) -> dict:
-        """Engine counters (started, finished, aborted, active): for operators and tests."""
-        return asdict(self.engine.stats)
 
 
 def build_app(args: LLMConfig) -> Application:

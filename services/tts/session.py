@@ -66,6 +66,8 @@ class SynthesisSession:
             kind = request.WhichOneof("request")
             if kind == "text":
                 text = request.text.text
+                if not text:
+                    raise invalid_argument("a text chunk must not be empty")
                 check_size(len(text), self._config.max_chunk_chars, "text chunk length")
                 total_chars += len(text)
                 check_size(total_chars, self._config.max_stream_chars, "text in this stream")

@@ -2,7 +2,8 @@
 
 The directory holds what the real repository holds, by the same names:
 
-    config.json          the real structure and the real 178-id phoneme vocabulary, smaller dims
+    config.json          the real keys and the real phoneme vocabulary (114 symbols, ids 1..177),
+                         smaller dims
     kokoro-v1_0.pth      {"bert": ..., "bert_encoder": ..., "predictor": ..., "text_encoder": ...,
                           "decoder": ...}: one state dict per KModel submodule, as in the real file
     voices/<name>.pt     one voice pack per voice: float32 [510, 1, 256], the style vector for an

@@ -186,6 +186,24 @@ async def test_tools_passed_through_generation(engine):
     assert done.prompt_tokens > len(engine.encode_prompt(chat())) and done.completion_tokens == 4
 
 
+async def test_worker_errors_surface_and_are_not_aborts(engine, monkeypatch):
+    def broken_generate(**kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(engine.model, "generate", broken_generate)
+    aborted = engine.stats.aborted
+    with pytest.raises(RuntimeError, match="kernel exploded"):
+        await collect(engine.generate(chat()))
+    assert engine.stats.active == 0 and engine.stats.aborted == aborted
+
+
+async def test_prompt_longer_than_the_context_is_refused(engine):
+    long = ChatRequest(messages=(ChatTurn("user", "hello there " * 1500),))
+    with pytest.raises(ValueError, match="does not fit the model's context of 2048"):
+        await collect(engine.generate(long))
+    assert engine.stats.active == 0
+
+
 def test_missing_model_path_names_the_fix():
     from services.llm.engines.transformers import TransformersEngine
 

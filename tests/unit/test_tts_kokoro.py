@@ -7,8 +7,6 @@ absent, so "auto" G2P must pick espeak-ng.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -39,8 +37,11 @@ def _offline(mp: pytest.MonkeyPatch, spacy_model_installed: bool = False) -> Non
         mp.setattr(module, "hf_hub_download", _no_network)
     mp.setattr(spacy.cli, "download", _no_network)
     real_is_package = spacy.util.is_package
-    mp.setattr(spacy.util, "is_package",
-               lambda name: spacy_model_installed if name.startswith("en_core_web") else real_is_package(name))
+
+    def is_package(name: str) -> bool:
+        return spacy_model_installed if name.startswith("en_core_web") else real_is_package(name)
+
+    mp.setattr(spacy.util, "is_package", is_package)
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +62,12 @@ def test_tiny_model_has_the_real_layout(tiny_kokoro):
     import json
 
     config = json.loads((tiny_kokoro / "config.json").read_text(encoding="utf-8"))
-    assert {"istftnet", "plbert", "vocab", "n_token", "hidden_dim", "style_dim", "max_dur"} <= set(config)
+    keys = {"istftnet", "plbert", "vocab", "n_token", "hidden_dim", "style_dim", "max_dur"}
+    assert keys <= set(config)
     assert config["vocab"]["ˈ"] == 156 and config["vocab"][" "] == 16 and config["n_token"] == 178
     assert (tiny_kokoro / "kokoro-v1_0.pth").is_file()
-    assert sorted(p.name for p in (tiny_kokoro / "voices").glob("*.pt")) == ["af_heart.pt", "am_adam.pt"]
+    voices = sorted(p.name for p in (tiny_kokoro / "voices").glob("*.pt"))
+    assert voices == ["af_heart.pt", "am_adam.pt"]
 
 
 def test_loads_offline_and_auto_picks_espeak(engine):
@@ -186,8 +189,8 @@ def test_split_ids():
     assert split(list("   "), 8) == []
 
 
-@pytest.mark.skipif(os.environ.get("PARLEY_SLOW") != "1", reason="set PARLEY_SLOW=1")
 def test_tiny_build_is_deterministic(tmp_path):
+    """Two builds give identical weights and voices (a few seconds: two 220 MB checkpoints)."""
     import torch
 
     from services.tts import tiny
@@ -196,4 +199,8 @@ def test_tiny_build_is_deterministic(tmp_path):
     tiny.build(tmp_path / "b")
     a = torch.load(tmp_path / "a" / tiny.WEIGHTS_NAME, weights_only=True)
     b = torch.load(tmp_path / "b" / tiny.WEIGHTS_NAME, weights_only=True)
-    assert all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])
+    assert a.keys() == b.keys() and all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])
+    for voice in tiny.VOICES:
+        pa = torch.load(tmp_path / "a" / "voices" / f"{voice}.pt", weights_only=True)
+        pb = torch.load(tmp_path / "b" / "voices" / f"{voice}.pt", weights_only=True)
+        assert pa.shape == (510, 1, 256) and torch.equal(pa, pb)

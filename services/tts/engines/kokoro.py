@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +101,8 @@ class _MisakiG2P:
         try:
             fallback = espeak.EspeakFallback(british=british)
         except Exception as exc:  # noqa: BLE001 - words outside the lexicon are then skipped
-            log.warning("misaki's espeak-ng fallback is unavailable (%s): unknown words are skipped",
-                        exc)
+            log.warning("misaki's espeak-ng fallback is unavailable (%s): "
+                        "words outside its lexicons are skipped", exc)
             fallback = None
         self._g2p = en.G2P(trf=False, british=british, fallback=fallback, unk="")
 
@@ -256,14 +257,19 @@ class KokoroEngine(TTSEngine):
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.torch_threads)
         # repo_id only names the layout: with a config and a weights path KModel reads files only.
-        self.model = KModel(repo_id=REPO_ID, config=model_config, model=str(self.weights_path))
+        with warnings.catch_warnings():  # construction noise from kokoro's modules, every load
+            warnings.filterwarnings("ignore", message="dropout option adds dropout")
+            warnings.filterwarnings("ignore", message=".*weight_norm` is deprecated")
+            self.model = KModel(repo_id=REPO_ID, config=model_config, model=str(self.weights_path))
         self.model = self.model.to(self.device).eval()
         self.vocab: dict[str, int] = dict(self.model.vocab)
         self.max_ids = min(MAX_IDS, self.model.context_length - 2)
         self.style_width = 2 * int(model_config["style_dim"])
 
         voices_dir = self.model_dir / "voices"
-        self._voice_files = {p.stem: p for p in sorted(voices_dir.glob("*.pt"))} if voices_dir.is_dir() else {}
+        self._voice_files = (
+            {p.stem: p for p in sorted(voices_dir.glob("*.pt"))} if voices_dir.is_dir() else {}
+        )
         self._packs: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
 
@@ -295,8 +301,8 @@ class KokoroEngine(TTSEngine):
         if pack is not None:
             return pack
         path = self._voice_files.get(voice)
-        if path is None and voice.endswith(".pt") and Path(voice).is_absolute() and Path(voice).is_file():
-            path = Path(voice)
+        if path is None and voice.endswith(".pt") and Path(voice).is_absolute():
+            path = Path(voice) if Path(voice).is_file() else None
         if path is None:
             raise UnknownVoiceError(
                 f"unknown voice {voice!r}; known voices: {', '.join(self.voices()) or '(none)'}"
@@ -306,7 +312,7 @@ class KokoroEngine(TTSEngine):
             raise ValueError(f"voice file {path} holds {type(pack).__name__}, not a tensor")
         if pack.dim() == 2:
             pack = pack.unsqueeze(1)
-        if pack.dim() != 3 or pack.shape[1] != 1 or pack.shape[2] != self.style_width or not len(pack):
+        if pack.dim() != 3 or pack.shape[1:] != (1, self.style_width) or not len(pack):
             raise ValueError(f"voice file {path} has shape {tuple(pack.shape)}; "
                              f"expected [N, 1, {self.style_width}]")
         pack = pack.to(device=self.device, dtype=torch.float32)
@@ -318,6 +324,8 @@ class KokoroEngine(TTSEngine):
         if not (math.isfinite(speed) and speed > 0):
             raise ValueError(f"speed must be a positive number, got {speed!r}")
         with self._lock:
+            if self.model is None:
+                raise RuntimeError("the Kokoro engine is closed")
             pack = self._pack(voice)
             if not text.strip():
                 return Speech(audio=np.zeros(0, dtype=np.float32))
@@ -325,7 +333,9 @@ class KokoroEngine(TTSEngine):
             # Keep the symbols the model knows, squeezing runs of spaces.
             symbols, owners = [], []
             for symbol, owner in zip(phonemes.symbols, phonemes.owners):
-                if symbol not in self.vocab or (symbol == SPACE and (not symbols or symbols[-1] == SPACE)):
+                if symbol not in self.vocab:
+                    continue
+                if symbol == SPACE and (not symbols or symbols[-1] == SPACE):
                     continue
                 symbols.append(symbol)
                 owners.append(owner)
@@ -358,10 +368,11 @@ class KokoroEngine(TTSEngine):
                         last[word] = max(last.get(word, finish), finish)
                     chunks.append(audio)
                     offset += audio.size
-            audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+            audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
             return Speech(audio=audio, words=self._words(phonemes.words, first, last))
 
-    def _words(self, words: list[str], first: dict[int, int], last: dict[int, int]) -> tuple[Word, ...]:
+    @staticmethod
+    def _words(words: list[str], first: dict[int, int], last: dict[int, int]) -> tuple[Word, ...]:
         """Every word with its span; a word the model got no symbols for gets an empty span where
         it would have been spoken. No spans at all gives no words."""
         if not first:
