@@ -33,12 +33,17 @@ def _cluster(args: argparse.Namespace):
 
 
 def _up(args: argparse.Namespace) -> int:
-    from services.cluster import application_names
+    from services.cluster import ClusterError, application_names, port_in_use, serve_ports
 
     if not args.config.exists():
         print(f"error: {args.config} not found (run from the repo root, or pass --config)", file=sys.stderr)
         return 2
     cluster = _cluster(args)
+    if not cluster.is_running():
+        for port in serve_ports(args.config):
+            if port_in_use(port):
+                raise ClusterError(f"port {port} (Serve ingress in {args.config}) is taken by another process: "
+                                   "stop it, or change the port in the config")
     cluster.start()
     cluster.deploy(args.config)
     cluster.wait_running(application_names(args.config), timeout_s=args.timeout)

@@ -143,5 +143,7 @@ def application_names(config: Path) -> list[str]:
     return [app["name"] for app in yaml.safe_load(Path(config).read_text())["applications"]]
 
 
-def grpc_port(config: Path) -> int:
-    return int(yaml.safe_load(Path(config).read_text()).get("grpc_options", {}).get("port", 9000))
+def serve_ports(config: Path) -> tuple[int, int]:
+    """The (HTTP, gRPC) ports a serve config asks Serve's proxies to listen on."""
+    data = yaml.safe_load(Path(config).read_text())
+    return int(data.get("http_options", {}).get("port", 8000)), int(data.get("grpc_options", {}).get("port", 9000))

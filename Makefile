@@ -1,0 +1,45 @@
+# Parley: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch; on GPU machines install the CUDA build of the same version first.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup models up demo down test bench-hops protos clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> creating $(VENV) and installing Parley with every stage's extras (a few minutes the first time)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --progress-bar off --upgrade pip
+	$(BIN)/pip install --progress-bar off "$(TORCH)"
+	$(BIN)/pip install --progress-bar off -e ".[asr,llm,tts,moshi,tiny,dev]"
+	@# moshi pins torch<2.10 but runs on this torch: install it without its pins (see docs/install.md)
+	$(BIN)/pip install --progress-bar off --no-deps "moshi==0.2.13"
+	touch $@
+
+models: setup
+	$(BIN)/parley models tiny
+
+up: models
+	$(BIN)/parley up
+
+# The main job on the embedded default: local Ray, CPU, tiny models, every stage answering.
+demo: up
+	$(BIN)/parley demo
+
+down:
+	$(BIN)/parley down
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench-hops: models
+	$(BIN)/python load/stage_hops.py
+
+protos: setup
+	$(BIN)/python scripts/gen_protos.py
+
+clean: down
+	rm -rf $(VENV) models/tiny out
