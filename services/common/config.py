@@ -24,6 +24,16 @@ def resolve_device(device: Device) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def is_local_path(value: str) -> bool:
+    """A model string names a local directory rather than a hub id (`org/name`) or a size name.
+
+    Paths start with / . ~, exist already, or have two or more separators (models/tiny/llm).
+    """
+    if value.startswith(("/", "./", "../", "~", "\\")) or Path(value).expanduser().exists():
+        return True
+    return value.count("/") >= 2 or "\\" in value
+
+
 def require_path(value: str | Path, what: str) -> Path:
     """A local model path that must exist; the error names the fix."""
     path = Path(value).expanduser()

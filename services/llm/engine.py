@@ -65,6 +65,37 @@ class EngineStats:
         self.aborted += 1
         self.recent_aborts = [*self.recent_aborts[-63:], request_id]
 
+    def track(self, request_id: str) -> TrackedRequest:
+        return TrackedRequest(self, request_id)
+
+
+class TrackedRequest:
+    """Counts one generation in EngineStats: `with stats.track(id) as tracked:` around the whole
+    generator body, and `tracked.finish()` just before yielding Finished. Leaving the block early
+    without finishing counts as an abort when the consumer closed or cancelled the stream
+    (GeneratorExit, CancelledError), and as neither finished nor aborted on an error."""
+
+    def __init__(self, stats: EngineStats, request_id: str):
+        self.stats, self.request_id, self.finished = stats, request_id, False
+
+    def finish(self) -> None:
+        # Counted before Finished is yielded: a consumer may never resume the generator after it.
+        self.finished = True
+        self.stats.active -= 1
+        self.stats.finished += 1
+
+    def __enter__(self) -> TrackedRequest:
+        self.stats.started += 1
+        self.stats.active += 1
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self.finished:
+            return
+        self.stats.active -= 1
+        if error is not None and not isinstance(error, Exception):
+            self.stats.record_abort(self.request_id)
+
 
 class LLMEngine(ABC):
     model_name: str

@@ -15,10 +15,10 @@ from services.asr.config import FasterWhisperConfig
 from services.asr.engine import DecodeOptions, Transcription, Word, load_engine
 from services.asr.engines.faster_whisper import (
     FasterWhisperEngine,
-    looks_like_path,
     resolve_compute_type,
 )
 from services.common.audio import read_wav
+from services.common.config import is_local_path
 
 SR = 16_000
 HELLO = Path(__file__).resolve().parents[2] / "services" / "assets" / "hello.wav"
@@ -132,8 +132,8 @@ def test_missing_model_path_names_the_fix(tmp_path):
 
 
 def test_path_and_compute_type_resolution():
-    assert looks_like_path("models/tiny/whisper") and looks_like_path("./whisper")
-    assert not looks_like_path("large-v3")
+    assert is_local_path("models/tiny/whisper") and is_local_path("./whisper")
+    assert not is_local_path("large-v3")
     assert resolve_compute_type("auto", "cpu") == "int8"
     assert resolve_compute_type("auto", "cuda") == "float16"
     assert resolve_compute_type("int8_float16", "cuda") == "int8_float16"

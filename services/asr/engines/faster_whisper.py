@@ -13,15 +13,13 @@ here instead of holding features in CTranslate2's queue.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from pathlib import Path
 
 import numpy as np
 
 from services.asr.config import FasterWhisperConfig
 from services.asr.engine import SAMPLE_RATE, ASREngine, DecodeOptions, Transcription, Word
-from services.common.config import require_path
+from services.common.config import is_local_path, require_path
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +38,13 @@ def resolve_compute_type(compute_type: str, device: str) -> str:
     return "float16" if device == "cuda" else "int8"
 
 
-def looks_like_path(model: str) -> bool:
-    """A local directory (to be checked) rather than a name faster-whisper resolves itself."""
-    return "/" in model or os.sep in model or model.startswith(("~", ".")) or Path(model).exists()
-
-
 class FasterWhisperEngine(ASREngine):
     def __init__(self, config: FasterWhisperConfig):
         from faster_whisper import WhisperModel
 
         self.config = config
         model = config.model
-        if looks_like_path(model):
+        if is_local_path(model):
             model = str(require_path(model, "Whisper model (CTranslate2 directory)"))
         self.device = resolve_device(config.device)
         self.compute_type = resolve_compute_type(config.compute_type, self.device)

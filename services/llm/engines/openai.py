@@ -68,12 +68,7 @@ class OpenAIEngine(LLMEngine):
         import httpx
 
         request_id = request.request_id or f"chat-{uuid.uuid4().hex[:16]}"
-        stats = self.stats
-        stats.started += 1
-        stats.active += 1
-        accounted = False
-        outcome = "aborted"
-        try:
+        with self.stats.track(request_id) as tracked:
             finish_reason: str | None = None
             usage: dict[str, Any] | None = None
             deltas = 0
@@ -118,20 +113,9 @@ class OpenAIEngine(LLMEngine):
                 raise OpenAIEngineError(f"{self.url} ended the stream without a finish_reason")
             prompt_tokens = int((usage or {}).get("prompt_tokens") or 0)
             completion_tokens = int((usage or {}).get("completion_tokens") or deltas)
-            outcome = "finished"
-            stats.active -= 1
-            stats.finished += 1
-            accounted = True
-            yield Finished("length" if finish_reason == "length" else "stop", prompt_tokens, completion_tokens)
-        except Exception:
-            outcome = "error"
-            raise
-        finally:
+            tracked.finish()
             # Leaving the `async with` above closed the response: for a remote server, that is the abort.
-            if not accounted:
-                stats.active -= 1
-                if outcome == "aborted":
-                    stats.record_abort(request_id)
+            yield Finished("length" if finish_reason == "length" else "stop", prompt_tokens, completion_tokens)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -19,18 +19,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from services.common.config import require_path, resolve_device
+from services.common.config import is_local_path, require_path, resolve_device
 from services.llm.config import TransformersConfig
-from services.llm.engine import ChatRequest, Delta, EngineStats, Finished, LLMEngine, Sampling
+from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine, Sampling
 
 _REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
-
-
-def looks_local(value: str) -> bool:
-    """A model string names a local directory (not a hub repo id such as `org/name`)."""
-    if value.startswith(("/", "./", "../", "~", "\\")) or Path(value).expanduser().exists():
-        return True
-    return value.count("/") >= 2 or "\\" in value
 
 
 def chat_messages(request: ChatRequest) -> list[dict[str, Any]]:
@@ -203,7 +196,7 @@ class TransformersEngine(LLMEngine):
         torch.set_num_threads(config.torch_threads)
 
         source: str | Path = config.model
-        local = looks_local(config.model)
+        local = is_local_path(config.model)
         if local:
             source = require_path(config.model, "LLM model directory")
         self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
@@ -250,65 +243,51 @@ class TransformersEngine(LLMEngine):
 
     async def generate(self, request: ChatRequest) -> AsyncIterator[Delta | Finished]:
         request_id = request.request_id or f"chat-{uuid.uuid4().hex[:16]}"
-        stats: EngineStats = self.stats
-        stats.started += 1
-        stats.active += 1
-        accounted = False
-        outcome = "aborted"
         job: _Job | None = None
         future: concurrent.futures.Future | None = None
-        try:
-            prompt_ids = self.encode_prompt(request)
-            max_new = request.sampling.max_tokens
-            if self.max_context is not None:
-                room = self.max_context - len(prompt_ids)
-                if room <= 0:
-                    raise ValueError(
-                        f"prompt of {len(prompt_ids)} tokens does not fit the model's context of {self.max_context}"
-                    )
-                max_new = min(max_new, room)
-            if max_new < 1:
-                raise ValueError(f"max_tokens must be >= 1, got {request.sampling.max_tokens}")
+        with self.stats.track(request_id) as tracked:
+            try:
+                prompt_ids = self.encode_prompt(request)
+                max_new = request.sampling.max_tokens
+                if self.max_context is not None:
+                    room = self.max_context - len(prompt_ids)
+                    if room <= 0:
+                        raise ValueError(
+                            f"prompt of {len(prompt_ids)} tokens does not fit the model's context of {self.max_context}"
+                        )
+                    max_new = min(max_new, room)
+                if max_new < 1:
+                    raise ValueError(f"max_tokens must be >= 1, got {request.sampling.max_tokens}")
 
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue = asyncio.Queue()
+                loop = asyncio.get_running_loop()
+                queue: asyncio.Queue = asyncio.Queue()
 
-            def push(item: Any) -> None:
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-                except RuntimeError:  # the event loop is gone: nobody is listening any more
-                    if job is not None:
-                        job.abort.set()
+                def push(item: Any) -> None:
+                    try:
+                        loop.call_soon_threadsafe(queue.put_nowait, item)
+                    except RuntimeError:  # the event loop is gone: nobody is listening any more
+                        if job is not None:
+                            job.abort.set()
 
-            job = _Job(request_id, prompt_ids, request.sampling, max_new, push)
-            self._jobs.add(job)
-            future = self._executor.submit(self._run, job)
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, Finished):
-                    outcome = "finished"
-                    stats.active -= 1
-                    stats.finished += 1
-                    accounted = True
+                job = _Job(request_id, prompt_ids, request.sampling, max_new, push)
+                self._jobs.add(job)
+                future = self._executor.submit(self._run, job)
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if isinstance(item, Finished):
+                        tracked.finish()
+                        yield item
+                        return
                     yield item
-                    return
-                yield item
-        except Exception:
-            outcome = "error"
-            raise
-        finally:
-            # Runs on normal end, on error, on aclose() (GeneratorExit) and on task cancellation.
-            if job is not None:
-                job.abort.set()  # the worker stops before computing another token
-                self._jobs.discard(job)
-            if future is not None:
-                future.cancel()  # still queued behind another request: never starts
-            if not accounted:
-                stats.active -= 1
-                if outcome == "aborted":
-                    stats.record_abort(request_id)
+            finally:
+                # Runs on normal end, on error, on aclose() (GeneratorExit) and on task cancellation.
+                if job is not None:
+                    job.abort.set()  # the worker stops before computing another token
+                    self._jobs.discard(job)
+                if future is not None:
+                    future.cancel()  # still queued behind another request: never starts
 
     def _run(self, job: _Job) -> None:
         """Worker thread: run one generation, pushing Delta items then Finished (or an exception)."""

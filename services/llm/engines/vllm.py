@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from services.common.config import require_path
+from services.common.config import is_local_path, require_path
 from services.llm.config import VLLMConfig
 from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine, Sampling
-from services.llm.engines.transformers import chat_messages, looks_local
+from services.llm.engines.transformers import chat_messages
 
 
 def _import_vllm():
@@ -46,7 +46,7 @@ class VLLMEngine(LLMEngine):
         self.config = config
         self.model_name = config.model
         source: str | Path = config.model
-        if looks_local(config.model):
+        if is_local_path(config.model):
             source = require_path(config.model, "LLM model directory")
         self._vllm = vllm
         self._delta_kind = getattr(RequestOutputKind, "DELTA", None) if RequestOutputKind is not None else None
@@ -98,56 +98,42 @@ class VLLMEngine(LLMEngine):
 
     async def generate(self, request: ChatRequest) -> AsyncIterator[Delta | Finished]:
         request_id = request.request_id or f"chat-{uuid.uuid4().hex[:16]}"
-        stats = self.stats
-        stats.started += 1
-        stats.active += 1
-        accounted = False
-        outcome = "aborted"
         submitted = False
-        try:
-            prompt_ids = await self.encode_prompt(request)
-            params = self.sampling_params(request.sampling)
-            delta_mode = self._delta_kind is not None
-            sent_text = 0  # cumulative mode only: characters already yielded
-            sent_tokens = 0  # cumulative mode only: tokens already reported
-            completion_tokens = 0
-            finish_reason: str | None = None
-            submitted = True
-            outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+        with self.stats.track(request_id) as tracked:
             try:
-                async for output in outputs:
-                    completion = output.outputs[0]
-                    if delta_mode:
-                        text, tokens = completion.text, len(completion.token_ids)
-                    else:
-                        text, tokens = completion.text[sent_text:], len(completion.token_ids) - sent_tokens
-                        sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
-                    completion_tokens += tokens
-                    if text or tokens:
-                        yield Delta(text, tokens)
-                    if completion.finish_reason is not None:
-                        finish_reason = completion.finish_reason
+                prompt_ids = await self.encode_prompt(request)
+                params = self.sampling_params(request.sampling)
+                delta_mode = self._delta_kind is not None
+                sent_text = 0  # cumulative mode only: characters already yielded
+                sent_tokens = 0  # cumulative mode only: tokens already reported
+                completion_tokens = 0
+                finish_reason: str | None = None
+                submitted = True
+                outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+                try:
+                    async for output in outputs:
+                        completion = output.outputs[0]
+                        if delta_mode:
+                            text, tokens = completion.text, len(completion.token_ids)
+                        else:
+                            text, tokens = completion.text[sent_text:], len(completion.token_ids) - sent_tokens
+                            sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
+                        completion_tokens += tokens
+                        if text or tokens:
+                            yield Delta(text, tokens)
+                        if completion.finish_reason is not None:
+                            finish_reason = completion.finish_reason
+                finally:
+                    # A no-op once the stream is exhausted; on an early exit vLLM's own generator aborts too.
+                    await outputs.aclose()
+                if finish_reason == "abort":
+                    raise RuntimeError(f"vLLM aborted request {request_id}")
+                tracked.finish()
+                yield Finished("length" if finish_reason == "length" else "stop", len(prompt_ids), completion_tokens)
             finally:
-                # A no-op once the stream is exhausted; on an early exit vLLM's own generator aborts too.
-                await outputs.aclose()
-            if finish_reason == "abort":
-                raise RuntimeError(f"vLLM aborted request {request_id}")
-            outcome = "finished"
-            stats.active -= 1
-            stats.finished += 1
-            accounted = True
-            yield Finished("length" if finish_reason == "length" else "stop", len(prompt_ids), completion_tokens)
-        except Exception:
-            outcome = "error"
-            raise
-        finally:
-            if not accounted:
-                stats.active -= 1
-                if outcome == "aborted":
-                    stats.record_abort(request_id)
-                    if submitted:
-                        # Free the sequence's KV cache now; a no-op if vLLM already dropped it.
-                        await self.engine.abort(request_id)
+                if submitted and not tracked.finished:
+                    # Free the sequence's KV cache now; a no-op if vLLM already dropped it.
+                    await self.engine.abort(request_id)
 
     async def close(self) -> None:
         shutdown = getattr(self.engine, "shutdown", None)
