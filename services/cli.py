@@ -126,13 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=lambda args: asyncio.run(_demo(args)))
 
     args = parser.parse_args(argv)
+    import grpc
+
     from services.cluster import ClusterError
 
     try:
         return args.run(args)
     except (ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+    except grpc.aio.AioRpcError as error:
+        hint = (f"no Serve gRPC proxy answers at {getattr(args, 'grpc', '?')}: start one with `parley up`"
+                if error.code() == grpc.StatusCode.UNAVAILABLE else "see `serve status` for the stage's state")
+        print(f"error: {error.code().name}: {error.details()}\n{hint}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

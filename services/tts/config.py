@@ -14,6 +14,8 @@ class KokoroConfig(Config):
     # Directory with config.json, the weights (*.pth) and voices/*.pt, in hexgrad/Kokoro-82M's layout.
     model: str = "models/tiny/kokoro"
     device: Device = "auto"
+    # A name from <model>/voices, or an absolute path to a .pt voice file (callers choose voices
+    # by name only: a path from a caller would let it load arbitrary files).
     default_voice: str = "af_heart"
     # misaki language code: "a" American English, "b" British English.
     lang_code: Literal["a", "b"] = "a"

@@ -34,9 +34,10 @@ class VoiceSettings:
 
     @classmethod
     def from_request(cls, request: tts_pb2.SynthesisConfig, engine: TTSEngine, default_voice: str) -> VoiceSettings:
+        # Callers pick voices by name only; a voice file path comes from the operator's config.
+        if request.voice and request.voice not in engine.voices():
+            raise invalid_argument(f"unknown voice {request.voice!r}; this deployment has {sorted(engine.voices())}")
         voice = request.voice or default_voice
-        if voice not in engine.voices():
-            raise invalid_argument(f"unknown voice {voice!r}; this deployment has {sorted(engine.voices())}")
         speed = request.speed or 1.0
         if not 0.5 <= speed <= 2.0:
             raise invalid_argument(f"speed must be within [0.5, 2.0], got {speed}")
