@@ -9,12 +9,12 @@ TORCH  ?= torch==2.13.0
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@echo "==> creating $(VENV) and installing Parley with every stage's extras (a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar off --upgrade pip
 	$(BIN)/pip install --progress-bar off "$(TORCH)"
-	$(BIN)/pip install --progress-bar off -e ".[asr,llm,tts,moshi,tiny,dev]"
+	$(BIN)/pip install --progress-bar off -c constraints.txt -e ".[asr,llm,tts,moshi,tiny,dev]"
 	@# moshi pins torch<2.10 but runs on this torch: install it without its pins (see docs/install.md)
 	$(BIN)/pip install --progress-bar off --no-deps "moshi==0.2.13"
 	touch $@
