@@ -28,6 +28,7 @@ up: models
 # The main job on the embedded default: local Ray, CPU, tiny models, every stage answering.
 demo: up
 	$(BIN)/parley demo
+	$(BIN)/parley call
 
 down:
 	$(BIN)/parley down

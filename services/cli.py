@@ -3,6 +3,8 @@
     parley models tiny            build the random-weight test models under models/tiny
     parley up                     start local Ray (if needed), serve deploy, wait until healthy
     parley demo                   transcribe a WAV, stream a reply, synthesize it to a WAV
+    parley call [FILE.wav]        hold a whole conversation with the edge, as a caller would
+    parley token                  mint a caller token for the edge (web page, WebSocket, Twilio)
     parley down                   stop the local Ray cluster
 """
 
@@ -97,6 +99,54 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def edge_secret(config: Path) -> str:
+    """The edge's token secret: $PARLEY_EDGE_SECRET, else the local config's runtime_env."""
+    import os
+
+    import yaml
+
+    from services.edge.config import AuthConfig
+
+    env_var = AuthConfig().secret_env
+    if os.environ.get(env_var):
+        return os.environ[env_var]
+    for app in yaml.safe_load(config.read_text())["applications"] if config.exists() else []:
+        secret = (app.get("runtime_env") or {}).get("env_vars", {}).get(env_var)
+        if secret:
+            return secret
+    raise FileNotFoundError(f"no edge secret: set ${env_var} or pass --config with the edge's runtime_env")
+
+
+def _token(args: argparse.Namespace) -> int:
+    from services.edge.auth import mint_token
+
+    print(mint_token(edge_secret(args.config), ttl_s=args.ttl))
+    return 0
+
+
+async def _call(args: argparse.Namespace) -> int:
+    from services.common.audio import read_wav, write_wav
+    from services.edge.auth import mint_token
+    from services.edge.caller import call, turn_table
+
+    audio, rate = read_wav(args.wav)
+    token = args.token or mint_token(edge_secret(args.config), ttl_s=600)
+    print(f"calling {args.url} with {args.wav} ({audio.size / rate:.1f}s), real time ...")
+    result = await call(args.url, token, audio, rate, tail_s=args.tail)
+    for event in result.events:
+        if event["type"] == "transcript" and event["final"]:
+            print(f"  caller : {event['text'][:100]}")
+        elif event["type"] == "agent_text":
+            print(f"  agent  : {event['text'][:100]}")
+        elif event["type"] in ("interruption", "error"):
+            print(f"  {event['type']}: {event.get('heard_text', event.get('message', ''))[:100]}")
+    print(f"\n{turn_table(result.of_type('metrics'))}")
+    write_wav(args.out, result.audio, result.output_sample_rate)
+    print(f"\nagent audio: {result.audio.size / result.output_sample_rate:.1f}s -> {args.out}; "
+          f"connection closed with {result.close_code}")
+    return 0 if result.close_code in (1000, None) and result.of_type("metrics") else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--say", default="", help="text for TTS instead of the LLM's reply")
     demo.add_argument("--out", type=Path, default=Path("out/demo_tts.wav"))
     demo.set_defaults(run=lambda args: asyncio.run(_demo(args)))
+
+    token = commands.add_parser("token", help="mint a caller token for the edge")
+    token.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    token.add_argument("--ttl", type=float, default=3600, help="seconds until it expires")
+    token.set_defaults(run=_token)
+
+    caller = commands.add_parser("call", help="play a WAV into a conversation in real time")
+    caller.add_argument("wav", type=Path, nargs="?", default=Path(str(resources.files("services.assets") / "hello.wav")))
+    caller.add_argument("--url", default="ws://127.0.0.1:8000/v1/conversation")
+    caller.add_argument("--token", default="")
+    caller.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    caller.add_argument("--tail", type=float, default=12.0, help="seconds to keep listening after the WAV ends")
+    caller.add_argument("--out", type=Path, default=Path("out/call_agent.wav"))
+    caller.set_defaults(run=lambda args: asyncio.run(_call(args)))
 
     args = parser.parse_args(argv)
     import grpc

@@ -133,6 +133,10 @@ def render_config(source: Path, target: Path, *, http_port: int | None = None, g
         config.setdefault("http_options", {})["port"] = http_port
     if grpc_port is not None:
         config.setdefault("grpc_options", {})["port"] = grpc_port
+        for app in config["applications"]:  # the edge reaches the stages through that port
+            stages = (app.get("args") or {}).get("stages")
+            if stages is not None:
+                stages["grpc_address"] = f"127.0.0.1:{grpc_port}"
     if applications is not None:
         config["applications"] = [app for app in config["applications"] if app["name"] in applications]
     target.write_text(yaml.safe_dump(config, sort_keys=False))

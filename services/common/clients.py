@@ -101,3 +101,28 @@ async def synthesize(channel: grpc.aio.Channel, requests: AsyncIterator[tts_pb2.
     if speech.chunks:
         speech.audio = np.concatenate([pcm16_to_float(chunk.pcm) for chunk in speech.chunks])
     return speech
+
+
+class RequestStream:
+    """The request side of a bidi call, fed message by message: `put()` to send, `close()` to half-close."""
+
+    _CLOSE = object()
+
+    def __init__(self, first) -> None:
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._queue.put_nowait(first)
+
+    def put(self, request) -> None:
+        self._queue.put_nowait(request)
+
+    def close(self) -> None:
+        self._queue.put_nowait(self._CLOSE)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        request = await self._queue.get()
+        if request is self._CLOSE:
+            raise StopAsyncIteration
+        return request

@@ -66,3 +66,27 @@ async def stage_stats(ray_client, application: str) -> dict:
     from ray import serve
 
     return await serve.get_app_handle(application).stats.remote()
+
+
+@pytest.fixture(scope="session")
+def edge_http_url(serve_cluster) -> str:
+    return f"http://127.0.0.1:{HTTP_PORT}"
+
+
+@pytest.fixture(scope="session")
+def edge_ws_url(serve_cluster) -> str:
+    return f"ws://127.0.0.1:{HTTP_PORT}/v1/conversation"
+
+
+@pytest.fixture(scope="session")
+def edge_secret() -> str:
+    from services.cli import edge_secret
+
+    return edge_secret(ROOT / "serve_config.cpu.yaml")
+
+
+@pytest.fixture
+def edge_token(edge_secret) -> str:
+    from services.edge.auth import mint_token
+
+    return mint_token(edge_secret, ttl_s=600)

@@ -33,7 +33,7 @@ def test_config_matches_serve_schema_and_typed_args(path):
         assert callable(getattr(importlib.import_module(module), name))
     for app in config["applications"]:
         # Serve's gRPC proxy only routes to applications that have a route prefix.
-        assert app["route_prefix"] == f"/{app['name']}"
+        assert app["route_prefix"] == ("/" if app["name"] == "edge" else f"/{app['name']}")
         module, name = app["import_path"].split(":")
         builder = getattr(importlib.import_module(module), name)
         args_type = next(iter(inspect.signature(builder).parameters.values())).annotation

@@ -1,0 +1,1 @@
+"""The conversation edge: one Conversation per call, over WebSocket, Twilio or LiveKit transports."""

@@ -1,0 +1,46 @@
+"""Caller authentication at the edge: short-lived HS256 JWTs signed with the edge's secret.
+
+A backend that knows the secret mints one token per call (`parley token`, or any JWT library)
+and hands it to the browser or phone bridge; the edge checks signature and expiry.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import jwt
+
+ALGORITHM = "HS256"
+MIN_SECRET_BYTES = 32
+
+
+class AuthError(Exception):
+    pass
+
+
+def load_secret(env_var: str) -> str:
+    secret = os.environ.get(env_var, "")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise RuntimeError(
+            f"the edge needs a secret of at least {MIN_SECRET_BYTES} bytes in ${env_var} to check caller "
+            "tokens (set it in the serve config's runtime_env or the cluster's environment)")
+    return secret
+
+
+def mint_token(secret: str, ttl_s: float = 3600, subject: str = "caller") -> str:
+    now = int(time.time())
+    claims = {"sub": subject, "iat": now, "exp": now + int(ttl_s), "jti": uuid.uuid4().hex}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(token: object, secret: str) -> dict:
+    if not isinstance(token, str) or not token:
+        raise AuthError("a token is required")
+    try:
+        return jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp"]})
+    except jwt.ExpiredSignatureError:
+        raise AuthError("the token has expired") from None
+    except jwt.InvalidTokenError as error:
+        raise AuthError(f"invalid token: {error}") from None

@@ -1,0 +1,89 @@
+"""A simulated caller: plays a WAV into a conversation in real time over the edge WebSocket.
+
+Used by `parley call`, the tests and the load benchmarks. It speaks the documented protocol
+(docs/websocket-protocol.md) and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import websockets
+
+from services.common.audio import float_to_pcm16, pcm16_to_float
+
+FRAME_MS = 20
+
+
+@dataclass
+class CallResult:
+    events: list[dict] = field(default_factory=list)
+    agent_audio: list[np.ndarray] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+    output_sample_rate: int = 24_000
+    # Caller-side clock: when each agent audio frame arrived (seconds since the call started).
+    audio_arrivals: list[float] = field(default_factory=list)
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [event for event in self.events if event["type"] == kind]
+
+    @property
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.agent_audio) if self.agent_audio else np.zeros(0, np.float32)
+
+
+async def call(url: str, token: str, audio: np.ndarray, rate: int, *, tail_s: float = 8.0,
+               output_sample_rate: int = 24_000, until=None, extra_start: dict | None = None) -> CallResult:
+    """Stream `audio` in real time, then keep listening for `tail_s` (or until `until(result)` is true)."""
+    result = CallResult(output_sample_rate=output_sample_rate)
+    started = time.monotonic()
+    async with websockets.connect(url, max_size=2**22) as socket:
+        await socket.send(json.dumps({"type": "start", "token": token, "input_sample_rate": rate,
+                                      "output_sample_rate": output_sample_rate, **(extra_start or {})}))
+
+        async def listen() -> None:
+            async for message in socket:
+                if isinstance(message, bytes):
+                    result.agent_audio.append(pcm16_to_float(message))
+                    result.audio_arrivals.append(time.monotonic() - started)
+                else:
+                    result.events.append(json.loads(message))
+
+        listener = asyncio.create_task(listen())
+        try:
+            step = rate * FRAME_MS // 1000
+            for index, start in enumerate(range(0, audio.size, step)):
+                await asyncio.sleep(max(0.0, started + index * FRAME_MS / 1000 - time.monotonic()))
+                if listener.done():
+                    break
+                await socket.send(float_to_pcm16(audio[start:start + step]))
+            deadline = time.monotonic() + tail_s
+            while time.monotonic() < deadline and not listener.done():
+                if until is not None and until(result):
+                    break
+                await asyncio.sleep(0.05)
+            if not listener.done():
+                await socket.send(json.dumps({"type": "stop"}))
+                await asyncio.wait_for(listener, 10)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+    result.close_code, result.close_reason = socket.close_code, socket.close_reason or ""
+    return result
+
+
+def turn_table(metrics: list[dict]) -> str:
+    columns = ("endpointing_ms", "asr_final_ms", "llm_ttft_ms", "first_sentence_ms", "tts_ttfb_ms", "ttfat_ms")
+    lines = ["turn  " + "  ".join(f"{name[:-3]:>14s}" for name in columns) + "  interrupted"]
+    for event in metrics:
+        cells = "  ".join(f"{'-' if event.get(name) is None else format(event[name], '.0f') + ' ms':>14s}"
+                          for name in columns)
+        lines.append(f"{event['turn_id']:>4d}  {cells}  {event['interrupted']}")
+    return "\n".join(lines)

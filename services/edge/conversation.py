@@ -1,0 +1,254 @@
+"""One conversation: the caller's audio in, the agent's voice out, turn by turn.
+
+The Conversation owns every task of the call in one TaskGroup: the caller-audio pump, the ASR
+reader, the playout clock, and at most one agent turn at a time (LLM -> sentences -> TTS ->
+playout). When the caller hangs up, or anything fails, the group cancels them all together and
+every stage RPC is cancelled with its task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.common.audio import pcm16_to_float
+from services.common.text import TextChunker
+from services.edge.config import EdgeConfig
+from services.edge.endpointing import EndOfTurnDetector, SilenceEndpointing
+from services.edge.history import ChatHistory
+from services.edge.metrics import TurnTimeline
+from services.edge.playout import Playout, Segment
+from services.edge.stages import BidiCall, StageClients
+from services.edge.transport import CallerHungUp, Transport
+
+logger = logging.getLogger("ray.serve")
+
+# Caller audio positions kept to map ASR stream offsets back to wall-clock time.
+_AUDIO_CLOCK_ENTRIES = 600
+
+
+@dataclass
+class AgentTurn:
+    timeline: TurnTimeline
+    task: asyncio.Task | None = None
+    spoken: list[str] = field(default_factory=list)  # segments sent to TTS
+    audio_started: bool = False
+
+
+class Conversation:
+    def __init__(self, transport: Transport, stages: StageClients, config: EdgeConfig, conversation_id: str,
+                 detector: EndOfTurnDetector | None = None):
+        self.id = conversation_id
+        self.transport, self.stages, self.config = transport, stages, config
+        self.detector = detector or SilenceEndpointing()
+        self.history = ChatHistory(config.persona.system_prompt, config.history.max_context_tokens)
+        self.metrics: deque[dict] = deque(maxlen=256)
+        self._started = time.monotonic()
+        self._playout = Playout(transport, config.playout_frame_ms, config.playout_lead_ms,
+                                self._on_first_audio, self._on_underrun)
+        self._tasks: asyncio.TaskGroup | None = None
+        self._turn: AgentTurn | None = None
+        self._turn_ids = 0
+        # Caller audio sent to ASR (seconds) and when each piece reached the edge.
+        self._caller_audio_s = 0.0
+        self._audio_clock: deque[tuple[float, float]] = deque(maxlen=_AUDIO_CLOCK_ENTRIES)
+        self._barge_in_from: float | None = None  # stream offset where caller speech began over the agent
+        self._speech_end: float | None = None
+        self._vad_stopped: float | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Hold the conversation until the caller hangs up. Other errors propagate."""
+        await self._emit("ready", conversation_id=self.id, input_sample_rate=self.transport.input_sample_rate,
+                         output_sample_rate=self.transport.output_sample_rate)
+        asr = self.stages.recognize(self.transport.input_sample_rate, self.config.turn_taking.min_silence_ms)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                tasks.create_task(self._pump_caller_audio(asr), name=f"{self.id}:caller")
+                tasks.create_task(self._read_asr(asr), name=f"{self.id}:asr")
+                tasks.create_task(self._playout.run(), name=f"{self.id}:playout")
+                if self.config.persona.greeting:
+                    self._start_turn(TurnTimeline(self._new_turn_id()), fixed_text=self.config.persona.greeting)
+        except* CallerHungUp:
+            pass
+        finally:
+            asr.cancel()
+
+    # -- caller side ----------------------------------------------------------------------------
+
+    async def _pump_caller_audio(self, asr: BidiCall) -> None:
+        rate = self.transport.input_sample_rate
+        frame = rate * self.config.stages.asr_frame_ms // 1000
+        pending: list[np.ndarray] = []
+        pending_samples = 0
+        while True:
+            audio = await self.transport.receive_audio()
+            pending.append(audio)
+            pending_samples += audio.size
+            if pending_samples < frame:
+                continue
+            chunk = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            pending, pending_samples = [], 0
+            StageClients.audio(asr, chunk)
+            self._caller_audio_s += chunk.size / rate
+            self._audio_clock.append((self._caller_audio_s, time.monotonic()))
+            await self._check_barge_in()
+
+    def _wall_time_at(self, offset_s: float) -> float:
+        """When the caller's audio at this stream offset reached the edge."""
+        for end_s, at in self._audio_clock:
+            if end_s >= offset_s:
+                return at - (end_s - offset_s)
+        return time.monotonic()
+
+    async def _read_asr(self, asr: BidiCall) -> None:
+        async for event in asr:
+            kind = event.WhichOneof("event")
+            if kind == "speech_started":
+                if self._turn is not None:
+                    self._barge_in_from = event.speech_started.audio_offset_s
+                await self._emit("user_speech_started", utterance_id=event.speech_started.utterance_id)
+            elif kind == "speech_stopped":
+                self._barge_in_from = None
+                self._speech_end = self._wall_time_at(event.speech_stopped.audio_offset_s)
+                self._vad_stopped = time.monotonic()
+                await self._emit("user_speech_stopped", utterance_id=event.speech_stopped.utterance_id)
+            elif kind in ("partial", "final"):
+                transcript = getattr(event, kind)
+                await self._emit("transcript", utterance_id=transcript.utterance_id, text=transcript.text,
+                                 final=kind == "final")
+                if kind == "final" and self.detector.is_end_of_turn(transcript.text):
+                    await self._on_user_turn(transcript.text)
+
+    async def _check_barge_in(self) -> None:
+        settings = self.config.turn_taking
+        if (settings.barge_in and self._turn is not None and self._barge_in_from is not None
+                and self._caller_audio_s - self._barge_in_from >= settings.barge_in_min_speech_ms / 1000):
+            await self._interrupt()
+
+    async def _on_user_turn(self, text: str) -> None:
+        if self._turn is not None:
+            await self._interrupt()
+        self.history.add("user", text)
+        timeline = TurnTimeline(self._new_turn_id(), speech_end=self._speech_end, vad_stopped=self._vad_stopped,
+                                asr_final=time.monotonic())
+        self._start_turn(timeline)
+
+    # -- agent side -----------------------------------------------------------------------------
+
+    def _new_turn_id(self) -> int:
+        self._turn_ids += 1
+        return self._turn_ids
+
+    def _start_turn(self, timeline: TurnTimeline, fixed_text: str | None = None) -> None:
+        turn = AgentTurn(timeline)
+        turn.task = self._tasks.create_task(self._run_turn(turn, fixed_text), name=f"{self.id}:turn{timeline.turn_id}")
+        self._turn = turn
+
+    async def _run_turn(self, turn: AgentTurn, fixed_text: str | None) -> None:
+        persona = self.config.persona
+        tts = self.stages.synthesize(persona.voice, self.transport.output_sample_rate)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._speak(turn, tts))
+                if fixed_text is not None:
+                    await self._send_segment(turn, tts, fixed_text)
+                else:
+                    await self._think(turn, tts)
+                tts.close()
+            self._playout.finish_turn(turn.timeline.turn_id)
+            await self._playout.wait_played(turn.timeline.turn_id)
+        finally:
+            tts.cancel()  # a no-op when the stream already ended
+        if self._turn is turn:
+            self._turn = None
+        self.history.add("assistant", " ".join(turn.spoken))
+        if turn.audio_started:
+            await self._emit("agent_audio_end", turn_id=turn.timeline.turn_id, interrupted=False)
+        await self._report(turn.timeline)
+
+    async def _think(self, turn: AgentTurn, tts: BidiCall) -> None:
+        persona, timeline = self.config.persona, turn.timeline
+        chunker = TextChunker()
+        call = self.stages.generate(self.history.messages(), temperature=persona.temperature,
+                                    max_tokens=persona.max_tokens, request_id=f"{self.id}-{timeline.turn_id}")
+        timeline.llm_request = time.monotonic()
+        try:
+            async for response in call:
+                if response.WhichOneof("event") != "delta":
+                    continue
+                if timeline.llm_first_token is None:
+                    timeline.llm_first_token = time.monotonic()
+                for segment in chunker.push(response.delta.text):
+                    await self._send_segment(turn, tts, segment)
+        finally:
+            call.cancel()  # a barge-in lands here: the LLM stage aborts the generation
+        for segment in chunker.flush():
+            await self._send_segment(turn, tts, segment)
+
+    async def _send_segment(self, turn: AgentTurn, tts: BidiCall, text: str) -> None:
+        timeline = turn.timeline
+        if timeline.tts_request is None:
+            timeline.first_sentence = timeline.tts_request = time.monotonic()
+        StageClients.text(tts, text)
+        StageClients.flush(tts)  # a segment is complete: speak it now
+        turn.spoken.append(text)
+        await self._emit("agent_text", turn_id=timeline.turn_id, text=text)
+
+    async def _speak(self, turn: AgentTurn, tts: BidiCall) -> None:
+        """TTS audio -> playout, one Segment per sentence or clause."""
+        segments: dict[int, Segment] = {}
+        async for response in tts:
+            if response.WhichOneof("event") != "audio":
+                continue
+            chunk = response.audio
+            if turn.timeline.tts_first_audio is None:
+                turn.timeline.tts_first_audio = time.monotonic()
+            segment = segments.setdefault(chunk.segment_id, Segment(chunk.text))
+            offset = segment.duration_s
+            segment.words.extend((word.word, offset + word.start_s) for word in chunk.words)
+            self._playout.add_audio(turn.timeline.turn_id, pcm16_to_float(chunk.pcm), segment)
+
+    async def _on_first_audio(self, turn_id: int) -> None:
+        turn = self._turn
+        if turn is not None and turn.timeline.turn_id == turn_id:
+            turn.audio_started = True
+            turn.timeline.first_audio_sent = time.monotonic()
+        await self._emit("agent_audio_start", turn_id=turn_id)
+
+    def _on_underrun(self, turn_id: int) -> None:
+        if self._turn is not None and self._turn.timeline.turn_id == turn_id:
+            self._turn.timeline.underruns += 1
+
+    async def _interrupt(self) -> None:
+        """Barge-in: stop playout now, cancel the turn's LLM and TTS RPCs, keep only what was heard."""
+        turn, self._turn, self._barge_in_from = self._turn, None, None
+        if turn is None:
+            return
+        turn_id = turn.timeline.turn_id
+        heard = self._playout.interrupt(turn_id)
+        turn.task.cancel()
+        await self.transport.clear_audio()
+        turn.timeline.interrupted = True
+        self.history.add("assistant", heard, interrupted=True)
+        await self._emit("interruption", turn_id=turn_id, heard_text=heard)
+        if turn.audio_started:
+            await self._emit("agent_audio_end", turn_id=turn_id, interrupted=True)
+        await self._report(turn.timeline)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def _report(self, timeline: TurnTimeline) -> None:
+        event = timeline.to_event()
+        self.metrics.append(event)
+        await self._emit(**event)
+
+    async def _emit(self, type: str, **fields) -> None:
+        await self.transport.send_event({"type": type, "t": round(time.monotonic() - self._started, 3), **fields})

@@ -1,0 +1,151 @@
+"""The playout clock: agent audio goes to the caller in real time, never in bursts.
+
+Audio arrives per TTS segment, is cut into fixed frames and sent when each frame is due
+(start of the burst + frame index x frame length), at most `lead` ahead, so a live caller's
+buffer never fills with seconds of speech that a barge-in would have to chase. It also knows
+what the caller has heard, to the word, when a reply is cut short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.edge.transport import Transport
+
+
+@dataclass
+class Segment:
+    """One sentence or clause of a reply, as TTS spoke it."""
+
+    text: str
+    words: list[tuple[str, float]] = field(default_factory=list)  # (word, start_s) within the segment
+    duration_s: float = 0.0
+    played_s: float = 0.0
+
+    def heard_text(self) -> str:
+        if self.played_s >= self.duration_s:
+            return self.text
+        if self.words:
+            return " ".join(word for word, start in self.words if start < self.played_s)
+        # No word timings: assume words are spread evenly over the audio.
+        words = self.text.split()
+        return " ".join(words[: int(len(words) * self.played_s / max(self.duration_s, 1e-6))])
+
+
+@dataclass
+class _Frame:
+    turn_id: int
+    audio: np.ndarray
+    segment: Segment
+
+
+class Playout:
+    def __init__(self, transport: Transport, frame_ms: int, lead_ms: int,
+                 on_first_audio: Callable[[int], Awaitable[None]], on_underrun: Callable[[int], None]):
+        self._transport = transport
+        self._rate = transport.output_sample_rate
+        self._frame = self._rate * frame_ms // 1000
+        self._frame_s = self._frame / self._rate
+        self._lead_s = lead_ms / 1000
+        self._on_first_audio, self._on_underrun = on_first_audio, on_underrun
+        self._frames: deque[_Frame] = deque()
+        self._ready = asyncio.Event()
+        self._segments: dict[int, list[Segment]] = {}
+        self._complete: set[int] = set()  # turns whose audio has all been queued
+        self._drained: dict[int, asyncio.Event] = {}
+        self._burst_start: float | None = None
+        self._burst_frames = 0
+        self.current_turn: int | None = None
+
+    @property
+    def speaking(self) -> bool:
+        return self.current_turn is not None
+
+    def add_audio(self, turn_id: int, audio: np.ndarray, segment: Segment) -> None:
+        """Queue audio of `segment` (a long segment comes in several pieces, in order)."""
+        segments = self._segments.setdefault(turn_id, [])
+        if not segments or segments[-1] is not segment:
+            segments.append(segment)
+        segment.duration_s += audio.size / self._rate
+        self._drained.setdefault(turn_id, asyncio.Event())
+        for start in range(0, audio.size, self._frame):
+            chunk = audio[start:start + self._frame]
+            if chunk.size < self._frame:
+                chunk = np.pad(chunk, (0, self._frame - chunk.size))
+            self._frames.append(_Frame(turn_id, chunk, segment))
+        self._ready.set()
+
+    def finish_turn(self, turn_id: int) -> None:
+        """No more audio will come for this turn."""
+        self._complete.add(turn_id)
+        self._drained.setdefault(turn_id, asyncio.Event())
+        if not any(frame.turn_id == turn_id for frame in self._frames) and self.current_turn != turn_id:
+            self._drained[turn_id].set()
+        self._ready.set()
+
+    async def wait_played(self, turn_id: int) -> None:
+        await self._drained.setdefault(turn_id, asyncio.Event()).wait()
+
+    def interrupt(self, turn_id: int) -> str:
+        """Drop the turn's queued audio; return the text the caller heard of it."""
+        now = time.monotonic()
+        heard_until = 0.0 if self._burst_start is None else now - self._burst_start
+        self._frames = deque(frame for frame in self._frames if frame.turn_id != turn_id)
+        segments = self._segments.pop(turn_id, [])
+        # Audio sent within the lead has not been heard yet: count only elapsed time.
+        elapsed = heard_until
+        for segment in segments:
+            segment.played_s = min(segment.played_s, max(0.0, elapsed))
+            elapsed -= segment.duration_s
+        if self.current_turn == turn_id:
+            self._end_burst()
+        self._complete.discard(turn_id)
+        self._drained.pop(turn_id, asyncio.Event()).set()
+        return " ".join(text for text in (segment.heard_text() for segment in segments) if text)
+
+    async def run(self) -> None:
+        while True:
+            if not self._frames:
+                self._maybe_end_turn()
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            frame = self._frames[0]
+            if self.current_turn != frame.turn_id:
+                self._end_burst()
+                self.current_turn = frame.turn_id
+                self._burst_start = time.monotonic()
+                self._burst_frames = 0
+                await self._on_first_audio(frame.turn_id)
+            due = self._burst_start + self._burst_frames * self._frame_s
+            now = time.monotonic()
+            if now > due + self._frame_s:
+                # Audio was due and none was there: the caller heard a gap. Restart the clock.
+                self._on_underrun(frame.turn_id)
+                self._burst_start, self._burst_frames, due = now, 0, now
+            elif due - self._lead_s > now:
+                await asyncio.sleep(due - self._lead_s - now)
+                continue  # the queue may have been cut by a barge-in meanwhile
+            self._frames.popleft()
+            frame.segment.played_s += self._frame_s
+            self._burst_frames += 1
+            await self._transport.send_audio(frame.audio)
+
+    def _maybe_end_turn(self) -> None:
+        turn = self.current_turn
+        if turn is not None and turn in self._complete:
+            self._segments.pop(turn, None)
+            self._complete.discard(turn)
+            self._end_burst()
+            self._drained.pop(turn, asyncio.Event()).set()
+
+    def _end_burst(self) -> None:
+        self.current_turn = None
+        self._burst_start = None
+        self._burst_frames = 0

@@ -1,0 +1,87 @@
+"""The browser/app WebSocket protocol (docs/websocket-protocol.md) as a Transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from services.common.audio import AudioFormatError, check_sample_rate, float_to_pcm16, pcm16_to_float
+from services.edge.auth import AuthError, verify_token
+from services.edge.transport import CallerHungUp, ProtocolError, Transport
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise ProtocolError("messages must be JSON objects") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("messages must be JSON objects with a string `type`")
+    return message
+
+
+class WebSocketTransport(Transport):
+    def __init__(self, websocket: WebSocket, input_rate: int, output_rate: int, max_frame_bytes: int,
+                 start: dict[str, Any]):
+        self.websocket = websocket
+        self.input_sample_rate, self.output_sample_rate = input_rate, output_rate
+        self.max_frame_bytes = max_frame_bytes
+        self.start = start
+
+    @classmethod
+    async def open(cls, websocket: WebSocket, secret: str, *, start_timeout_s: float,
+                   max_frame_ms: int) -> WebSocketTransport:
+        """Read and check the `start` message of an accepted WebSocket."""
+        try:
+            message = await asyncio.wait_for(websocket.receive(), start_timeout_s)
+        except TimeoutError:
+            raise ProtocolError(f"no `start` message within {start_timeout_s:.0f}s", 4408) from None
+        if message["type"] == "websocket.disconnect":
+            raise CallerHungUp()
+        if message.get("text") is None:
+            raise ProtocolError("the first message must be the JSON `start` message, not audio")
+        start = _json(message["text"])
+        if start["type"] != "start":
+            raise ProtocolError(f"the first message must be `start`, got `{start['type']}`")
+        try:
+            verify_token(start.get("token"), secret)
+        except AuthError as error:
+            raise ProtocolError(str(error), 4401) from None
+        try:
+            input_rate = check_sample_rate(int(start.get("input_sample_rate", 0)))
+            output_rate = check_sample_rate(int(start.get("output_sample_rate", 24_000)))
+        except (AudioFormatError, TypeError, ValueError) as error:
+            raise ProtocolError(f"bad sample rate: {error}") from None
+        return cls(websocket, input_rate, output_rate, input_rate * max_frame_ms // 1000 * 2, start)
+
+    async def receive_audio(self) -> np.ndarray:
+        while True:
+            try:
+                message = await self.websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                raise CallerHungUp() from None
+            if message["type"] == "websocket.disconnect":
+                raise CallerHungUp()
+            data = message.get("bytes")
+            if data is not None:
+                if len(data) > self.max_frame_bytes:
+                    raise ProtocolError(f"audio frame of {len(data)} bytes is over the limit of "
+                                        f"{self.max_frame_bytes}", 4413)
+                try:
+                    return pcm16_to_float(data)
+                except AudioFormatError as error:
+                    raise ProtocolError(str(error)) from None
+            control = _json(message.get("text") or "")
+            if control["type"] == "stop":
+                raise CallerHungUp()
+            raise ProtocolError(f"unexpected message type `{control['type']}`")
+
+    async def send_audio(self, frame: np.ndarray) -> None:
+        await self.websocket.send_bytes(float_to_pcm16(frame))
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        await self.websocket.send_text(json.dumps(event))
