@@ -127,12 +127,12 @@ def _token(args: argparse.Namespace) -> int:
 async def _call(args: argparse.Namespace) -> int:
     from services.common.audio import read_wav, write_wav
     from services.edge.auth import mint_token
-    from services.edge.caller import call, turn_table
+    from services.edge.caller import call, settled, turn_table
 
     audio, rate = read_wav(args.wav)
     token = args.token or mint_token(edge_secret(args.config), ttl_s=600)
     print(f"calling {args.url} with {args.wav} ({audio.size / rate:.1f}s), real time ...")
-    result = await call(args.url, token, audio, rate, tail_s=args.tail)
+    result = await call(args.url, token, audio, rate, tail_s=args.tail, until=settled)
     for event in result.events:
         if event["type"] == "transcript" and event["final"]:
             print(f"  caller : {event['text'][:100]}")
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     caller.add_argument("--url", default="ws://127.0.0.1:8000/v1/conversation")
     caller.add_argument("--token", default="")
     caller.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    caller.add_argument("--tail", type=float, default=12.0, help="seconds to keep listening after the WAV ends")
+    caller.add_argument("--tail", type=float, default=30.0, help="most seconds to wait for the agent's reply after the WAV ends")
     caller.add_argument("--out", type=Path, default=Path("out/call_agent.wav"))
     caller.set_defaults(run=lambda args: asyncio.run(_call(args)))
 

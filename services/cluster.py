@@ -80,8 +80,43 @@ class LocalCluster:
             raise ClusterError(f"`ray start` failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         self._wait(self.is_running, 60, "Ray dashboard to answer", log)
 
-    def stop(self) -> None:
-        subprocess.run([_bin("ray"), "stop", "--force"], env=self._env(), capture_output=True)
+    def stop(self, timeout_s: float = 15) -> None:
+        """Stop this cluster only (`ray stop` would stop every Ray cluster on the machine)."""
+        import psutil
+
+        processes = self._processes()
+        for process in processes:
+            try:
+                process.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+
+    def _processes(self) -> list:
+        """This cluster's processes: those naming its session directory, and their descendants."""
+        import psutil
+
+        session = None
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            if cmdline and cmdline[0].endswith("gcs_server") and f"--gcs_server_port={self.gcs_port}" in cmdline:
+                session = next((arg.split("=", 1)[1] for arg in cmdline if arg.startswith("--session-dir=")), None)
+        if session is None:
+            return []
+        found: dict[int, psutil.Process] = {}
+        for process in psutil.process_iter(["cmdline"]):
+            if any(session in arg for arg in process.info["cmdline"] or []):
+                found[process.pid] = process
+                try:
+                    found.update((child.pid, child) for child in process.children(recursive=True))
+                except psutil.Error:
+                    pass
+        return list(found.values())
 
     def deploy(self, config: Path, log=print) -> None:
         if not self.is_running():

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from services.common.aio import first_leaf
 from services.common.audio import AudioFormatError
 
 # Serve application names double as the `application` metadata a client sends to the proxy.
@@ -59,9 +60,7 @@ def grpc_stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., Asyn
             async for response in method(self, request):
                 yield response
         except* (StageError, AudioFormatError) as group:
-            error = group.exceptions[0]
-            while isinstance(error, BaseExceptionGroup):
-                error = error.exceptions[0]
+            error = first_leaf(group)
             if not isinstance(error, StageError):
                 error = invalid_argument(str(error))
             if grpc_context is not None:

@@ -3,6 +3,7 @@ engine calls on a worker pool, and a live count of the streams it is serving."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
@@ -56,6 +57,7 @@ class StageDeployment(Generic[ConfigT]):
         self.engine = load_engine(self.config.engine)
         self.worker = EngineWorker(worker_threads, type(self).__name__)
         self.active_streams = 0
+        self.cancelled_streams = 0
 
     async def track(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Yield from a session's stream while counting it as active (the autoscaling signal)."""
@@ -63,13 +65,16 @@ class StageDeployment(Generic[ConfigT]):
         try:
             async for item in stream:
                 yield item
+        except (GeneratorExit, asyncio.CancelledError):
+            self.cancelled_streams += 1  # the caller hung up or cancelled (e.g. a barge-in)
+            raise
         finally:
             self.active_streams -= 1
 
     async def stats(self) -> dict[str, Any]:
         """Live counters for operators, autoscaling and tests."""
         engine_stats = getattr(self.engine, "stats", None)
-        return {"active_streams": self.active_streams,
+        return {"active_streams": self.active_streams, "cancelled_streams": self.cancelled_streams,
                 **({"engine": vars(engine_stats).copy()} if engine_stats is not None else {})}
 
     def __del__(self):

@@ -79,6 +79,13 @@ async def call(url: str, token: str, audio: np.ndarray, rate: int, *, tail_s: fl
     return result
 
 
+def settled(result: CallResult) -> bool:
+    """The agent has finished (or abandoned) its reply to the caller's last final transcript."""
+    last_final = max((i for i, e in enumerate(result.events) if e["type"] == "transcript" and e["final"]),
+                     default=None)
+    return last_final is not None and any(e["type"] == "metrics" for e in result.events[last_final:])
+
+
 def turn_table(metrics: list[dict]) -> str:
     columns = ("endpointing_ms", "asr_final_ms", "llm_ttft_ms", "first_sentence_ms", "tts_ttfb_ms", "ttfat_ms")
     lines = ["turn  " + "  ".join(f"{name[:-3]:>14s}" for name in columns) + "  interrupted"]

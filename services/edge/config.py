@@ -15,7 +15,7 @@ class StagesConfig(Config):
     llm_application: str = "llm"
     tts_application: str = "tts"
     # Caller audio is batched into frames of this size for the ASR stream (cost is per message).
-    asr_frame_ms: int = Field(100, ge=20, le=500)
+    asr_frame_ms: int = Field(40, ge=20, le=500)
 
 
 class TurnTakingConfig(Config):

@@ -18,7 +18,7 @@ import numpy as np
 
 from services.common.audio import pcm16_to_float
 from services.common.text import TextChunker
-from services.edge.config import EdgeConfig
+from services.edge.config import EdgeConfig, PersonaConfig
 from services.edge.endpointing import EndOfTurnDetector, SilenceEndpointing
 from services.edge.history import ChatHistory
 from services.edge.metrics import TurnTimeline
@@ -30,6 +30,14 @@ logger = logging.getLogger("ray.serve")
 
 # Caller audio positions kept to map ASR stream offsets back to wall-clock time.
 _AUDIO_CLOCK_ENTRIES = 600
+
+
+def persona_for(base: PersonaConfig, claims: dict) -> PersonaConfig:
+    """The persona for one call: the config's, with overrides from the caller's signed token."""
+    overrides = claims.get("persona") or {}
+    if not isinstance(overrides, dict):
+        return base
+    return PersonaConfig.model_validate({**base.model_dump(), **overrides})
 
 
 @dataclass
@@ -45,8 +53,9 @@ class Conversation:
                  detector: EndOfTurnDetector | None = None):
         self.id = conversation_id
         self.transport, self.stages, self.config = transport, stages, config
+        self.persona = persona_for(config.persona, transport.claims)
         self.detector = detector or SilenceEndpointing()
-        self.history = ChatHistory(config.persona.system_prompt, config.history.max_context_tokens)
+        self.history = ChatHistory(self.persona.system_prompt, config.history.max_context_tokens)
         self.metrics: deque[dict] = deque(maxlen=256)
         self._started = time.monotonic()
         self._playout = Playout(transport, config.playout_frame_ms, config.playout_lead_ms,
@@ -74,8 +83,8 @@ class Conversation:
                 tasks.create_task(self._pump_caller_audio(asr), name=f"{self.id}:caller")
                 tasks.create_task(self._read_asr(asr), name=f"{self.id}:asr")
                 tasks.create_task(self._playout.run(), name=f"{self.id}:playout")
-                if self.config.persona.greeting:
-                    self._start_turn(TurnTimeline(self._new_turn_id()), fixed_text=self.config.persona.greeting)
+                if self.persona.greeting and self.transport.wants_greeting:
+                    self._start_turn(TurnTimeline(self._new_turn_id()), fixed_text=self.persona.greeting)
         except* CallerHungUp:
             pass
         finally:
@@ -153,8 +162,7 @@ class Conversation:
         self._turn = turn
 
     async def _run_turn(self, turn: AgentTurn, fixed_text: str | None) -> None:
-        persona = self.config.persona
-        tts = self.stages.synthesize(persona.voice, self.transport.output_sample_rate)
+        tts = self.stages.synthesize(self.persona.voice, self.transport.output_sample_rate)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._speak(turn, tts))
@@ -175,7 +183,7 @@ class Conversation:
         await self._report(turn.timeline)
 
     async def _think(self, turn: AgentTurn, tts: BidiCall) -> None:
-        persona, timeline = self.config.persona, turn.timeline
+        persona, timeline = self.persona, turn.timeline
         chunker = TextChunker()
         call = self.stages.generate(self.history.messages(), temperature=persona.temperature,
                                     max_tokens=persona.max_tokens, request_id=f"{self.id}-{timeline.turn_id}")

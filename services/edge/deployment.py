@@ -1,10 +1,12 @@
 """The `edge` Serve application: FastAPI ingress holding one Conversation per call.
 
+(No `from __future__ import annotations` here: Serve rebuilds the route signatures and must see
+the real WebSocket type, not a string.)
+
 Routes: `/` the web page, `/healthz`, `/v1/conversation` (browser/app WebSocket protocol,
 docs/websocket-protocol.md) and `/v1/twilio/media` (Twilio Media Streams).
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging
@@ -17,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from ray import serve
 from ray.serve import Application
 
+from services.common.aio import first_leaf
 from services.edge.auth import load_secret
 from services.edge.config import EdgeConfig
 from services.edge.conversation import Conversation
@@ -98,10 +101,10 @@ class EdgeDeployment:
             await conversation.run()
             await _close(websocket, 1000)
         except* ProtocolError as group:
-            error = group.exceptions[0]
+            error = first_leaf(group)
             await fail(error.close_code, "bad_request", str(error))
         except* grpc.aio.AioRpcError as group:
-            error = group.exceptions[0]
+            error = first_leaf(group)
             logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
             await fail(1011, "stage_error", f"a stage failed: {error.code().name}")
         except* Exception as group:

@@ -28,6 +28,9 @@ class ProtocolError(Exception):
 class Transport(ABC):
     input_sample_rate: int
     output_sample_rate: int
+    # The caller's verified token claims: a backend may set per-call `persona` overrides there.
+    claims: dict[str, Any] = {}
+    wants_greeting: bool = True
 
     @abstractmethod
     async def receive_audio(self) -> np.ndarray:

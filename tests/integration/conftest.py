@@ -18,7 +18,9 @@ from services.common.clients import open_channel
 from services.models import ensure_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
-GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT = 6411, 8311, 18100, 19100
+# PARLEY_TEST_PORT_OFFSET moves every port, so two test runs can share a machine.
+_OFFSET = int(os.environ.get("PARLEY_TEST_PORT_OFFSET", "0"))
+GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT = (port + _OFFSET for port in (6411, 8311, 18100, 19100))
 
 
 @dataclass
@@ -63,6 +65,7 @@ async def channel(serve_cluster):
 
 
 async def stage_stats(ray_client, application: str) -> dict:
+    """A deployment's live counters (active streams, conversations, engine stats) via a Serve handle."""
     from ray import serve
 
     return await serve.get_app_handle(application).stats.remote()

@@ -82,7 +82,7 @@ async def _receive_message(websocket: WebSocket, max_bytes: int) -> dict[str, An
     if text is None:
         raise ProtocolError("Twilio Media Streams messages are JSON text, got a binary message", 4400)
     if len(text) > max_bytes:
-        raise ProtocolError(f"a message of {len(text)} bytes is over the limit of {max_bytes}", 4413)
+        raise ProtocolError(f"a message of {len(text)} characters is over the limit of {max_bytes}", 4413)
     try:
         data = json.loads(text)
     except ValueError:

@@ -48,7 +48,7 @@ class WebSocketTransport(Transport):
         if start["type"] != "start":
             raise ProtocolError(f"the first message must be `start`, got `{start['type']}`")
         try:
-            verify_token(start.get("token"), secret)
+            claims = verify_token(start.get("token"), secret)
         except AuthError as error:
             raise ProtocolError(str(error), 4401) from None
         try:
@@ -56,7 +56,10 @@ class WebSocketTransport(Transport):
             output_rate = check_sample_rate(int(start.get("output_sample_rate", 24_000)))
         except (AudioFormatError, TypeError, ValueError) as error:
             raise ProtocolError(f"bad sample rate: {error}") from None
-        return cls(websocket, input_rate, output_rate, input_rate * max_frame_ms // 1000 * 2, start)
+        transport = cls(websocket, input_rate, output_rate, input_rate * max_frame_ms // 1000 * 2, start)
+        transport.claims = claims
+        transport.wants_greeting = start.get("greeting", True) is not False
+        return transport
 
     async def receive_audio(self) -> np.ndarray:
         while True:
@@ -81,7 +84,13 @@ class WebSocketTransport(Transport):
             raise ProtocolError(f"unexpected message type `{control['type']}`")
 
     async def send_audio(self, frame: np.ndarray) -> None:
-        await self.websocket.send_bytes(float_to_pcm16(frame))
+        await self._send({"type": "websocket.send", "bytes": float_to_pcm16(frame)})
 
     async def send_event(self, event: dict[str, Any]) -> None:
-        await self.websocket.send_text(json.dumps(event))
+        await self._send({"type": "websocket.send", "text": json.dumps(event)})
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        try:
+            await self.websocket.send(message)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            raise CallerHungUp() from None  # the caller went away mid-send
