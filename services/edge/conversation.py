@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,11 +51,13 @@ class AgentTurn:
 
 class Conversation:
     def __init__(self, transport: Transport, stages: StageClients, config: EdgeConfig, conversation_id: str,
-                 detector: EndOfTurnDetector | None = None):
+                 detector: EndOfTurnDetector | None = None,
+                 observers: tuple[Callable[[TurnTimeline], None], ...] = ()):
         self.id = conversation_id
         self.transport, self.stages, self.config = transport, stages, config
         self.persona = persona_for(config.persona, transport.claims)
         self.detector = detector or SilenceEndpointing()
+        self.observers = observers  # see each finished turn's timeline; they must not block
         self.history = ChatHistory(self.persona.system_prompt, config.history.max_context_tokens)
         self.metrics: deque[dict] = deque(maxlen=256)
         self._started = time.monotonic()
@@ -254,6 +257,8 @@ class Conversation:
     # -- events -----------------------------------------------------------------------------------
 
     async def _report(self, timeline: TurnTimeline) -> None:
+        for observe in self.observers:
+            observe(timeline)
         event = timeline.to_event()
         self.metrics.append(event)
         await self._emit(**event)

@@ -11,6 +11,7 @@ docs/websocket-protocol.md) and `/v1/twilio/media` (Twilio Media Streams).
 import asyncio
 import logging
 import uuid
+from collections import deque
 from importlib import resources
 
 import grpc
@@ -23,6 +24,7 @@ from services.common.aio import first_leaf
 from services.edge.auth import load_secret
 from services.edge.config import EdgeConfig
 from services.edge.conversation import Conversation
+from services.edge.metrics import TurnTimeline
 from services.edge.stages import StageClients
 from services.edge.transport import CallerHungUp, ProtocolError
 from services.edge.transports.websocket import WebSocketTransport
@@ -46,6 +48,7 @@ class EdgeDeployment:
         self.secret = load_secret(self.config.auth.secret_env)
         self.page = resources.files("services.edge.web").joinpath("index.html").read_text()
         self.conversations: dict[str, Conversation] = {}
+        self.recent_turns: deque[TurnTimeline] = deque(maxlen=1024)  # for stats() and benchmarks
         self._stages: StageClients | None = None
 
     @property
@@ -95,7 +98,8 @@ class EdgeDeployment:
         except CallerHungUp:
             return
         conversation_id = uuid.uuid4().hex[:12]
-        conversation = Conversation(transport, self.stages, self.config, conversation_id)
+        conversation = Conversation(transport, self.stages, self.config, conversation_id,
+                                    observers=(self.recent_turns.append,))
         self.conversations[conversation_id] = conversation
         try:
             await conversation.run()
@@ -113,9 +117,13 @@ class EdgeDeployment:
         finally:
             del self.conversations[conversation_id]
 
-    async def stats(self) -> dict:
-        """Live conversations and asyncio tasks on this replica (the autoscaling signal; leak checks)."""
-        return {"active_conversations": len(self.conversations), "tasks": len(asyncio.all_tasks())}
+    async def stats(self, turns: bool = False) -> dict:
+        """Live conversations and asyncio tasks on this replica (the autoscaling signal; leak checks),
+        and with `turns` the raw timelines of recent turns (edge monotonic clock, seconds)."""
+        stats = {"active_conversations": len(self.conversations), "tasks": len(asyncio.all_tasks())}
+        if turns:
+            stats["turns"] = [vars(timeline).copy() for timeline in self.recent_turns]
+        return stats
 
 
 def build_app(args: EdgeConfig) -> Application:
