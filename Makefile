@@ -34,6 +34,8 @@ down:
 	$(BIN)/parley down
 
 test: setup
+	@# headless Chromium for the web page test (installed with apt-get when root; else it skips)
+	bash scripts/install_browser.sh
 	$(BIN)/python -m pytest -q
 
 bench-hops: models

@@ -11,6 +11,7 @@ Needs the Debian `chromium` and `chromium-driver` packages (scripts/install_brow
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import time
@@ -55,6 +56,16 @@ def _find(*names: str) -> str | None:
     return None
 
 
+CHROMIUM, CHROMEDRIVER = _find("chromium", "chromium-browser"), _find("chromedriver")
+# Checked at collection, so that a missing browser skips before the cluster fixture starts Ray.
+if importlib.util.find_spec("selenium") is None:
+    BROWSER_MISSING = "selenium is not installed (pip install selenium)"
+elif not CHROMIUM or not CHROMEDRIVER:
+    BROWSER_MISSING = "the chromium and chromedriver binaries are not on PATH (run scripts/install_browser.sh)"
+else:
+    BROWSER_MISSING = ""
+
+
 def _fake_mic_wav(path: Path) -> Path:
     """hello.wav at 48 kHz with leading and trailing silence (Chromium loops the file)."""
     import soxr
@@ -76,22 +87,14 @@ def _fake_mic_wav(path: Path) -> Path:
 
 
 @pytest.fixture
-def browser(tmp_path, request):
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install selenium)")
-    chromium = _find("chromium", "chromium-browser")
-    chromedriver = _find("chromedriver")
-    if not chromium or not chromedriver:
-        pytest.skip("the chromium and chromedriver binaries are not on PATH (run scripts/install_browser.sh)")
-    edge_http_url = request.getfixturevalue("edge_http_url")  # only now: it starts the cluster
+def browser(tmp_path, edge_http_url):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
 
     wav = _fake_mic_wav(tmp_path / "fake_mic.wav")
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(edge_http_url))
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = CHROMIUM
     for flag in (
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,1000",
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
@@ -103,7 +106,7 @@ def browser(tmp_path, request):
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=chromedriver, log_output=str(tmp_path / "chromedriver.log"))
+    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(60)
     try:
@@ -119,7 +122,10 @@ const lines = [...document.querySelectorAll("#transcript .line.caller:not(.parti
 return {state: p.state, closeCode: p.closeCode === undefined ? null : p.closeCode, audioBytes: p.audioBytes || 0,
         finals: finals, callerLines: lines, pane: document.getElementById("transcript").textContent,
         status: document.getElementById("status").textContent,
-        types: (p.events || []).map(e => e.type)};
+        types: (p.events || []).map(e => e.type),
+        // an agent reply (not the greeting) started after the caller's first final transcript
+        replied: (p.events || []).some((e, i, all) => e.type === "agent_audio_start"
+            && all.slice(0, i).some(f => f.type === "transcript" && f.final))};
 """
 
 
@@ -141,6 +147,7 @@ def _diagnostics(driver, tmp_path: Path, progress: dict) -> str:
 
 
 @pytest.mark.cluster
+@pytest.mark.skipif(bool(BROWSER_MISSING), reason=BROWSER_MISSING)
 def test_page_talks_to_the_edge(browser, edge_http_url, edge_token, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -156,7 +163,7 @@ def test_page_talks_to_the_edge(browser, edge_http_url, edge_token, tmp_path):
     while True:
         progress = driver.execute_script(PROGRESS_JS)
         heard = [text for text in progress["finals"] if text.strip()]
-        if heard and progress["audioBytes"] > 0:
+        if heard and progress["audioBytes"] > 0 and progress["replied"]:
             break
         if progress["state"] == "closed":
             pytest.fail("the conversation closed early\n" + _diagnostics(driver, tmp_path, progress))

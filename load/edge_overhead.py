@@ -1,0 +1,403 @@
+"""Benchmark: what the edge and the transport add to a turn's critical path beyond engine compute.
+
+    python load/edge_overhead.py [--levels 1 10 50] [--max-tokens 12] [--out out/edge_overhead.json]
+
+Starts its own local Ray cluster (GCS 6430, dashboard 8330, HTTP 18300, gRPC 19300), deploys
+serve_config.cpu.yaml (tiny models), then for each concurrency level N runs N simulated callers
+at once (services.edge.caller.call on services/assets/hello.wav, starts staggered uniformly over
+~3 s; levels with few callers run several rounds so every level has at least --min-calls calls).
+Tokens carry persona overrides `greeting=""` and a short reply (`max_tokens`), to keep engine load
+small: this measures orchestration, not engine capacity.
+
+After each level it reads the edge's raw turn timelines (edge monotonic clock) through a Serve
+handle and joins each to the caller's `metrics` event of the same turn. Per turn:
+  (a) edge dispatch      llm_request - asr_final        (final transcript in -> LLM request sent)
+  (b) TTS send           tts_request - first_sentence   (0 by construction: same timestamp)
+  (c) playout pick-up    first_audio_sent - tts_first_audio
+  (d) edge -> caller     the caller receives the first agent audio frame - first_audio_sent
+      (the WebSocket leg through Serve's HTTP proxy; the caller and the edge share the host's
+      CLOCK_MONOTONIC, so this is a one-way time, caller event-loop delay included)
+and total = a + b + c + d + two gRPC proxy hops (LLM request, TTS request) taken from the stage
+hop benchmark in docs/benchmarks.md (--hop-p50-ms / --hop-p95-ms). Also: playout underruns
+(sum of `underruns` in metrics events), failed/refused calls, the gap between the caller receiving
+`agent_audio_start` and the first audio frame, the caller's event-loop lag, CPU per process
+group, and the TTFAT decomposition (median of each metrics field) at the lowest level.
+Prints markdown tables for docs/benchmarks.md and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.cluster import LocalCluster, application_names, render_config  # noqa: E402
+from services.common.audio import read_wav  # noqa: E402
+from services.edge import caller  # noqa: E402
+from services.edge.auth import ALGORITHM, mint_token  # noqa: E402
+from services.edge.metrics import TurnTimeline  # noqa: E402
+
+GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT = 6430, 8330, 18300, 19300
+AUDIO = ROOT / "services" / "assets" / "hello.wav"
+STAGGER_S = 3.0
+# Serve gRPC proxy hop, client send -> replica user code, from docs/benchmarks.md ("Stage hops"):
+# the largest p50 and p95 of its table (100 ms frames: 2.25 ms; 40 ms frames: 3.08 ms).
+HOP_P50_MS, HOP_P95_MS = 2.25, 3.08
+METRIC_FIELDS = ("endpointing_ms", "asr_final_ms", "llm_ttft_ms", "first_sentence_ms", "tts_ttfb_ms", "ttfat_ms")
+COMPONENTS = ("dispatch", "tts_send", "pickup", "transport")
+
+
+# -- a caller that also records when each message arrived (host monotonic clock) ------------------
+
+class _Stamped(list):
+    """A list that records (arrival order, time.monotonic()) for every append."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+        self.stamps: list[tuple[int, float]] = []
+
+    def append(self, item) -> None:
+        self.stamps.append(self.clock())
+        super().append(item)
+
+
+@dataclass
+class StampedResult(caller.CallResult):
+    """CallResult whose event and audio lists keep absolute arrival times. `caller.call` keeps no
+    event arrival times and audio ones only relative to a private start, so the benchmark swaps
+    this class in (caller.CallResult) while it runs; the protocol handling is the caller's own."""
+
+    def __post_init__(self) -> None:
+        order = itertools.count()
+
+        def clock():
+            return next(order), time.monotonic()
+
+        self.events = _Stamped(clock)
+        self.agent_audio = _Stamped(clock)
+
+
+def token(secret: str, **persona) -> str:
+    import jwt
+
+    claims = jwt.decode(mint_token(secret, ttl_s=3600), secret, algorithms=[ALGORITHM])
+    return jwt.encode({**claims, "persona": persona}, secret, algorithm=ALGORITHM)
+
+
+@dataclass
+class CallOutcome:
+    result: StampedResult | None
+    error: str | None
+    started: float
+    ended: float
+
+
+async def one_call(url: str, token_: str, audio: np.ndarray, rate: int, delay_s: float) -> CallOutcome:
+    await asyncio.sleep(delay_s)
+    started = time.monotonic()
+    try:
+        result = await caller.call(url, token_, audio, rate, tail_s=60, until=caller.settled)
+        return CallOutcome(result, None, started, time.monotonic())
+    except Exception as error:  # refused at connect, closed mid-handshake, ...
+        return CallOutcome(None, f"{type(error).__name__}: {error}"[:200], started, time.monotonic())
+
+
+async def loop_lag(samples: list[float], stop: asyncio.Event, period_s: float = 0.01) -> None:
+    """How late this process's event loop wakes up (the callers' own scheduling delay)."""
+    while not stop.is_set():
+        before = time.monotonic()
+        await asyncio.sleep(period_s)
+        samples.append((time.monotonic() - before - period_s) * 1000)
+
+
+# -- CPU per process group -------------------------------------------------------------------------
+
+def _group(process: psutil.Process) -> str:
+    if process.pid == os.getpid():
+        return "callers (this script)"
+    try:
+        cmdline = process.cmdline()
+    except psutil.Error:
+        return "?"
+    head = cmdline[0] if cmdline else process.name()
+    if head.startswith("ray::"):
+        name = head.split()[0][5:]
+        if name.startswith("ServeReplica:"):
+            return name.split(":")[1]  # the application
+        if name.startswith("ProxyActor"):
+            return "serve proxy"
+        return "ray:" + name
+    return "ray system" if any(part in head for part in ("gcs_server", "raylet", "dashboard", "python")) else head
+
+
+def cpu_by_group(processes: list[psutil.Process]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        group = _group(process)
+        totals[group] = totals.get(group, 0.0) + times.user + times.system
+    return totals
+
+
+# -- the measurement ---------------------------------------------------------------------------------
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def metrics_key(event: dict) -> tuple:
+    return (event["turn_id"], *(event[name] for name in METRIC_FIELDS), event["interrupted"], event["underruns"])
+
+
+def first_frame_after(result: StampedResult, turn_id: int) -> tuple[float | None, float | None]:
+    """(arrival of `agent_audio_start` for the turn, arrival of the first audio frame after it)."""
+    start = next((stamp for event, stamp in zip(result.events, result.events.stamps)
+                  if event["type"] == "agent_audio_start" and event["turn_id"] == turn_id), None)
+    if start is None:
+        return None, None
+    frame = next((stamp for stamp in result.agent_audio.stamps if stamp[0] > start[0]), None)
+    return start[1], None if frame is None else frame[1]
+
+
+def classify(outcome: CallOutcome) -> str:
+    if outcome.result is None:
+        return "error"
+    result = outcome.result
+    if result.close_code == 4503:
+        return "refused"
+    if not result.of_type("ready"):
+        return "error"
+    if result.close_code not in (1000, None) or result.of_type("error"):
+        return "failed"
+    if not any(e["type"] == "transcript" and e["final"] for e in result.events):
+        return "no_final"
+    if not caller.settled(result):
+        return "unsettled"
+    return "ok"
+
+
+def analyse(level: int, outcomes: list[CallOutcome], timelines: list[dict], lag: list[float],
+            cpu: dict[str, float], wall_s: float, hop_p50: float, hop_p95: float) -> dict:
+    by_key: dict[tuple, list[dict]] = {}
+    for timeline in timelines:
+        if timeline.get("speech_end") is None:
+            continue  # a greeting (none here: greeting="") has no caller speech before it
+        event = TurnTimeline(**timeline).to_event()
+        by_key.setdefault(metrics_key(event), []).append(timeline)
+
+    turns, unmatched, ambiguous = [], 0, 0
+    for outcome in outcomes:
+        if outcome.result is None:
+            continue
+        for event in outcome.result.of_type("metrics"):
+            candidates = by_key.get(metrics_key(event), [])
+            if len(candidates) != 1:
+                unmatched += not candidates
+                ambiguous += len(candidates) > 1
+                continue
+            t = candidates[0]
+            event_at, frame_at = first_frame_after(outcome.result, event["turn_id"])
+
+            def ms(a, b):
+                return None if a is None or b is None else (b - a) * 1000
+
+            turns.append({
+                "metrics": {k: v for k, v in event.items() if k != "t"},
+                "dispatch": ms(t["asr_final"], t["llm_request"]),
+                "tts_send": ms(t["first_sentence"], t["tts_request"]),
+                "pickup": ms(t["tts_first_audio"], t["first_audio_sent"]),
+                "transport": ms(t["first_audio_sent"], frame_at),
+                "event_to_frame": ms(event_at, frame_at),
+            })
+    for turn in turns:
+        parts = [turn[name] for name in COMPONENTS]
+        turn["measured"] = None if any(p is None for p in parts) else sum(parts)
+
+    def summary(name: str) -> dict:
+        values = [turn[name] for turn in turns if turn[name] is not None]
+        return {"n": len(values), "p50": pct(values, 50), "p95": pct(values, 95),
+                "max": max(values) if values else None}
+
+    stats = {name: summary(name) for name in (*COMPONENTS, "event_to_frame", "measured")}
+    measured = stats["measured"]
+    stats["total"] = {"n": measured["n"],
+                      "p50": None if measured["p50"] is None else measured["p50"] + 2 * hop_p50,
+                      "p95": None if measured["p95"] is None else measured["p95"] + 2 * hop_p95}
+    metric_values = {name: [t["metrics"][name] for t in turns if t["metrics"][name] is not None]
+                     for name in METRIC_FIELDS}
+    kinds = [classify(outcome) for outcome in outcomes]
+    all_metrics = [e for o in outcomes if o.result is not None for e in o.result.of_type("metrics")]
+    return {
+        "callers": level, "calls": len(outcomes),
+        "outcomes": {kind: kinds.count(kind) for kind in sorted(set(kinds))},
+        "errors": sorted({o.error for o in outcomes if o.error}),
+        "close_codes": sorted({str(o.result.close_code) for o in outcomes if o.result is not None}),
+        "turns": len(all_metrics), "turns_matched": len(turns), "turns_unmatched": unmatched,
+        "turns_ambiguous": ambiguous,
+        "interrupted_turns": sum(bool(e["interrupted"]) for e in all_metrics),
+        "underruns": sum(e["underruns"] for e in all_metrics),
+        "turns_with_underruns": sum(e["underruns"] > 0 for e in all_metrics),
+        "overhead_ms": stats,
+        "metrics_p50_ms": {name: pct(values, 50) for name, values in metric_values.items()},
+        "metrics_p95_ms": {name: pct(values, 95) for name, values in metric_values.items()},
+        "caller_loop_lag_ms": {"p50": pct(lag, 50), "p95": pct(lag, 95), "max": max(lag) if lag else None},
+        "cores_busy": {group: round(seconds / wall_s, 3) for group, seconds in
+                       sorted(cpu.items(), key=lambda item: -item[1]) if seconds / wall_s >= 0.005},
+        "wall_s": round(wall_s, 1),
+        "per_turn": turns,
+    }
+
+
+async def run_level(level: int, rounds: int, url: str, tokens, audio: np.ndarray, rate: int,
+                    cluster: LocalCluster, hop_p50: float, hop_p95: float) -> dict:
+    from ray import serve
+
+    edge = serve.get_app_handle("edge")
+    processes = cluster._processes() + [psutil.Process()]
+    cpu_before = cpu_by_group(processes)
+    lag, stop = [], asyncio.Event()
+    lag_task = asyncio.create_task(loop_lag(lag, stop))
+    started = time.monotonic()
+    outcomes: list[CallOutcome] = []
+    before = len((await edge.stats.remote(turns=True))["turns"])
+    for round_ in range(rounds):
+        delays = [STAGGER_S * i / level for i in range(level)] if level > 1 else [0.0]
+        outcomes += await asyncio.gather(*(one_call(url, next(tokens), audio, rate, d) for d in delays))
+        print(f"  {level} callers, round {round_ + 1}/{rounds}: "
+              f"{sum(classify(o) == 'ok' for o in outcomes)}/{len(outcomes)} calls ok", flush=True)
+    wall = time.monotonic() - started
+    stop.set()
+    await lag_task
+    cpu_after = cpu_by_group(processes)
+    cpu = {group: cpu_after.get(group, 0.0) - cpu_before.get(group, 0.0) for group in cpu_after}
+    turns = (await edge.stats.remote(turns=True))["turns"]
+    # The edge keeps the last 1024 turns: this level's are the new ones (the join below also
+    # matches each to its caller's metrics event, so a wrapped deque cannot mix levels up).
+    new = turns[before:] if len(turns) < 1024 else turns
+    return analyse(level, outcomes, new, lag, cpu, wall, hop_p50, hop_p95)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def tables(results: dict) -> str:
+    hop50, hop95 = results["hop_ms"]["p50"], results["hop_ms"]["p95"]
+    lines = ["| callers | turns | (a) edge dispatch | (b) TTS send | (c) playout pick-up | (d) edge -> caller "
+             f"| a+b+c+d | total (+ 2 gRPC hops: {2 * hop50:.1f} / {2 * hop95:.1f}) | underruns | failed / refused |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for level in results["levels"]:
+        o = level["overhead_ms"]
+        cells = [f"{fmt(o[name]['p50'])} / {fmt(o[name]['p95'])}" for name in (*COMPONENTS, "measured", "total")]
+        bad = sum(n for kind, n in level["outcomes"].items() if kind not in ("ok", "refused"))
+        lines.append(f"| {level['callers']} | {level['turns_matched']} | " + " | ".join(cells)
+                     + f" | {level['underruns']} in {level['turns_with_underruns']} turns"
+                     + f" | {bad} / {level['outcomes'].get('refused', 0)} |")
+    lines += ["", "| callers | calls | outcomes | TTFAT p50 / p95 | tts_ttfb p50 / p95 | llm_ttft p50 / p95 "
+              "| agent_audio_start -> 1st frame at caller p50 / p95 / max | caller loop lag p50 / p95 / max "
+              "| cores busy |", "|---|---|---|---|---|---|---|---|---|"]
+    for level in results["levels"]:
+        m50, m95, gap, lag = (level["metrics_p50_ms"], level["metrics_p95_ms"], level["overhead_ms"]["event_to_frame"],
+                              level["caller_loop_lag_ms"])
+        cores = ", ".join(f"{group} {value:.2f}" for group, value in list(level["cores_busy"].items())[:6])
+        lines.append(f"| {level['callers']} | {level['calls']} | "
+                     + ", ".join(f"{kind} {n}" for kind, n in level["outcomes"].items())
+                     + f" | {fmt(m50['ttfat_ms'], 0)} / {fmt(m95['ttfat_ms'], 0)}"
+                     + f" | {fmt(m50['tts_ttfb_ms'], 0)} / {fmt(m95['tts_ttfb_ms'], 0)}"
+                     + f" | {fmt(m50['llm_ttft_ms'], 0)} / {fmt(m95['llm_ttft_ms'], 0)}"
+                     + f" | {fmt(gap['p50'])} / {fmt(gap['p95'])} / {fmt(gap['max'])}"
+                     + f" | {fmt(lag['p50'])} / {fmt(lag['p95'])} / {fmt(lag['max'])} | {cores} |")
+    first = results["levels"][0]
+    lines += ["", f"TTFAT of a typical turn at {first['callers']} caller(s) (median of each field, "
+              f"{first['turns_matched']} turns):", "",
+              "| " + " | ".join(name[:-3] for name in METRIC_FIELDS) + " | edge overhead inside TTFAT (a+b+c) |",
+              "|" + "---|" * (len(METRIC_FIELDS) + 1)]
+    inside = [t["dispatch"] + t["tts_send"] + t["pickup"] for t in first["per_turn"]
+              if None not in (t["dispatch"], t["tts_send"], t["pickup"])]
+    lines.append("| " + " | ".join(f"{fmt(first['metrics_p50_ms'][name], 0)} ms" for name in METRIC_FIELDS)
+                 + f" | {fmt(pct(inside, 50))} ms |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--max-tokens", type=int, default=12, help="the reply's length (persona max_tokens)")
+    parser.add_argument("--min-calls", type=int, default=20,
+                        help="levels with fewer callers run rounds until they have this many calls")
+    parser.add_argument("--warmup", type=int, default=1, help="calls before the first level, not counted")
+    parser.add_argument("--hop-p50-ms", type=float, default=HOP_P50_MS)
+    parser.add_argument("--hop-p95-ms", type=float, default=HOP_P95_MS)
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "edge_overhead.json")
+    args = parser.parse_args()
+
+    from services.cli import edge_secret
+    from services.models import ensure_tiny
+
+    ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro"])
+    secret = edge_secret(ROOT / "serve_config.cpu.yaml")
+    tokens = (token(secret, greeting="", max_tokens=args.max_tokens) for _ in itertools.count())
+    audio, rate = read_wav(AUDIO)
+    url = f"ws://127.0.0.1:{HTTP_PORT}/v1/conversation"
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, workdir=ROOT,
+                           env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"})
+    load_before = os.getloadavg()
+
+    async def measure() -> list[dict]:
+        import ray
+
+        ray.init(address=f"127.0.0.1:{GCS_PORT}", logging_level="ERROR", log_to_driver=False)
+        try:
+            for _ in range(args.warmup):
+                outcome = await one_call(url, next(tokens), audio, rate, 0.0)
+                print(f"  warm-up call: {classify(outcome)}", flush=True)
+            return [await run_level(level, max(1, math.ceil(args.min_calls / level)), url, tokens, audio, rate,
+                                    cluster, args.hop_p50_ms, args.hop_p95_ms) for level in args.levels]
+        finally:
+            ray.shutdown()
+
+    original = caller.CallResult
+    with tempfile.TemporaryDirectory() as tmp:
+        config = render_config(ROOT / "serve_config.cpu.yaml", Path(tmp) / "serve.yaml", http_port=HTTP_PORT,
+                               grpc_port=GRPC_PORT)
+        cluster.stop()  # a cluster of ours left behind by an interrupted run
+        cluster.start()
+        try:
+            cluster.deploy(config)
+            cluster.wait_running(application_names(config))
+            caller.CallResult = StampedResult
+            levels = asyncio.run(measure())
+        finally:
+            caller.CallResult = original
+            cluster.stop()
+    results = {"hop_ms": {"p50": args.hop_p50_ms, "p95": args.hop_p95_ms}, "max_tokens": args.max_tokens,
+               "loadavg_before": [round(x, 2) for x in load_before], "levels": levels}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print()
+    print(tables(results))
+    print(f"\nJSON with every turn: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
