@@ -126,7 +126,7 @@ async def test_barge_in_while_thinking_cancels_llm_and_tts_on_the_stages(edge_ws
     tts_before = (await stage_stats(ray_client, "tts"))["cancelled_streams"]
     # A long reply keeps the LLM generating while the caller starts speaking again.
     events, _, _ = await converse_with_barge_in(
-        edge_ws_url, token(edge_secret, greeting="", max_tokens=2000),
+        edge_ws_url, token(edge_secret, greeting="", max_tokens=2000, temperature=0.0),
         lambda event: event["type"] == "transcript" and event["final"], 0.0)
     interruptions = [e for e in events if e["type"] == "interruption"]
     assert interruptions and interruptions[0]["heard_text"] == ""
@@ -139,7 +139,7 @@ async def test_barge_in_while_thinking_cancels_llm_and_tts_on_the_stages(edge_ws
 
 async def test_barge_in_while_speaking_stops_playout_and_keeps_what_was_heard(edge_ws_url, edge_secret, ray_client):
     events, audio_frames, _ = await converse_with_barge_in(
-        edge_ws_url, token(edge_secret, greeting="", max_tokens=60),
+        edge_ws_url, token(edge_secret, greeting="", max_tokens=60, temperature=0.0),
         lambda event: event["type"] == "agent_audio_start", 1.2)
     [interruption] = [e for e in events if e["type"] == "interruption"][:1]
     turn = interruption["turn_id"]
