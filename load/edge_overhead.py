@@ -19,10 +19,15 @@ handle and joins each to the caller's `metrics` event of the same turn. Per turn
       CLOCK_MONOTONIC, so this is a one-way time, caller event-loop delay included)
 and total = a + b + c + d + two gRPC proxy hops (LLM request, TTS request) taken from the stage
 hop benchmark in docs/benchmarks.md (--hop-p50-ms / --hop-p95-ms). Also: playout underruns
-(sum of `underruns` in metrics events), failed/refused calls, the gap between the caller receiving
+(sum of `underruns` in metrics events) next to the gaps a caller playing frames on arrival would
+hear, failed/refused calls, how many calls were open, streaming and being answered at each turn's
+first agent audio, the gap between the caller receiving
 `agent_audio_start` and the first audio frame, the caller's event-loop lag, CPU per process
 group, and the TTFAT decomposition (median of each metrics field) at the lowest level.
 Prints markdown tables for docs/benchmarks.md and writes JSON.
+
+`--pad-silence-s S` appends S seconds of silence to the WAV, so callers keep streaming audio in
+real time while their replies are produced (sustained load; a call then lasts at least 4 + S s).
 """
 
 from __future__ import annotations
@@ -141,7 +146,7 @@ def _group(process: psutil.Process) -> str:
             return name.split(":")[1]  # the application
         if name.startswith("ProxyActor"):
             return "serve proxy"
-        return "ray:" + name
+        return "ray:" + name.split(".")[0]  # an actor's title carries its current method
     return "ray system" if any(part in head for part in ("gcs_server", "raylet", "dashboard", "python")) else head
 
 
@@ -177,6 +182,30 @@ def first_frame_after(result: StampedResult, turn_id: int) -> tuple[float | None
     return start[1], None if frame is None else frame[1]
 
 
+def turn_frames(result: StampedResult, turn_id: int) -> list[tuple[float, float]]:
+    """(arrival, seconds of audio) of each agent frame between the turn's agent_audio_start and
+    agent_audio_end (or the next agent_audio_start)."""
+    marks = [(stamp[0], event) for event, stamp in zip(result.events, result.events.stamps)
+             if event["type"] in ("agent_audio_start", "agent_audio_end")]
+    begin = next((order for order, e in marks if e["type"] == "agent_audio_start" and e["turn_id"] == turn_id), None)
+    if begin is None:
+        return []
+    end = next((order for order, e in marks if order > begin), float("inf"))
+    return [(stamp[1], frame.size / result.output_sample_rate)
+            for frame, stamp in zip(result.agent_audio, result.agent_audio.stamps) if begin < stamp[0] < end]
+
+
+def heard_gaps(frames: list[tuple[float, float]], tolerance_s: float = 0.010) -> tuple[int, float]:
+    """Gaps a caller would hear playing each frame on arrival, back to back, with no jitter buffer
+    of its own: a frame arriving after the previous one has finished playing (+ tolerance)."""
+    count, total, playing_until = 0, 0.0, None
+    for arrival, seconds in frames:
+        if playing_until is not None and arrival > playing_until + tolerance_s:
+            count, total = count + 1, total + arrival - playing_until
+        playing_until = max(playing_until or arrival, arrival) + seconds
+    return count, total * 1000
+
+
 def classify(outcome: CallOutcome) -> str:
     if outcome.result is None:
         return "error"
@@ -195,7 +224,21 @@ def classify(outcome: CallOutcome) -> str:
 
 
 def analyse(level: int, outcomes: list[CallOutcome], timelines: list[dict], lag: list[float],
-            cpu: dict[str, float], wall_s: float, hop_p50: float, hop_p95: float) -> dict:
+            cpu: dict[str, float], wall_s: float, hop_p50: float, hop_p95: float, speech_s: float) -> dict:
+    # When each call streamed caller audio, and when agent audio was playing to it (caller clock).
+    calls = [o for o in outcomes if o.result is not None]
+    playing = []
+    for o in calls:
+        frames_at = [stamp[1] for stamp in o.result.agent_audio.stamps]
+        if frames_at:
+            playing.append((frames_at[0], frames_at[-1]))
+
+    def concurrency(at: float) -> dict:
+        return {"calls_open": sum(o.started <= at <= o.ended for o in outcomes),
+                "callers_streaming": sum(o.started <= at <= o.started + speech_s for o in calls),
+                "agents_playing": sum(first <= at <= last for first, last in playing)}
+
+    kinds = [classify(outcome) for outcome in outcomes]
     by_key: dict[tuple, list[dict]] = {}
     for timeline in timelines:
         if timeline.get("speech_end") is None:
@@ -219,8 +262,15 @@ def analyse(level: int, outcomes: list[CallOutcome], timelines: list[dict], lag:
             def ms(a, b):
                 return None if a is None or b is None else (b - a) * 1000
 
+            frames = turn_frames(outcome.result, event["turn_id"])
+            gaps, gap_ms = heard_gaps(frames)
             turns.append({
                 "metrics": {k: v for k, v in event.items() if k != "t"},
+                "segments": sum(e["type"] == "agent_text" and e["turn_id"] == event["turn_id"]
+                                for e in outcome.result.events),
+                "reply_audio_s": round(sum(seconds for _, seconds in frames), 2),
+                "heard_gaps": gaps, "heard_gap_ms": round(gap_ms, 1),
+                "at_first_audio": None if frame_at is None else concurrency(frame_at),
                 "dispatch": ms(t["asr_final"], t["llm_request"]),
                 "tts_send": ms(t["first_sentence"], t["tts_request"]),
                 "pickup": ms(t["tts_first_audio"], t["first_audio_sent"]),
@@ -243,18 +293,33 @@ def analyse(level: int, outcomes: list[CallOutcome], timelines: list[dict], lag:
                       "p95": None if measured["p95"] is None else measured["p95"] + 2 * hop_p95}
     metric_values = {name: [t["metrics"][name] for t in turns if t["metrics"][name] is not None]
                      for name in METRIC_FIELDS}
-    kinds = [classify(outcome) for outcome in outcomes]
     all_metrics = [e for o in outcomes if o.result is not None for e in o.result.of_type("metrics")]
     return {
         "callers": level, "calls": len(outcomes),
         "outcomes": {kind: kinds.count(kind) for kind in sorted(set(kinds))},
         "errors": sorted({o.error for o in outcomes if o.error}),
+        "problem_calls": [{"kind": kind, "error": o.error, "seconds": round(o.ended - o.started, 1),
+                           "close_code": None if o.result is None else o.result.close_code,
+                           "events": [] if o.result is None else [
+                               e["type"] + (f":{e['turn_id']}" if "turn_id" in e else "") for e in o.result.events
+                               if e["type"] not in ("transcript", "agent_text")]}
+                          for o, kind in zip(outcomes, kinds) if kind != "ok"],
         "close_codes": sorted({str(o.result.close_code) for o in outcomes if o.result is not None}),
         "turns": len(all_metrics), "turns_matched": len(turns), "turns_unmatched": unmatched,
         "turns_ambiguous": ambiguous,
         "interrupted_turns": sum(bool(e["interrupted"]) for e in all_metrics),
         "underruns": sum(e["underruns"] for e in all_metrics),
         "turns_with_underruns": sum(e["underruns"] > 0 for e in all_metrics),
+        "heard_gaps": sum(t["heard_gaps"] for t in turns),
+        "turns_with_heard_gaps": sum(t["heard_gaps"] > 0 for t in turns),
+        "heard_gap_ms_max": max((t["heard_gap_ms"] for t in turns), default=None),
+        "segments_p50": pct([t["segments"] for t in turns], 50),
+        "reply_audio_s_p50": pct([t["reply_audio_s"] for t in turns], 50),
+        "at_first_audio_p50": {key: pct([t["at_first_audio"][key] for t in turns if t["at_first_audio"]], 50)
+                               for key in ("calls_open", "callers_streaming", "agents_playing")},
+        "at_first_audio_max": {key: max((t["at_first_audio"][key] for t in turns if t["at_first_audio"]),
+                                        default=None)
+                               for key in ("calls_open", "callers_streaming", "agents_playing")},
         "overhead_ms": stats,
         "metrics_p50_ms": {name: pct(values, 50) for name, values in metric_values.items()},
         "metrics_p95_ms": {name: pct(values, 95) for name, values in metric_values.items()},
@@ -273,6 +338,7 @@ async def run_level(level: int, rounds: int, url: str, tokens, audio: np.ndarray
     edge = serve.get_app_handle("edge")
     processes = cluster._processes() + [psutil.Process()]
     cpu_before = cpu_by_group(processes)
+    psutil.cpu_percent(None)  # the machine's CPU use from here on (other users' load included)
     lag, stop = [], asyncio.Event()
     lag_task = asyncio.create_task(loop_lag(lag, stop))
     started = time.monotonic()
@@ -287,12 +353,13 @@ async def run_level(level: int, rounds: int, url: str, tokens, audio: np.ndarray
     stop.set()
     await lag_task
     cpu_after = cpu_by_group(processes)
+    machine = {"cpu_percent": psutil.cpu_percent(None), "loadavg_1m_at_end": round(os.getloadavg()[0], 2)}
     cpu = {group: cpu_after.get(group, 0.0) - cpu_before.get(group, 0.0) for group in cpu_after}
     turns = (await edge.stats.remote(turns=True))["turns"]
     # The edge keeps the last 1024 turns: this level's are the new ones (the join below also
     # matches each to its caller's metrics event, so a wrapped deque cannot mix levels up).
     new = turns[before:] if len(turns) < 1024 else turns
-    return analyse(level, outcomes, new, lag, cpu, wall, hop_p50, hop_p95)
+    return {**analyse(level, outcomes, new, lag, cpu, wall, hop_p50, hop_p95, audio.size / rate), "machine": machine}
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -302,18 +369,19 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def tables(results: dict) -> str:
     hop50, hop95 = results["hop_ms"]["p50"], results["hop_ms"]["p95"]
     lines = ["| callers | turns | (a) edge dispatch | (b) TTS send | (c) playout pick-up | (d) edge -> caller "
-             f"| a+b+c+d | total (+ 2 gRPC hops: {2 * hop50:.1f} / {2 * hop95:.1f}) | underruns | failed / refused |",
+             f"| a+b+c+d | total (+ 2 gRPC hops: {2 * hop50:.1f} / {2 * hop95:.1f}) | underruns (gaps heard at the caller) | failed or unsettled / refused |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for level in results["levels"]:
         o = level["overhead_ms"]
         cells = [f"{fmt(o[name]['p50'])} / {fmt(o[name]['p95'])}" for name in (*COMPONENTS, "measured", "total")]
         bad = sum(n for kind, n in level["outcomes"].items() if kind not in ("ok", "refused"))
         lines.append(f"| {level['callers']} | {level['turns_matched']} | " + " | ".join(cells)
-                     + f" | {level['underruns']} in {level['turns_with_underruns']} turns"
+                     + f" | {level['underruns']} ({level['heard_gaps']} heard"
+                     + (f", longest {level['heard_gap_ms_max']:.0f} ms)" if level["heard_gaps"] else ")")
                      + f" | {bad} / {level['outcomes'].get('refused', 0)} |")
     lines += ["", "| callers | calls | outcomes | TTFAT p50 / p95 | tts_ttfb p50 / p95 | llm_ttft p50 / p95 "
               "| agent_audio_start -> 1st frame at caller p50 / p95 / max | caller loop lag p50 / p95 / max "
-              "| cores busy |", "|---|---|---|---|---|---|---|---|---|"]
+              "| cores busy (this cluster, this script) | machine CPU % |", "|---|---|---|---|---|---|---|---|---|---|"]
     for level in results["levels"]:
         m50, m95, gap, lag = (level["metrics_p50_ms"], level["metrics_p95_ms"], level["overhead_ms"]["event_to_frame"],
                               level["caller_loop_lag_ms"])
@@ -324,7 +392,15 @@ def tables(results: dict) -> str:
                      + f" | {fmt(m50['tts_ttfb_ms'], 0)} / {fmt(m95['tts_ttfb_ms'], 0)}"
                      + f" | {fmt(m50['llm_ttft_ms'], 0)} / {fmt(m95['llm_ttft_ms'], 0)}"
                      + f" | {fmt(gap['p50'])} / {fmt(gap['p95'])} / {fmt(gap['max'])}"
-                     + f" | {fmt(lag['p50'])} / {fmt(lag['p95'])} / {fmt(lag['max'])} | {cores} |")
+                     + f" | {fmt(lag['p50'])} / {fmt(lag['p95'])} / {fmt(lag['max'])} | {cores}"
+                     + f" | {level['machine']['cpu_percent']:.0f} % |")
+    lines += ["", "| callers | at each turn's first agent audio (median / max): calls open | callers streaming audio "
+              "| agents playing | reply: segments, audio s (median) |", "|---|---|---|---|---|"]
+    for level in results["levels"]:
+        p50, top = level["at_first_audio_p50"], level["at_first_audio_max"]
+        lines.append(f"| {level['callers']} | " + " | ".join(f"{fmt(p50[key], 0)} / {fmt(top[key], 0)}" for key in
+                                                             ("calls_open", "callers_streaming", "agents_playing"))
+                     + f" | {fmt(level['segments_p50'], 0)}, {fmt(level['reply_audio_s_p50'])} |")
     first = results["levels"][0]
     lines += ["", f"TTFAT of a typical turn at {first['callers']} caller(s) (median of each field, "
               f"{first['turns_matched']} turns):", "",
@@ -346,6 +422,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="calls before the first level, not counted")
     parser.add_argument("--hop-p50-ms", type=float, default=HOP_P50_MS)
     parser.add_argument("--hop-p95-ms", type=float, default=HOP_P95_MS)
+    parser.add_argument("--pad-silence-s", type=float, default=0.0,
+                        help="silence after the speech, streamed in real time (callers keep their audio stream busy)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "edge_overhead.json")
     args = parser.parse_args()
 
@@ -356,6 +434,7 @@ def main() -> int:
     secret = edge_secret(ROOT / "serve_config.cpu.yaml")
     tokens = (token(secret, greeting="", max_tokens=args.max_tokens) for _ in itertools.count())
     audio, rate = read_wav(AUDIO)
+    audio = np.concatenate([audio, np.zeros(int(args.pad_silence_s * rate), audio.dtype)])
     url = f"ws://127.0.0.1:{HTTP_PORT}/v1/conversation"
     os.environ["RAY_AUTH_MODE"] = "disabled"
     cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, workdir=ROOT,
@@ -390,6 +469,7 @@ def main() -> int:
             caller.CallResult = original
             cluster.stop()
     results = {"hop_ms": {"p50": args.hop_p50_ms, "p95": args.hop_p95_ms}, "max_tokens": args.max_tokens,
+               "pad_silence_s": args.pad_silence_s,
                "loadavg_before": [round(x, 2) for x in load_before], "levels": levels}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
