@@ -160,10 +160,18 @@ class LocalCluster:
         raise ClusterError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
+# Serve's tracing exporting through Parley's OTLP exporter (services/common/telemetry.py).
+TRACING_CONFIG = {"enabled": True, "exporter_import_path": "services.common.telemetry:span_processors",
+                  "sampling_ratio": 1.0}
+
+
 def render_config(source: Path, target: Path, *, http_port: int | None = None, grpc_port: int | None = None,
-                  applications: list[str] | None = None) -> Path:
-    """Write a copy of a serve config with other ports or a subset of its applications."""
+                  applications: list[str] | None = None, tracing: bool = False) -> Path:
+    """Write a copy of a serve config with other ports, a subset of its applications, or Serve's
+    tracing switched on (every trace sampled; spans go to $OTEL_EXPORTER_OTLP_ENDPOINT)."""
     config = yaml.safe_load(Path(source).read_text())
+    if tracing:
+        config["tracing_config"] = dict(TRACING_CONFIG)
     if http_port is not None:
         config.setdefault("http_options", {})["port"] = http_port
     if grpc_port is not None:

@@ -3,6 +3,9 @@
 The reader feeds audio to the segmenter as it arrives; a single decoder task runs the engine so
 decodes never pile up: at most one partial is pending, finals are never dropped, and every event
 of an utterance is emitted before the next utterance's final.
+
+With tracing on, each decode adds two children to the stream's server span: `asr.queue` (the
+job waiting for the replica's engine worker, from when its audio was ready) and `asr.decode`.
 """
 
 from __future__ import annotations
@@ -10,18 +13,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry import trace
 
 from services.asr import segmenter as seg
 from services.asr.config import ASRConfig
 from services.asr.engine import SAMPLE_RATE, ASREngine, DecodeOptions
 from services.asr.vad import StreamingVAD
+from services.common import attributes as attr
+from services.common import telemetry
 from services.common.audio import StreamResampler, check_sample_rate, pcm16_to_float
 from services.common.rpc import check_size, first_message, invalid_argument
 from services.common.workers import EngineWorker
 from services.proto import asr_pb2, common_pb2
+
+_tracer = telemetry.tracer("parley.asr")
 
 
 @dataclass(frozen=True)
@@ -60,14 +68,17 @@ class _Decode:
     start_s: float
     end_s: float
     final: bool
+    queued_at: float = field(default_factory=time.monotonic)  # its audio was ready to decode
 
 
 _END = object()
 
 
 class RecognitionSession:
-    def __init__(self, engine: ASREngine, worker: EngineWorker, config: ASRConfig):
+    def __init__(self, engine: ASREngine, worker: EngineWorker, config: ASRConfig,
+                 span: trace.Span = trace.INVALID_SPAN):
         self._engine, self._worker, self._config = engine, worker, config
+        self._span = span  # the stream's server span: parent of the decode spans
         self._events: asyncio.Queue = asyncio.Queue()
         self._decodes: asyncio.Queue = asyncio.Queue()
         self._pending_partial: _Decode | None = None
@@ -75,6 +86,9 @@ class RecognitionSession:
 
     async def run(self, requests: AsyncIterator[asr_pb2.RecognizeRequest]) -> AsyncIterator[asr_pb2.RecognizeResponse]:
         settings = StreamSettings.from_request(await first_message(requests, "config"), self._config)
+        if self._span.is_recording():
+            self._span.set_attributes({attr.MODEL: self._config.engine.model,
+                                       attr.AUDIO_SAMPLE_RATE: settings.sample_rate})
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._read(requests, settings))
             tasks.create_task(self._decode_loop(settings.options))
@@ -112,6 +126,8 @@ class RecognitionSession:
             self._on_segment_event(event)
         self._decodes.put_nowait(_END)
         self._summary = asr_pb2.StreamSummary(audio_s=segmenter.audio_s, utterances=self._utterances)
+        if self._span.is_recording():
+            self._span.set_attributes({attr.AUDIO_SECONDS: segmenter.audio_s, attr.ASR_UTTERANCES: self._utterances})
 
     def _on_segment_event(self, event) -> None:
         if isinstance(event, seg.SpeechStarted):
@@ -146,7 +162,8 @@ class RecognitionSession:
                     continue
                 job, self._pending_partial = pending, None
             started = time.perf_counter()
-            result = await self._worker.run(self._engine.transcribe, job.audio, options if job.final else partial_options)
+            result, began, ended = await self._worker.run(
+                telemetry.timed, self._engine.transcribe, job.audio, options if job.final else partial_options)
             transcript = asr_pb2.Transcript(
                 utterance_id=job.utterance_id, text=result.text.strip(), start_s=job.start_s, end_s=job.end_s,
                 language=result.language, decode_s=time.perf_counter() - started,
@@ -154,8 +171,22 @@ class RecognitionSession:
                                              probability=w.probability) for w in result.words],
             )
             self._emit(**{"final" if job.final else "partial": transcript})
+            if self._span.is_recording():
+                self._trace_decode(job, transcript.text, began, ended)
         self._emit(summary=self._summary)
         self._events.put_nowait(_END)
 
     def _emit(self, **event) -> None:
         self._events.put_nowait(asr_pb2.RecognizeResponse(**event))
+
+    def _trace_decode(self, job: _Decode, text: str, began: float, ended: float) -> None:
+        parent = trace.set_span_in_context(self._span)
+        facts = {attr.UTTERANCE_ID: job.utterance_id, attr.ASR_FINAL: job.final}
+        _tracer.start_span(attr.SPAN_ASR_QUEUE, parent, attributes=facts,
+                           start_time=telemetry.epoch_ns(job.queued_at)).end(telemetry.epoch_ns(began))
+        decode = _tracer.start_span(attr.SPAN_ASR_DECODE, parent, start_time=telemetry.epoch_ns(began), attributes={
+            **facts, attr.AUDIO_SECONDS: round(job.audio.size / SAMPLE_RATE, 3),
+            attr.QUEUE_WAIT_MS: round((began - job.queued_at) * 1000, 1)})
+        if telemetry.content_enabled():
+            decode.set_attribute(attr.ASR_TRANSCRIPT, text)
+        decode.end(telemetry.epoch_ns(ended))

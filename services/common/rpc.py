@@ -8,6 +8,7 @@ one stream cleanly and the replica keeps serving everyone else.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -54,10 +55,14 @@ def resource_exhausted(message: str) -> StageError:
 def grpc_stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     """Map StageError (and malformed audio) raised by a streaming Serve method to a gRPC status."""
 
+    # The method gets Serve's grpc context too when it names it (to continue the caller's trace).
+    wants_context = "grpc_context" in inspect.signature(method).parameters
+
     @functools.wraps(method)
     async def wrapper(self, request, grpc_context=None):
         try:
-            async for response in method(self, request):
+            responses = method(self, request, grpc_context=grpc_context) if wants_context else method(self, request)
+            async for response in responses:
                 yield response
         except* (StageError, AudioFormatError) as group:
             error = first_leaf(group)

@@ -4,6 +4,10 @@ The Conversation owns every task of the call in one TaskGroup: the caller-audio 
 reader, the playout clock, and at most one agent turn at a time (LLM -> sentences -> TTS ->
 playout). When the caller hangs up, or anything fails, the group cancels them all together and
 every stage RPC is cancelled with its task.
+
+Tracing (services/edge/tracing.py) follows the same structure: a `conversation` span for the
+call, a `turn` span per agent turn, and a client span around each stage RPC whose `traceparent`
+goes with the RPC's metadata.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from services.edge.history import ChatHistory
 from services.edge.metrics import TurnTimeline
 from services.edge.playout import Playout, Segment
 from services.edge.stages import BidiCall, StageClients
+from services.edge.tracing import ConversationTracing
 from services.edge.transport import CallerHungUp, Transport
 
 logger = logging.getLogger("ray.serve")
@@ -52,12 +57,15 @@ class AgentTurn:
 class Conversation:
     def __init__(self, transport: Transport, stages: StageClients, config: EdgeConfig, conversation_id: str,
                  detector: EndOfTurnDetector | None = None,
-                 observers: tuple[Callable[[TurnTimeline], None], ...] = ()):
+                 observers: tuple[Callable[[TurnTimeline], None], ...] = (),
+                 tracing: ConversationTracing | None = None):
         self.id = conversation_id
         self.transport, self.stages, self.config = transport, stages, config
         self.persona = persona_for(config.persona, transport.claims)
         self.detector = detector or SilenceEndpointing()
-        self.observers = observers  # see each finished turn's timeline; they must not block
+        self.tracing = tracing or ConversationTracing(conversation_id)  # without a tracer: off
+        # See each finished turn's timeline; they must not block.
+        self.observers = (*observers, self.tracing.turn_finished)
         self.history = ChatHistory(self.persona.system_prompt, config.history.max_context_tokens)
         self.metrics: deque[dict] = deque(maxlen=256)
         self._started = time.monotonic()
@@ -77,21 +85,26 @@ class Conversation:
 
     async def run(self) -> None:
         """Hold the conversation until the caller hangs up. Other errors propagate."""
-        await self._emit("ready", conversation_id=self.id, input_sample_rate=self.transport.input_sample_rate,
-                         output_sample_rate=self.transport.output_sample_rate)
-        asr = self.stages.recognize(self.transport.input_sample_rate, self.config.turn_taking.min_silence_ms)
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                self._tasks = tasks
-                tasks.create_task(self._pump_caller_audio(asr), name=f"{self.id}:caller")
-                tasks.create_task(self._read_asr(asr), name=f"{self.id}:asr")
-                tasks.create_task(self._playout.run(), name=f"{self.id}:playout")
-                if self.persona.greeting and self.transport.wants_greeting:
-                    self._start_turn(TurnTimeline(self._new_turn_id()), fixed_text=self.persona.greeting)
-        except* CallerHungUp:
-            pass
-        finally:
-            asr.cancel()
+        with self.tracing.conversation():
+            await self._emit("ready", conversation_id=self.id, input_sample_rate=self.transport.input_sample_rate,
+                             output_sample_rate=self.transport.output_sample_rate)
+            rate = self.transport.input_sample_rate
+            with self.tracing.asr_call(rate) as metadata:
+                asr = self.stages.recognize(rate, self.config.turn_taking.min_silence_ms, metadata)
+                try:
+                    async with asyncio.TaskGroup() as tasks:
+                        self._tasks = tasks
+                        tasks.create_task(self._pump_caller_audio(asr), name=f"{self.id}:caller")
+                        tasks.create_task(self._read_asr(asr), name=f"{self.id}:asr")
+                        tasks.create_task(self._playout.run(), name=f"{self.id}:playout")
+                        if self.persona.greeting and self.transport.wants_greeting:
+                            timeline = TurnTimeline(self._new_turn_id())
+                            self.tracing.turn_started(timeline)
+                            self._start_turn(timeline, fixed_text=self.persona.greeting)
+                except* CallerHungUp:
+                    pass
+                finally:
+                    asr.cancel()
 
     # -- caller side ----------------------------------------------------------------------------
 
@@ -137,7 +150,7 @@ class Conversation:
                 await self._emit("transcript", utterance_id=transcript.utterance_id, text=transcript.text,
                                  final=kind == "final")
                 if kind == "final" and self.detector.is_end_of_turn(transcript.text):
-                    await self._on_user_turn(transcript.text)
+                    await self._on_user_turn(transcript.text, transcript.utterance_id)
 
     async def _check_barge_in(self) -> None:
         settings = self.config.turn_taking
@@ -145,12 +158,13 @@ class Conversation:
                 and self._caller_audio_s - self._barge_in_from >= settings.barge_in_min_speech_ms / 1000):
             await self._interrupt()
 
-    async def _on_user_turn(self, text: str) -> None:
+    async def _on_user_turn(self, text: str, utterance_id: int) -> None:
         if self._turn is not None:
             await self._interrupt()
         self.history.add("user", text)
         timeline = TurnTimeline(self._new_turn_id(), speech_end=self._speech_end, vad_stopped=self._vad_stopped,
                                 asr_final=time.monotonic())
+        self.tracing.turn_started(timeline, utterance_id, text)
         self._start_turn(timeline)
 
     # -- agent side -----------------------------------------------------------------------------
@@ -165,19 +179,21 @@ class Conversation:
         self._turn = turn
 
     async def _run_turn(self, turn: AgentTurn, fixed_text: str | None) -> None:
-        tts = self.stages.synthesize(self.persona.voice, self.transport.output_sample_rate)
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._speak(turn, tts))
-                if fixed_text is not None:
-                    await self._send_segment(turn, tts, fixed_text)
-                else:
-                    await self._think(turn, tts)
-                tts.close()
-            self._playout.finish_turn(turn.timeline.turn_id)
-            await self._playout.wait_played(turn.timeline.turn_id)
-        finally:
-            tts.cancel()  # a no-op when the stream already ended
+        voice, rate, turn_id = self.persona.voice, self.transport.output_sample_rate, turn.timeline.turn_id
+        with self.tracing.tts_call(turn_id, voice=voice, sample_rate=rate) as metadata:
+            tts = self.stages.synthesize(voice, rate, metadata)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._speak(turn, tts))
+                    if fixed_text is not None:
+                        await self._send_segment(turn, tts, fixed_text)
+                    else:
+                        await self._think(turn, tts)
+                    tts.close()
+            finally:
+                tts.cancel()  # a no-op when the stream already ended
+        self._playout.finish_turn(turn_id)
+        await self._playout.wait_played(turn_id)
         if self._turn is turn:
             self._turn = None
         self.history.add("assistant", " ".join(turn.spoken))
@@ -188,19 +204,22 @@ class Conversation:
     async def _think(self, turn: AgentTurn, tts: BidiCall) -> None:
         persona, timeline = self.persona, turn.timeline
         chunker = TextChunker()
-        call = self.stages.generate(self.history.messages(), temperature=persona.temperature,
-                                    max_tokens=persona.max_tokens, request_id=f"{self.id}-{timeline.turn_id}")
-        timeline.llm_request = time.monotonic()
-        try:
-            async for response in call:
-                if response.WhichOneof("event") != "delta":
-                    continue
-                if timeline.llm_first_token is None:
-                    timeline.llm_first_token = time.monotonic()
-                for segment in chunker.push(response.delta.text):
-                    await self._send_segment(turn, tts, segment)
-        finally:
-            call.cancel()  # a barge-in lands here: the LLM stage aborts the generation
+        with self.tracing.llm_call(timeline.turn_id, max_tokens=persona.max_tokens,
+                                   temperature=persona.temperature) as metadata:
+            call = self.stages.generate(self.history.messages(), temperature=persona.temperature,
+                                        max_tokens=persona.max_tokens, request_id=f"{self.id}-{timeline.turn_id}",
+                                        metadata=metadata)
+            timeline.llm_request = time.monotonic()
+            try:
+                async for response in call:
+                    if response.WhichOneof("event") != "delta":
+                        continue
+                    if timeline.llm_first_token is None:
+                        timeline.llm_first_token = time.monotonic()
+                    for segment in chunker.push(response.delta.text):
+                        await self._send_segment(turn, tts, segment)
+            finally:
+                call.cancel()  # a barge-in lands here: the LLM stage aborts the generation
         for segment in chunker.flush():
             await self._send_segment(turn, tts, segment)
 

@@ -20,17 +20,22 @@ from fastapi.responses import HTMLResponse
 from ray import serve
 from ray.serve import Application
 
+from services.common import metrics, telemetry
 from services.common.aio import first_leaf
 from services.edge.auth import load_secret
 from services.edge.config import EdgeConfig
 from services.edge.conversation import Conversation
 from services.edge.metrics import TurnTimeline
 from services.edge.stages import StageClients
+from services.edge.tracing import ConversationTracing
 from services.edge.transport import CallerHungUp, ProtocolError
 from services.edge.transports.websocket import WebSocketTransport
 
 logger = logging.getLogger("ray.serve")
-app = FastAPI(title="Parley edge", docs_url=None, redoc_url=None, openapi_url=None)
+# No FastAPI spans: Serve's proxy and replica spans already cover each request (continuing a
+# caller's `traceparent`) and parent the `conversation` span; FastAPI's own would start a second
+# trace per WebSocket and record page URLs, whose query carries the caller's token.
+app = FastAPI(title="Parley edge", docs_url=None, redoc_url=None, openapi_url=None, telemetry={"tracing": False})
 
 
 async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
@@ -45,10 +50,13 @@ async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
 class EdgeDeployment:
     def __init__(self, config: EdgeConfig):
         self.config = EdgeConfig.model_validate(config)
+        telemetry.setup("parley-edge")
+        self.tracer = telemetry.tracer("parley.edge")
         self.secret = load_secret(self.config.auth.secret_env)
         self.page = resources.files("services.edge.web").joinpath("index.html").read_text()
         self.conversations: dict[str, Conversation] = {}
         self.recent_turns: deque[TurnTimeline] = deque(maxlen=1024)  # for stats() and benchmarks
+        self.turn_metrics = metrics.TurnMetricsObserver()  # Prometheus histograms and counters
         self._stages: StageClients | None = None
 
     @property
@@ -98,9 +106,12 @@ class EdgeDeployment:
         except CallerHungUp:
             return
         conversation_id = uuid.uuid4().hex[:12]
+        tracing = ConversationTracing(conversation_id, self.tracer,
+                                      transport=transport_type.__name__.removesuffix("Transport").lower())
         conversation = Conversation(transport, self.stages, self.config, conversation_id,
-                                    observers=(self.recent_turns.append,))
+                                    observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing)
         self.conversations[conversation_id] = conversation
+        metrics.set_active_conversations(len(self.conversations))
         try:
             await conversation.run()
             await _close(websocket, 1000)
@@ -110,12 +121,14 @@ class EdgeDeployment:
         except* grpc.aio.AioRpcError as group:
             error = first_leaf(group)
             logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
+            metrics.record_stage_error("edge", error.code())
             await fail(1011, "stage_error", f"a stage failed: {error.code().name}")
         except* Exception as group:
             logger.exception("conversation %s failed", conversation_id, exc_info=group)
             await fail(1011, "internal", "the conversation failed")
         finally:
             del self.conversations[conversation_id]
+            metrics.set_active_conversations(len(self.conversations))
 
     async def stats(self, turns: bool = False) -> dict:
         """Live conversations and asyncio tasks on this replica (the autoscaling signal; leak checks),

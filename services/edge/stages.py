@@ -1,9 +1,11 @@
 """The edge's view of the stage services: one ASR stream per call, one LLM RPC and one TTS
-stream per agent turn, all through Serve's gRPC proxy on a channel shared by the replica."""
+stream per agent turn, all through Serve's gRPC proxy on a channel shared by the replica.
+
+`metadata` is extra gRPC metadata for one call: the W3C `traceparent` the stage continues."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -17,9 +19,9 @@ from services.proto import asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_g
 class BidiCall:
     """A bidi RPC whose requests are pushed one by one; iterate it for the responses."""
 
-    def __init__(self, method, first_request, application: str):
+    def __init__(self, method, first_request, application: str, metadata: Sequence[tuple[str, str]] = ()):
         self.requests = RequestStream(first_request)
-        self.call = method(self.requests, metadata=stage_metadata(application))
+        self.call = method(self.requests, metadata=stage_metadata(application, *metadata))
 
     def __aiter__(self) -> AsyncIterator:
         return self.call.__aiter__()
@@ -39,25 +41,28 @@ class StageClients:
         self._llm = llm_pb2_grpc.LanguageModelStub(self.channel)
         self._tts = tts_pb2_grpc.SpeechSynthesisStub(self.channel)
 
-    def recognize(self, sample_rate: int, min_silence_ms: int) -> BidiCall:
+    def recognize(self, sample_rate: int, min_silence_ms: int, metadata: Sequence[tuple[str, str]] = ()) -> BidiCall:
         config = asr_pb2.RecognitionConfig(sample_rate_hz=sample_rate, min_silence_ms=min_silence_ms)
-        return BidiCall(self._asr.Recognize, asr_pb2.RecognizeRequest(config=config), self.config.asr_application)
+        return BidiCall(self._asr.Recognize, asr_pb2.RecognizeRequest(config=config), self.config.asr_application,
+                        metadata)
 
     @staticmethod
     def audio(call: BidiCall, audio) -> None:
         call.requests.put(asr_pb2.RecognizeRequest(audio=common_pb2.AudioChunk(pcm=float_to_pcm16(audio))))
 
-    def generate(self, messages: list[tuple[str, str]], *, temperature: float, max_tokens: int, request_id: str):
+    def generate(self, messages: list[tuple[str, str]], *, temperature: float, max_tokens: int, request_id: str,
+                 metadata: Sequence[tuple[str, str]] = ()):
         request = llm_pb2.GenerateRequest(
             messages=[llm_pb2.ChatMessage(role=role, content=content) for role, content in messages],
             sampling=llm_pb2.SamplingParams(temperature=temperature, max_tokens=max_tokens),
             request_id=request_id,
         )
-        return self._llm.Generate(request, metadata=stage_metadata(self.config.llm_application))
+        return self._llm.Generate(request, metadata=stage_metadata(self.config.llm_application, *metadata))
 
-    def synthesize(self, voice: str, sample_rate: int) -> BidiCall:
+    def synthesize(self, voice: str, sample_rate: int, metadata: Sequence[tuple[str, str]] = ()) -> BidiCall:
         config = tts_pb2.SynthesisConfig(voice=voice, sample_rate_hz=sample_rate)
-        return BidiCall(self._tts.Synthesize, tts_pb2.SynthesizeRequest(config=config), self.config.tts_application)
+        return BidiCall(self._tts.Synthesize, tts_pb2.SynthesizeRequest(config=config), self.config.tts_application,
+                        metadata)
 
     @staticmethod
     def text(call: BidiCall, text: str) -> None:

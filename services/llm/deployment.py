@@ -1,14 +1,24 @@
-"""The `llm` Serve application: the LanguageModel gRPC service (one RPC per turn)."""
+"""The `llm` Serve application: the LanguageModel gRPC service (one RPC per turn).
+
+With tracing on, each RPC's server span has one child, `llm.generate`: the engine's generation
+from the request to its last token, with the gen_ai.* request and usage attributes, a
+`first_token` event, and `parley.engine.active` (generations already in the engine: the queue it
+joined; the engine schedules them itself, so the wait inside it is not a span of its own).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from contextlib import aclosing
 
+from opentelemetry import trace
 from ray import serve
 from ray.serve import Application
 
+from services.common import attributes as attr
+from services.common import telemetry
 from services.common.rpc import check_size, grpc_stream, invalid_argument
 from services.common.stage import StageDeployment
 from services.llm.config import LLMConfig
@@ -17,6 +27,7 @@ from services.proto import llm_pb2
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 FINISH_REASONS = {"stop": llm_pb2.FINISH_REASON_STOP, "length": llm_pb2.FINISH_REASON_LENGTH}
+_tracer = telemetry.tracer("parley.llm")
 
 
 def to_chat_request(request: llm_pb2.GenerateRequest, config: LLMConfig) -> ChatRequest:
@@ -62,33 +73,90 @@ def to_chat_request(request: llm_pb2.GenerateRequest, config: LLMConfig) -> Chat
 @serve.deployment(name="LanguageModel", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class LanguageModelDeployment(StageDeployment[LLMConfig]):
     config_type = LLMConfig
+    stage = "llm"
 
     def __init__(self, config: LLMConfig):
         super().__init__(config, load_engine)
 
     @grpc_stream
-    async def Generate(self, request: llm_pb2.GenerateRequest):
-        async for response in self.track(self._generate(to_chat_request(request, self.config))):
-            yield response
+    async def Generate(self, request: llm_pb2.GenerateRequest, grpc_context=None):
+        with self.track(attr.SPAN_GENERATE, grpc_context) as span:
+            if span.is_recording():
+                span.set_attribute(attr.GEN_AI_REQUEST_MODEL, self.engine.model_name)
+            chat = to_chat_request(request, self.config)
+            async for response in self._generate(chat, span):
+                yield response
 
-    async def _generate(self, chat: ChatRequest):
+    async def _generate(self, chat: ChatRequest, parent: trace.Span = trace.INVALID_SPAN):
+        span = trace.INVALID_SPAN
+        if parent.is_recording():
+            span = _tracer.start_span(attr.SPAN_LLM_GENERATE, trace.set_span_in_context(parent),
+                                      attributes=self._request_attributes(chat))
+        content = [] if span.is_recording() and telemetry.content_enabled() else None
         started = time.perf_counter()
-        first_token_s = None
-        # aclosing: a cancelled RPC closes the engine's generator, which aborts the generation.
-        async with aclosing(self.engine.generate(chat)) as stream:
-            async for item in stream:
-                if isinstance(item, Delta):
-                    if first_token_s is None:
-                        first_token_s = time.perf_counter() - started
-                    yield llm_pb2.GenerateResponse(delta=llm_pb2.TextDelta(text=item.text, tokens=item.tokens))
-                else:
-                    total = time.perf_counter() - started
-                    yield llm_pb2.GenerateResponse(done=llm_pb2.GenerationDone(
-                        finish_reason=FINISH_REASONS[item.reason], prompt_tokens=item.prompt_tokens,
-                        completion_tokens=item.completion_tokens,
-                        time_to_first_token_s=first_token_s if first_token_s is not None else total,
-                        total_s=total, model=self.engine.model_name,
-                    ))
+        first_token_s = finished = None
+        try:
+            # aclosing: a cancelled RPC closes the engine's generator, which aborts the generation.
+            async with aclosing(self.engine.generate(chat)) as stream:
+                async for item in stream:
+                    if isinstance(item, Delta):
+                        if first_token_s is None:
+                            first_token_s = time.perf_counter() - started
+                            span.add_event("first_token")
+                        if content is not None:
+                            content.append(item.text)
+                        yield llm_pb2.GenerateResponse(delta=llm_pb2.TextDelta(text=item.text, tokens=item.tokens))
+                    else:
+                        finished, total = item, time.perf_counter() - started
+                        if span.is_recording():
+                            span.set_attributes(self._usage_attributes(item, first_token_s, total, content))
+                        yield llm_pb2.GenerateResponse(done=llm_pb2.GenerationDone(
+                            finish_reason=FINISH_REASONS[item.reason], prompt_tokens=item.prompt_tokens,
+                            completion_tokens=item.completion_tokens,
+                            time_to_first_token_s=first_token_s if first_token_s is not None else total,
+                            total_s=total, model=self.engine.model_name,
+                        ))
+        except (GeneratorExit, asyncio.CancelledError):
+            if finished is None:
+                span.set_attribute(attr.RPC_CANCELLED, True)  # a barge-in: the engine aborted the generation
+            raise
+        except BaseException as error:
+            span.record_exception(error)
+            raise
+        finally:
+            span.end()
+
+    def _request_attributes(self, chat: ChatRequest) -> dict:
+        sampling = chat.sampling
+        attributes = {
+            attr.GEN_AI_OPERATION_NAME: "chat", attr.GEN_AI_REQUEST_MODEL: self.engine.model_name,
+            attr.GEN_AI_REQUEST_MAX_TOKENS: sampling.max_tokens, attr.GEN_AI_REQUEST_TEMPERATURE: sampling.temperature,
+            attr.GEN_AI_REQUEST_TOP_P: sampling.top_p, attr.LLM_MESSAGES: len(chat.messages),
+            attr.LLM_REQUEST_ID: chat.request_id, attr.ENGINE_ACTIVE: self.engine.stats.active,
+        }
+        if sampling.top_k:
+            attributes[attr.GEN_AI_REQUEST_TOP_K] = sampling.top_k
+        if sampling.seed is not None:
+            attributes[attr.GEN_AI_REQUEST_SEED] = sampling.seed
+        if telemetry.content_enabled():
+            attributes[attr.GEN_AI_INPUT_MESSAGES] = json.dumps(
+                [{"role": turn.role, "parts": [{"type": "text", "content": turn.content}]} for turn in chat.messages])
+        return attributes
+
+    def _usage_attributes(self, finished, first_token_s: float | None, total_s: float,
+                          content: list[str] | None) -> dict:
+        attributes = {
+            attr.GEN_AI_RESPONSE_MODEL: self.engine.model_name,
+            attr.GEN_AI_USAGE_INPUT_TOKENS: finished.prompt_tokens,
+            attr.GEN_AI_USAGE_OUTPUT_TOKENS: finished.completion_tokens,
+            attr.GEN_AI_RESPONSE_FINISH_REASONS: [finished.reason],
+            attr.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: first_token_s if first_token_s is not None else total_s,
+        }
+        if content is not None:
+            attributes[attr.GEN_AI_OUTPUT_MESSAGES] = json.dumps([{
+                "role": "assistant", "parts": [{"type": "text", "content": "".join(content)}],
+                "finish_reason": finished.reason}])
+        return attributes
 
 
 def build_app(args: LLMConfig) -> Application:

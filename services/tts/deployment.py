@@ -5,6 +5,7 @@ from __future__ import annotations
 from ray import serve
 from ray.serve import Application
 
+from services.common import attributes as attr
 from services.common.rpc import grpc_stream
 from services.common.stage import StageDeployment
 from services.tts.config import TTSConfig
@@ -15,14 +16,16 @@ from services.tts.session import SynthesisSession
 @serve.deployment(name="SpeechSynthesis", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class SpeechSynthesisDeployment(StageDeployment[TTSConfig]):
     config_type = TTSConfig
+    stage = "tts"
 
     def __init__(self, config: TTSConfig):
         super().__init__(config, load_engine)
 
     @grpc_stream
-    async def Synthesize(self, requests):
-        async for event in self.track(SynthesisSession(self.engine, self.worker, self.config).run(requests)):
-            yield event
+    async def Synthesize(self, requests, grpc_context=None):
+        with self.track(attr.SPAN_SYNTHESIZE, grpc_context) as span:
+            async for event in SynthesisSession(self.engine, self.worker, self.config, span).run(requests):
+                yield event
 
     async def voices(self) -> list[str]:
         return self.engine.voices()

@@ -3,16 +3,24 @@
 The reader splits incoming text into segments (services.common.text) and queues them; the
 synthesizer speaks them in order on the replica's engine worker, so the first sentence is
 playing while the LLM is still writing the second.
+
+With tracing on, each segment adds two children to the stream's server span: `tts.queue` (the
+segment waiting for the replica's engine worker, from when its text was complete) and
+`tts.synthesize`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry import trace
 
+from services.common import attributes as attr
+from services.common import telemetry
 from services.common.audio import check_sample_rate, float_to_pcm16, resample
 from services.common.rpc import check_size, first_message, invalid_argument
 from services.common.text import TextChunker
@@ -24,6 +32,7 @@ from services.tts.engine import TTSEngine
 # Long segments are sent in pieces so playout can start before the whole segment is on the wire.
 CHUNK_S = 0.5
 _END = object()
+_tracer = telemetry.tracer("parley.tts")
 
 
 @dataclass(frozen=True)
@@ -46,14 +55,19 @@ class VoiceSettings:
 
 
 class SynthesisSession:
-    def __init__(self, engine: TTSEngine, worker: EngineWorker, config: TTSConfig):
+    def __init__(self, engine: TTSEngine, worker: EngineWorker, config: TTSConfig,
+                 span: trace.Span = trace.INVALID_SPAN):
         self._engine, self._worker, self._config = engine, worker, config
+        self._span = span  # the stream's server span: parent of the synthesis spans
         self._segments: asyncio.Queue = asyncio.Queue()
         self._events: asyncio.Queue = asyncio.Queue()
 
     async def run(self, requests: AsyncIterator[tts_pb2.SynthesizeRequest]) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         request = await first_message(requests, "config")
         voice = VoiceSettings.from_request(request, self._engine, self._config.engine.default_voice)
+        if self._span.is_recording():
+            self._span.set_attributes({attr.MODEL: self._config.engine.model, attr.TTS_VOICE: voice.voice,
+                                       attr.AUDIO_SAMPLE_RATE: voice.sample_rate})
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._read(requests))
             tasks.create_task(self._synthesize_loop(voice))
@@ -80,21 +94,27 @@ class SynthesisSession:
             else:
                 raise invalid_argument(f"unexpected `{kind}` message after the config")
             for segment in segments:
-                self._segments.put_nowait(segment)
+                self._segments.put_nowait((segment, time.monotonic()))
         for segment in chunker.flush():
-            self._segments.put_nowait(segment)
+            self._segments.put_nowait((segment, time.monotonic()))
         self._segments.put_nowait(_END)
 
     async def _synthesize_loop(self, voice: VoiceSettings) -> None:
         segment_id, audio_s = 0, 0.0
-        while (text := await self._segments.get()) is not _END:
-            speech = await self._worker.run(self._engine.synthesize, text, voice.voice, voice.speed)
+        while (item := await self._segments.get()) is not _END:
+            text, queued_at = item
+            speech, began, ended = await self._worker.run(telemetry.timed, self._engine.synthesize, text, voice.voice,
+                                                          voice.speed)
             audio = resample(speech.audio, self._engine.sample_rate, voice.sample_rate)
+            if self._span.is_recording():
+                self._trace_segment(segment_id, text, audio.size / voice.sample_rate, queued_at, began, ended)
             if audio.size == 0:
                 continue  # punctuation-only segment: nothing to say
             audio_s += audio.size / voice.sample_rate
             self._emit_segment(segment_id, text, audio, speech.words, voice.sample_rate)
             segment_id += 1
+        if self._span.is_recording():
+            self._span.set_attributes({attr.TTS_SEGMENTS: segment_id, attr.AUDIO_SECONDS: round(audio_s, 3)})
         self._events.put_nowait(tts_pb2.SynthesizeResponse(done=tts_pb2.SynthesisDone(segments=segment_id, audio_s=audio_s)))
         self._events.put_nowait(_END)
 
@@ -108,3 +128,15 @@ class SynthesisSession:
                        for w in words if t0 <= w.start_s < t1],
                 segment_end=start + step >= audio.size,
             )))
+
+    def _trace_segment(self, segment_id: int, text: str, audio_s: float, queued_at: float, began: float,
+                       ended: float) -> None:
+        parent = trace.set_span_in_context(self._span)
+        _tracer.start_span(attr.SPAN_TTS_QUEUE, parent, attributes={attr.TTS_SEGMENT_ID: segment_id},
+                           start_time=telemetry.epoch_ns(queued_at)).end(telemetry.epoch_ns(began))
+        span = _tracer.start_span(attr.SPAN_TTS_SYNTHESIZE, parent, start_time=telemetry.epoch_ns(began), attributes={
+            attr.TTS_SEGMENT_ID: segment_id, attr.TTS_CHARACTERS: len(text), attr.AUDIO_SECONDS: round(audio_s, 3),
+            attr.QUEUE_WAIT_MS: round((began - queued_at) * 1000, 1)})
+        if telemetry.content_enabled():
+            span.set_attribute(attr.TTS_TEXT, text)
+        span.end(telemetry.epoch_ns(ended))

@@ -3,6 +3,11 @@
 One cluster per test session (starting Ray and loading three engines takes ~40 s on 2 cores).
 It runs on its own ports so it does not collide with a developer's `parley up` cluster, and
 with one fake GPU so the scheduling test can place fractional-GPU replicas on it.
+
+Tracing is on in it, as in production: every Ray worker exports spans by OTLP/gRPC to a receiver
+in this process (tests/otlp_receiver.py, standing in for Jaeger), started before the cluster.
+Serve's tracing covers the replicas through the rendered config's `tracing_config` and the
+proxies through RAY_SERVE_TRACING_* (Serve does not hand `tracing_config` to its proxies).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import pytest
 from services.cluster import LocalCluster, application_names, render_config
 from services.common.clients import open_channel
 from services.models import ensure_tiny
+from tests.otlp_receiver import OTLPReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 # PARLEY_TEST_PORT_OFFSET moves every port, so two test runs can share a machine.
@@ -30,13 +36,35 @@ class ServeCluster:
     gcs_address: str
 
 
+def tracing_env(endpoint: str) -> dict[str, str]:
+    """What every Ray worker of the test cluster inherits to trace everything to `endpoint`."""
+    return {
+        # The traces-only variable: Ray's own (C++) OpenTelemetry metrics export must not follow it.
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint,
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",  # ms between batch exports (default 5 s)
+        "OTEL_SERVICE_NAME": "parley-ray",  # proxies and controller; each app names its own
+        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "process",  # process.pid on every span's resource
+        "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH": "services.common.telemetry:span_processors",
+        "RAY_SERVE_TRACING_SAMPLING_RATIO": "1",
+    }
+
+
 @pytest.fixture(scope="session")
-def serve_cluster(tmp_path_factory) -> ServeCluster:
+def otlp_receiver():
+    receiver = OTLPReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_cluster(tmp_path_factory, otlp_receiver) -> ServeCluster:
     ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro"])
     cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, num_gpus=1, workdir=ROOT,
-                           env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"})
+                           env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0",
+                                **tracing_env(otlp_receiver.endpoint)})
     config = render_config(ROOT / "serve_config.cpu.yaml", tmp_path_factory.mktemp("serve") / "serve.yaml",
-                           http_port=HTTP_PORT, grpc_port=GRPC_PORT)
+                           http_port=HTTP_PORT, grpc_port=GRPC_PORT, tracing=True)
     cluster.stop()  # a cluster left behind by an interrupted run
     cluster.start()
     try:

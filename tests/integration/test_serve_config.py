@@ -53,6 +53,8 @@ def gpu_plan() -> list[tuple[str, float, int]]:
     plan = []
     for app in load(ROOT / "serve_config.yaml")["applications"]:
         for deployment in app["deployments"]:
+            if not deployment["ray_actor_options"].get("num_gpus"):
+                continue  # CPU-only (the edge)
             replicas = deployment.get("autoscaling_config", {}).get("min_replicas", deployment.get("num_replicas", 1))
             plan.append((app["name"], deployment["ray_actor_options"]["num_gpus"], replicas))
     return plan
