@@ -210,7 +210,7 @@ def test_caller_closing_the_socket_is_a_hang_up():
     twilio = Twilio()
     with TestClient(app).websocket_connect("/twilio") as ws:
         ws.send_text(twilio.connected())
-        ws.send_text(twilio.start(mint_token(SECRET, ttl_s=60)))
+        ws.send_text(twilio.start(mint_token(SECRET, ttl_s=3600)))
         ws.send_text(twilio.media(b"\xff" * 160))
         assert ws.receive_json()["event"] == "media"
         ws.close(1001)
@@ -222,7 +222,7 @@ def test_start_must_not_need_connected_first():
     app, state = make_app()
     twilio = Twilio()
     with TestClient(app).websocket_connect("/twilio") as ws:
-        ws.send_text(twilio.start(mint_token(SECRET, ttl_s=60)))
+        ws.send_text(twilio.start(mint_token(SECRET, ttl_s=3600)))
         ws.send_text(twilio.stop())
         assert expect_close(ws).code == 1000
     assert state["transport"].stream_sid == STREAM_SID and state["received"] == []
@@ -232,7 +232,7 @@ def test_start_must_not_need_connected_first():
     None,  # no <Parameter name="token">
     "",
     mint_token(SECRET, ttl_s=-10),  # expired
-    mint_token("another-secret-of-enough-length-0123456789", ttl_s=60),  # wrongly signed
+    mint_token("another-secret-of-enough-length-0123456789", ttl_s=3600),  # wrongly signed
     "not-a-jwt",
 ], ids=["missing", "empty", "expired", "wrong-secret", "garbage"])
 def test_bad_token_closes_4401(token):
@@ -258,14 +258,14 @@ def test_expired_token_reason():
 def test_wrong_media_format_closes_4400(media_format):
     twilio = Twilio()
     closed, state = run_until_close(
-        [twilio.connected(), twilio.start(mint_token(SECRET, ttl_s=60), media_format=media_format)])
+        [twilio.connected(), twilio.start(mint_token(SECRET, ttl_s=3600), media_format=media_format)])
     assert closed.code == 4400 and "mediaFormat" in closed.reason
     assert "transport" not in state
 
 
 def _after_start(*messages: str) -> list[str]:
     twilio = Twilio()
-    return [twilio.connected(), twilio.start(mint_token(SECRET, ttl_s=60)), *messages]
+    return [twilio.connected(), twilio.start(mint_token(SECRET, ttl_s=3600)), *messages]
 
 
 @pytest.mark.parametrize("messages", [
@@ -279,7 +279,7 @@ def _after_start(*messages: str) -> list[str]:
     _after_start(json.dumps({"event": "media", "media": {"track": "inbound"}})),  # no payload
     _after_start(Twilio().media("@@not base64@@")),
     _after_start(json.dumps({"event": "mark", "mark": {}})),  # mark without a name
-    _after_start(Twilio().start(mint_token(SECRET, ttl_s=60))),  # a second start
+    _after_start(Twilio().start(mint_token(SECRET, ttl_s=3600))),  # a second start
 ], ids=["json-before-start", "not-an-object", "no-event", "media-before-start", "start-without-start",
         "json-after-start", "media-without-media", "media-without-payload", "bad-base64",
         "mark-without-name", "second-start"])
