@@ -36,7 +36,7 @@ async def test_cancel_aborts_generation_in_the_engine(channel, ray_client):
     first = await call.read()
     assert first.WhichOneof("event") == "delta"
     call.cancel()
-    for _ in range(100):
+    for _ in range(300):  # a loaded 2-core machine can take seconds to deliver the cancel
         stats = (await stage_stats(ray_client, "llm"))["engine"]
         if stats["aborted"] > before["aborted"] and stats["active"] == 0:
             break
