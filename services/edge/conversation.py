@@ -67,7 +67,6 @@ class Conversation:
         # See each finished turn's timeline; they must not block.
         self.observers = (*observers, self.tracing.turn_finished)
         self.history = ChatHistory(self.persona.system_prompt, config.history.max_context_tokens)
-        self.metrics: deque[dict] = deque(maxlen=256)
         self._started = time.monotonic()
         self._playout = Playout(transport, config.playout_frame_ms, config.playout_lead_ms,
                                 self._on_first_audio, self._on_underrun)
@@ -278,9 +277,7 @@ class Conversation:
     async def _report(self, timeline: TurnTimeline) -> None:
         for observe in self.observers:
             observe(timeline)
-        event = timeline.to_event()
-        self.metrics.append(event)
-        await self._emit(**event)
+        await self._emit(**timeline.to_event())
 
     async def _emit(self, type: str, **fields) -> None:
         await self.transport.send_event({"type": type, "t": round(time.monotonic() - self._started, 3), **fields})

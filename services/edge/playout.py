@@ -63,10 +63,6 @@ class Playout:
         self._burst_frames = 0
         self.current_turn: int | None = None
 
-    @property
-    def speaking(self) -> bool:
-        return self.current_turn is not None
-
     def add_audio(self, turn_id: int, audio: np.ndarray, segment: Segment) -> None:
         """Queue audio of `segment` (a long segment comes in several pieces, in order)."""
         segments = self._segments.setdefault(turn_id, [])

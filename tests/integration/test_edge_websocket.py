@@ -124,7 +124,6 @@ async def converse_with_barge_in(url: str, token_: str, barge_in_after, delay_s:
 
 async def test_barge_in_while_thinking_cancels_llm_and_tts_on_the_stages(edge_ws_url, edge_secret, ray_client):
     llm_before = (await stage_stats(ray_client, "llm"))["engine"]["aborted"]
-    tts_before = (await stage_stats(ray_client, "tts"))["cancelled_streams"]
     # A long reply keeps the LLM generating while the caller starts speaking again.
     events, _, _ = await converse_with_barge_in(
         edge_ws_url, token(edge_secret, greeting="", max_tokens=2000, temperature=0.0),
@@ -136,7 +135,6 @@ async def test_barge_in_while_thinking_cancels_llm_and_tts_on_the_stages(edge_ws
     # The turn's TTS stream is closed too. It usually ends as cancelled; when Serve's proxy has
     # already ended its input stream it ends normally, having had no text to speak either way.
     stats = await wait_quiet(ray_client)
-    assert stats["tts"]["cancelled_streams"] >= tts_before
     assert all(stats[app]["active_streams"] == 0 for app in ("asr", "llm", "tts"))
 
 
