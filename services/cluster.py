@@ -186,6 +186,20 @@ def render_config(source: Path, target: Path, *, http_port: int | None = None, g
     return target
 
 
+def tracing_env(endpoint: str) -> dict[str, str]:
+    """The environment `ray start` needs for every process of a local cluster (proxies included:
+    they ignore the config's tracing_config) to trace every conversation to the OTLP `endpoint`."""
+    return {
+        # The traces-only variable: Ray's own (C++) OpenTelemetry metrics export must not follow it.
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint,
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        "OTEL_SERVICE_NAME": "parley-ray",  # proxies and controller; each app names its own
+        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "process",  # process.pid on every span's resource
+        "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH": "services.common.telemetry:span_processors",
+        "RAY_SERVE_TRACING_SAMPLING_RATIO": "1",
+    }
+
+
 def application_names(config: Path) -> list[str]:
     return [app["name"] for app in yaml.safe_load(Path(config).read_text())["applications"]]
 

@@ -23,7 +23,7 @@ from services.asr.config import ASRConfig
 from services.asr.engine import SAMPLE_RATE, ASREngine, DecodeOptions
 from services.asr.vad import StreamingVAD
 from services.common import attributes as attr
-from services.common import telemetry
+from services.common import metrics, telemetry
 from services.common.audio import StreamResampler, check_sample_rate, pcm16_to_float
 from services.common.rpc import check_size, first_message, invalid_argument
 from services.common.workers import EngineWorker
@@ -171,6 +171,7 @@ class RecognitionSession:
                                              probability=w.probability) for w in result.words],
             )
             self._emit(**{"final" if job.final else "partial": transcript})
+            metrics.observe_queue_wait("asr", began - job.queued_at)
             if self._span.is_recording():
                 self._trace_decode(job, transcript.text, began, ended)
         self._emit(summary=self._summary)

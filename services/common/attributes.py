@@ -18,6 +18,7 @@ The trace of one conversation (Serve's own spans in parentheses):
           (Serve proxy and replica spans)
             parley.v1.LanguageModel/Generate       llm replica server span
               llm.generate                         the engine's generation
+                llm.queue                          waiting in the engine's queue
         parley.v1.SpeechSynthesis/Synthesize       edge client span: the turn's TTS stream
           (Serve proxy and replica spans)
             parley.v1.SpeechSynthesis/Synthesize   tts replica server span
@@ -43,6 +44,7 @@ SPAN_SYNTHESIZE = "parley.v1.SpeechSynthesis/Synthesize"
 SPAN_ASR_QUEUE = "asr.queue"            # a decode waiting for the replica's engine worker
 SPAN_ASR_DECODE = "asr.decode"          # one partial or final decode
 SPAN_LLM_GENERATE = "llm.generate"      # the engine's generation, request to last token
+SPAN_LLM_QUEUE = "llm.queue"            # the request waiting in the engine's queue
 SPAN_TTS_QUEUE = "tts.queue"            # a segment waiting for the replica's engine worker
 SPAN_TTS_SYNTHESIZE = "tts.synthesize"  # one sentence or clause synthesized
 

@@ -2,8 +2,10 @@
 
 With tracing on, each RPC's server span has one child, `llm.generate`: the engine's generation
 from the request to its last token, with the gen_ai.* request and usage attributes, a
-`first_token` event, and `parley.engine.active` (generations already in the engine: the queue it
-joined; the engine schedules them itself, so the wait inside it is not a span of its own).
+`first_token` event and `parley.engine.active` (generations already in the engine when it
+joined). Its child `llm.queue` is the time the request waited in the engine's queue before its
+first computation, as the engine reports it at the end (transformers: its single worker; vLLM:
+its scheduler's request stats, when vLLM attaches them); the same wait feeds the queue-wait metric.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ray import serve
 from ray.serve import Application
 
 from services.common import attributes as attr
-from services.common import telemetry
+from services.common import metrics, telemetry
 from services.common.rpc import check_size, grpc_stream, invalid_argument
 from services.common.stage import StageDeployment
 from services.llm.config import LLMConfig
@@ -93,7 +95,7 @@ class LanguageModelDeployment(StageDeployment[LLMConfig]):
             span = _tracer.start_span(attr.SPAN_LLM_GENERATE, trace.set_span_in_context(parent),
                                       attributes=self._request_attributes(chat))
         content = [] if span.is_recording() and telemetry.content_enabled() else None
-        started = time.perf_counter()
+        started, requested_at = time.perf_counter(), time.monotonic()
         first_token_s = finished = None
         try:
             # aclosing: a cancelled RPC closes the engine's generator, which aborts the generation.
@@ -108,8 +110,11 @@ class LanguageModelDeployment(StageDeployment[LLMConfig]):
                         yield llm_pb2.GenerateResponse(delta=llm_pb2.TextDelta(text=item.text, tokens=item.tokens))
                     else:
                         finished, total = item, time.perf_counter() - started
+                        if item.queue_s is not None:
+                            metrics.observe_queue_wait(self.stage, item.queue_s)
                         if span.is_recording():
                             span.set_attributes(self._usage_attributes(item, first_token_s, total, content))
+                            self._trace_queue(span, item.queue_s, requested_at)
                         yield llm_pb2.GenerateResponse(done=llm_pb2.GenerationDone(
                             finish_reason=FINISH_REASONS[item.reason], prompt_tokens=item.prompt_tokens,
                             completion_tokens=item.completion_tokens,
@@ -125,6 +130,14 @@ class LanguageModelDeployment(StageDeployment[LLMConfig]):
             raise
         finally:
             span.end()
+
+    @staticmethod
+    def _trace_queue(parent: trace.Span, queue_s: float | None, requested_at: float) -> None:
+        if queue_s is None:
+            return
+        parent.set_attribute(attr.QUEUE_WAIT_MS, round(queue_s * 1000, 1))
+        _tracer.start_span(attr.SPAN_LLM_QUEUE, trace.set_span_in_context(parent),
+                           start_time=telemetry.epoch_ns(requested_at)).end(telemetry.epoch_ns(requested_at + queue_s))
 
     def _request_attributes(self, chat: ChatRequest) -> dict:
         sampling = chat.sampling

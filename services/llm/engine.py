@@ -51,6 +51,9 @@ class Finished:
     reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
+    # Seconds the request waited in the engine's queue before its first computation; None when
+    # the engine cannot tell (a remote server).
+    queue_s: float | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 from opentelemetry import trace
 
 from services.common import attributes as attr
-from services.common import telemetry
+from services.common import metrics, telemetry
 from services.common.audio import check_sample_rate, float_to_pcm16, resample
 from services.common.rpc import check_size, first_message, invalid_argument
 from services.common.text import TextChunker
@@ -105,6 +105,7 @@ class SynthesisSession:
             text, queued_at = item
             speech, began, ended = await self._worker.run(telemetry.timed, self._engine.synthesize, text, voice.voice,
                                                           voice.speed)
+            metrics.observe_queue_wait("tts", began - queued_at)
             audio = resample(speech.audio, self._engine.sample_rate, voice.sample_rate)
             if self._span.is_recording():
                 self._trace_segment(segment_id, text, audio.size / voice.sample_rate, queued_at, began, ended)

@@ -136,6 +136,11 @@ async def test_a_conversation_is_one_trace_across_the_edge_and_every_stage(edge_
         assert generation.attributes[attr.GEN_AI_REQUEST_TEMPERATURE] == 0.0
         assert generation.attributes[attr.GEN_AI_USAGE_INPUT_TOKENS] > 0
         assert generation.attributes[attr.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+        if attr.GEN_AI_USAGE_OUTPUT_TOKENS in generation.attributes and attr.RPC_CANCELLED not in generation.attributes:
+            # A finished generation reports how long it waited for the engine, as a child span.
+            [queue] = [s for s in trace if s.parent_id == generation.span_id and s.name == attr.SPAN_LLM_QUEUE]
+            assert abs(queue.duration_ms - generation.attributes[attr.QUEUE_WAIT_MS]) <= 0.1
+            assert generation.start_ns <= queue.start_ns and queue.end_ns <= generation.end_ns
     assert sum(s.attributes[attr.AUDIO_SECONDS] for s in named(trace, attr.SPAN_TTS_SYNTHESIZE)) > 0.5
 
     # The turn's latency: what the caller's metrics event said, on the span and in its children's durations.

@@ -123,6 +123,17 @@ async def test_cancelling_the_consumer_aborts(engine):
     assert engine.tokens_generated - tokens_before < 50
 
 
+async def test_finished_reports_the_wait_behind_the_running_request(engine):
+    # The engine runs one generation at a time: the second waits out the first in the queue.
+    (_, (first,)), (_, (second,)) = await asyncio.gather(
+        collect(engine.generate(chat(max_tokens=200))), collect(engine.generate(chat(max_tokens=8))))
+    started = time.perf_counter()
+    await collect(engine.generate(chat(max_tokens=200)))
+    alone_s = time.perf_counter() - started
+    assert 0 <= first.queue_s < 0.1
+    assert second.queue_s > 0.5 * alone_s  # at least most of the first one's 200 tokens
+
+
 async def test_aborting_a_queued_request_does_not_wait_for_the_running_one(engine):
     stats = engine.stats
     aborted = stats.aborted

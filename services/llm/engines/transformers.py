@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import copy
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -130,6 +131,8 @@ class _Job:
         self.max_new_tokens = max_new_tokens
         self.push = push
         self.abort = threading.Event()
+        self.submitted_at = time.monotonic()
+        self.started_at: float | None = None  # the worker thread picked it up
 
 
 def _build_stopping_criterion(engine: TransformersEngine, job: _Job, eos_ids: set[int]):
@@ -293,6 +296,7 @@ class TransformersEngine(LLMEngine):
         """Worker thread: run one generation, pushing Delta items then Finished (or an exception)."""
         if job.abort.is_set():
             return
+        job.started_at = time.monotonic()
         try:
             job.push(self._generate_blocking(job))
         except BaseException as exc:  # noqa: BLE001 - handed to the asyncio side
@@ -331,7 +335,8 @@ class TransformersEngine(LLMEngine):
             reason = "length"
         else:  # only when aborted: nobody reads this
             reason = "stop"
-        return Finished(reason, len(job.prompt_ids), criterion.completion_tokens)
+        return Finished(reason, len(job.prompt_ids), criterion.completion_tokens,
+                        queue_s=job.started_at - job.submitted_at if job.started_at is not None else None)
 
     @contextlib.contextmanager
     def _seeded(self, seed: int | None):

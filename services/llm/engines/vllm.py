@@ -30,6 +30,15 @@ def _import_vllm():
     return vllm
 
 
+def queue_seconds(output: Any) -> float | None:
+    """Time the request spent in vLLM's scheduler queue, when vLLM attaches its request stats."""
+    stats = getattr(output, "metrics", None)
+    queued, scheduled = getattr(stats, "queued_ts", None), getattr(stats, "scheduled_ts", None)
+    if queued and scheduled:  # the v1 engine's RequestStateStats (engine-core monotonic clock)
+        return max(0.0, scheduled - queued)
+    return getattr(stats, "time_in_queue", None)  # older engines' RequestMetrics
+
+
 class VLLMEngine(LLMEngine):
     def __init__(self, config: VLLMConfig) -> None:
         super().__init__()
@@ -108,11 +117,14 @@ class VLLMEngine(LLMEngine):
                 sent_tokens = 0  # cumulative mode only: tokens already reported
                 completion_tokens = 0
                 finish_reason: str | None = None
+                queue_s: float | None = None
                 submitted = True
                 outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
                 try:
                     async for output in outputs:
                         completion = output.outputs[0]
+                        if queue_s is None:
+                            queue_s = queue_seconds(output)
                         if delta_mode:
                             text, tokens = completion.text, len(completion.token_ids)
                         else:
@@ -129,7 +141,8 @@ class VLLMEngine(LLMEngine):
                 if finish_reason == "abort":
                     raise RuntimeError(f"vLLM aborted request {request_id}")
                 tracked.finish()
-                yield Finished("length" if finish_reason == "length" else "stop", len(prompt_ids), completion_tokens)
+                yield Finished("length" if finish_reason == "length" else "stop", len(prompt_ids), completion_tokens,
+                               queue_s=queue_s)
             finally:
                 if submitted and not tracked.finished:
                     # Free the sequence's KV cache now; a no-op if vLLM already dropped it.
