@@ -31,6 +31,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from services.common import autoscaling
+
 if TYPE_CHECKING:
     from services.edge.metrics import TurnTimeline
 
@@ -216,7 +218,9 @@ def set_active_conversations(n: int) -> None:
 
 
 def observe_queue_wait(stage: str, seconds: float) -> None:
-    """Record how long a request to `stage` waited before it started being served."""
+    """Record how long a request to `stage` waited before it started being served (also this
+    replica's autoscaling signal, services/common/autoscaling.py)."""
+    autoscaling.recent_waits.add(seconds)
     try:
         metrics = _get()
         if metrics is not None and seconds >= 0:

@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel
 
 from services.common import attributes as attr
+from services.common import autoscaling
 from services.common import telemetry
 from services.common.aio import first_leaf
 from services.common.audio import AudioFormatError
@@ -129,6 +130,11 @@ class StageDeployment(Generic[ConfigT]):
             self.active_streams -= 1
             span.set_attribute(attr.RPC_GRPC_STATUS_CODE, code)
             span.end()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """What Serve's autoscaler reads for this replica (SessionAutoscalingPolicy)."""
+        return {autoscaling.SESSIONS: float(self.active_streams),
+                autoscaling.QUEUE_WAIT: autoscaling.recent_waits.p95()}
 
     async def stats(self) -> dict[str, Any]:
         """Live counters for operators, autoscaling and tests."""
