@@ -38,9 +38,11 @@ class CallResult:
 
 
 async def call(url: str, token: str, audio: np.ndarray, rate: int, *, tail_s: float = 8.0,
-               output_sample_rate: int = 24_000, until=None, extra_start: dict | None = None) -> CallResult:
-    """Stream `audio` in real time, then keep listening for `tail_s` (or until `until(result)` is true)."""
-    result = CallResult(output_sample_rate=output_sample_rate)
+               output_sample_rate: int = 24_000, until=None, extra_start: dict | None = None,
+               result: CallResult | None = None) -> CallResult:
+    """Stream `audio` in real time, then keep listening for `tail_s` (or until `until(result)` is true).
+    Pass `result` to watch the call while it runs."""
+    result = result or CallResult(output_sample_rate=output_sample_rate)
     started = time.monotonic()
     async with websockets.connect(url, max_size=2**22) as socket:
         await socket.send(json.dumps({"type": "start", "token": token, "input_sample_rate": rate,

@@ -44,12 +44,29 @@ class AuthConfig(Config):
     secret_env: str = "PARLEY_EDGE_SECRET"
 
 
+class ResilienceConfig(Config):
+    """How the edge rides out a stage replica dying or stalling under a live call."""
+
+    # Re-opens of one stage RPC allowed within the window, with backoff doubling from retry_backoff_ms.
+    retry_attempts: int = Field(4, ge=0, le=20)
+    retry_window_s: float = Field(30.0, gt=0)
+    retry_backoff_ms: int = Field(200, ge=0, le=10_000)
+    # An LLM or TTS RPC that has not answered within this is treated as failed (a slow stage).
+    first_response_timeout_s: float = Field(15.0, gt=0)
+    # Caller audio kept to replay into a re-opened ASR stream: the utterance in progress, at most this.
+    asr_replay_max_s: float = Field(30.0, ge=1)
+    asr_preroll_s: float = Field(0.5, ge=0, le=5)
+    # Said when a stage stays unavailable (synthesized ahead, while TTS is up); empty = silence.
+    fallback_text: str = "Sorry, I'm having a technical problem. Please bear with me."
+
+
 class EdgeConfig(Config):
     stages: StagesConfig = StagesConfig()
     turn_taking: TurnTakingConfig = TurnTakingConfig()
     persona: PersonaConfig = PersonaConfig()
     history: HistoryConfig = HistoryConfig()
     auth: AuthConfig = AuthConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
     # Admission: live conversations per edge replica; more are refused with close code 4503.
     max_conversations: int = Field(100, ge=1)
     max_frame_ms: int = Field(1000, ge=20, le=5000)

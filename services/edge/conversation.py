@@ -17,10 +17,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.common import metrics
+from services.common.aio import first_leaf
 from services.common.audio import pcm16_to_float
 from services.common.text import TextChunker
 from services.edge.config import EdgeConfig, PersonaConfig
@@ -28,7 +31,9 @@ from services.edge.endpointing import EndOfTurnDetector, SilenceEndpointing
 from services.edge.history import ChatHistory
 from services.edge.metrics import TurnTimeline
 from services.edge.playout import Playout, Segment
-from services.edge.stages import BidiCall, StageClients
+from services.edge.resilience import (FallbackLine, ResilientRecognizer, ResilientSpeech, StageUnavailable,
+                                      resilient_deltas)
+from services.edge.stages import StageClients
 from services.edge.tracing import ConversationTracing
 from services.edge.transport import CallerHungUp, Transport
 
@@ -58,12 +63,13 @@ class Conversation:
     def __init__(self, transport: Transport, stages: StageClients, config: EdgeConfig, conversation_id: str,
                  detector: EndOfTurnDetector | None = None,
                  observers: tuple[Callable[[TurnTimeline], None], ...] = (),
-                 tracing: ConversationTracing | None = None):
+                 tracing: ConversationTracing | None = None, fallback: FallbackLine | None = None):
         self.id = conversation_id
         self.transport, self.stages, self.config = transport, stages, config
         self.persona = persona_for(config.persona, transport.claims)
         self.detector = detector or SilenceEndpointing()
         self.tracing = tracing or ConversationTracing(conversation_id)  # without a tracer: off
+        self.fallback = fallback or FallbackLine(config.resilience.fallback_text)
         # See each finished turn's timeline; they must not block.
         self.observers = (*observers, self.tracing.turn_finished)
         self.history = ChatHistory(self.persona.system_prompt, config.history.max_context_tokens)
@@ -88,8 +94,11 @@ class Conversation:
             await self._emit("ready", conversation_id=self.id, input_sample_rate=self.transport.input_sample_rate,
                              output_sample_rate=self.transport.output_sample_rate)
             rate = self.transport.input_sample_rate
+            self.fallback.warm(self.stages, self.persona.voice, self.transport.output_sample_rate)
             with self.tracing.asr_call(rate) as metadata:
-                asr = self.stages.recognize(rate, self.config.turn_taking.min_silence_ms, metadata)
+                asr = ResilientRecognizer(
+                    lambda: self.stages.recognize(rate, self.config.turn_taking.min_silence_ms, metadata),
+                    rate, self.config.resilience)
                 try:
                     async with asyncio.TaskGroup() as tasks:
                         self._tasks = tasks
@@ -102,12 +111,16 @@ class Conversation:
                             self._start_turn(timeline, fixed_text=self.persona.greeting)
                 except* CallerHungUp:
                     pass
+                except* StageUnavailable as group:
+                    # No ASR means no way to hear the caller: say so, then end the call.
+                    await self._say_fallback(first_leaf(group))
+                    raise
                 finally:
                     asr.cancel()
 
     # -- caller side ----------------------------------------------------------------------------
 
-    async def _pump_caller_audio(self, asr: BidiCall) -> None:
+    async def _pump_caller_audio(self, asr: ResilientRecognizer) -> None:
         rate = self.transport.input_sample_rate
         frame = rate * self.config.stages.asr_frame_ms // 1000
         pending: list[np.ndarray] = []
@@ -120,7 +133,7 @@ class Conversation:
                 continue
             chunk = np.concatenate(pending) if len(pending) > 1 else pending[0]
             pending, pending_samples = [], 0
-            StageClients.audio(asr, chunk)
+            asr.send(chunk)
             self._caller_audio_s += chunk.size / rate
             self._audio_clock.append((self._caller_audio_s, time.monotonic()))
             await self._check_barge_in()
@@ -132,8 +145,8 @@ class Conversation:
                 return at - (end_s - offset_s)
         return time.monotonic()
 
-    async def _read_asr(self, asr: BidiCall) -> None:
-        async for event in asr:
+    async def _read_asr(self, asr: ResilientRecognizer) -> None:
+        async for event in asr.events():
             kind = event.WhichOneof("event")
             if kind == "speech_started":
                 if self._turn is not None:
@@ -180,7 +193,7 @@ class Conversation:
     async def _run_turn(self, turn: AgentTurn, fixed_text: str | None) -> None:
         voice, rate, turn_id = self.persona.voice, self.transport.output_sample_rate, turn.timeline.turn_id
         with self.tracing.tts_call(turn_id, voice=voice, sample_rate=rate) as metadata:
-            tts = self.stages.synthesize(voice, rate, metadata)
+            tts = ResilientSpeech(lambda: self.stages.synthesize(voice, rate, metadata), self.config.resilience)
             try:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self._speak(turn, tts))
@@ -189,6 +202,8 @@ class Conversation:
                     else:
                         await self._think(turn, tts)
                     tts.close()
+            except* StageUnavailable as group:
+                await self._say_fallback(first_leaf(group), turn)  # the call goes on
             finally:
                 tts.cancel()  # a no-op when the stream already ended
         self._playout.finish_turn(turn_id)
@@ -200,50 +215,68 @@ class Conversation:
             await self._emit("agent_audio_end", turn_id=turn.timeline.turn_id, interrupted=False)
         await self._report(turn.timeline)
 
-    async def _think(self, turn: AgentTurn, tts: BidiCall) -> None:
+    async def _think(self, turn: AgentTurn, tts: ResilientSpeech) -> None:
         persona, timeline = self.persona, turn.timeline
         chunker = TextChunker()
+        messages = self.history.messages()
         with self.tracing.llm_call(timeline.turn_id, max_tokens=persona.max_tokens,
                                    temperature=persona.temperature) as metadata:
-            call = self.stages.generate(self.history.messages(), temperature=persona.temperature,
-                                        max_tokens=persona.max_tokens, request_id=f"{self.id}-{timeline.turn_id}",
-                                        metadata=metadata)
+            deltas = resilient_deltas(
+                lambda: self.stages.generate(messages, temperature=persona.temperature, max_tokens=persona.max_tokens,
+                                             request_id=f"{self.id}-{timeline.turn_id}", metadata=metadata),
+                self.config.resilience)
             timeline.llm_request = time.monotonic()
-            try:
-                async for response in call:
-                    if response.WhichOneof("event") != "delta":
-                        continue
+            # aclosing: a barge-in cancels the RPC at once, and the LLM stage aborts the generation.
+            async with aclosing(deltas):
+                async for text in deltas:
                     if timeline.llm_first_token is None:
                         timeline.llm_first_token = time.monotonic()
-                    for segment in chunker.push(response.delta.text):
+                    for segment in chunker.push(text):
                         await self._send_segment(turn, tts, segment)
-            finally:
-                call.cancel()  # a barge-in lands here: the LLM stage aborts the generation
         for segment in chunker.flush():
             await self._send_segment(turn, tts, segment)
 
-    async def _send_segment(self, turn: AgentTurn, tts: BidiCall, text: str) -> None:
+    async def _send_segment(self, turn: AgentTurn, tts: ResilientSpeech, text: str) -> None:
         timeline = turn.timeline
         if timeline.tts_request is None:
             timeline.first_sentence = timeline.tts_request = time.monotonic()
-        StageClients.text(tts, text)
-        StageClients.flush(tts)  # a segment is complete: speak it now
+        tts.send(text)
         turn.spoken.append(text)
         await self._emit("agent_text", turn_id=timeline.turn_id, text=text)
 
-    async def _speak(self, turn: AgentTurn, tts: BidiCall) -> None:
+    async def _speak(self, turn: AgentTurn, tts: ResilientSpeech) -> None:
         """TTS audio -> playout, one Segment per sentence or clause."""
         segments: dict[int, Segment] = {}
-        async for response in tts:
-            if response.WhichOneof("event") != "audio":
-                continue
-            chunk = response.audio
+        async for chunk in tts.audio():
             if turn.timeline.tts_first_audio is None:
                 turn.timeline.tts_first_audio = time.monotonic()
             segment = segments.setdefault(chunk.segment_id, Segment(chunk.text))
             offset = segment.duration_s
             segment.words.extend((word.word, offset + word.start_s) for word in chunk.words)
             self._playout.add_audio(turn.timeline.turn_id, pcm16_to_float(chunk.pcm), segment)
+
+    async def _say_fallback(self, error: StageUnavailable, turn: AgentTurn | None = None) -> None:
+        """A stage stayed unavailable: tell the client, and say the cached fallback line (if any) in
+        `turn`'s place, or, with no turn (the call is ending), on a playout clock of its own."""
+        logger.warning("conversation %s: %s", self.id, error)
+        metrics.record_stage_error(error.stage, "UNAVAILABLE")
+        await self._emit("error", code="stage_unavailable", stage=error.stage, message=str(error))
+        rate = self.transport.output_sample_rate
+        clip = self.fallback.clip(self.persona.voice, rate)
+        if clip is None:
+            return
+        segment = Segment(self.fallback.text)
+        if turn is not None:
+            self._playout.add_audio(turn.timeline.turn_id, clip, segment)
+            return
+        playout = Playout(self.transport, self.config.playout_frame_ms, self.config.playout_lead_ms,
+                          self._on_first_audio, self._on_underrun)
+        async with asyncio.TaskGroup() as tasks:
+            clock = tasks.create_task(playout.run())
+            playout.add_audio(0, clip, segment)
+            playout.finish_turn(0)
+            await playout.wait_played(0)
+            clock.cancel()
 
     async def _on_first_audio(self, turn_id: int) -> None:
         turn = self._turn

@@ -22,10 +22,12 @@ from ray.serve import Application
 
 from services.common import metrics, telemetry
 from services.common.aio import first_leaf
+from services.edge import resilience
 from services.edge.auth import load_secret
 from services.edge.config import EdgeConfig
 from services.edge.conversation import Conversation
 from services.edge.metrics import TurnTimeline
+from services.edge.resilience import FallbackLine, StageUnavailable
 from services.edge.stages import StageClients
 from services.edge.tracing import ConversationTracing
 from services.edge.transport import CallerHungUp, ProtocolError
@@ -57,6 +59,7 @@ class EdgeDeployment:
         self.conversations: dict[str, Conversation] = {}
         self.recent_turns: deque[TurnTimeline] = deque(maxlen=1024)  # for stats() and benchmarks
         self.turn_metrics = metrics.TurnMetricsObserver()  # Prometheus histograms and counters
+        self.fallback = FallbackLine(self.config.resilience.fallback_text)  # shared by the replica's calls
         self._stages: StageClients | None = None
 
     @property
@@ -109,7 +112,8 @@ class EdgeDeployment:
         tracing = ConversationTracing(conversation_id, self.tracer,
                                       transport=transport_type.__name__.removesuffix("Transport").lower())
         conversation = Conversation(transport, self.stages, self.config, conversation_id,
-                                    observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing)
+                                    observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing,
+                                    fallback=self.fallback)
         self.conversations[conversation_id] = conversation
         metrics.set_active_conversations(len(self.conversations))
         try:
@@ -118,6 +122,9 @@ class EdgeDeployment:
         except* ProtocolError as group:
             error = first_leaf(group)
             await fail(error.close_code, "bad_request", str(error))
+        except* StageUnavailable as group:
+            error = first_leaf(group)
+            await fail(1013, "stage_unavailable", f"the {error.stage} stage is unavailable; call again shortly")
         except* grpc.aio.AioRpcError as group:
             error = first_leaf(group)
             logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
@@ -133,7 +140,9 @@ class EdgeDeployment:
     async def stats(self, turns: bool = False) -> dict:
         """Live conversations and asyncio tasks on this replica (the autoscaling signal; leak checks),
         and with `turns` the raw timelines of recent turns (edge monotonic clock, seconds)."""
-        stats = {"active_conversations": len(self.conversations), "tasks": len(asyncio.all_tasks())}
+        stats = {"active_conversations": len(self.conversations), "tasks": len(asyncio.all_tasks()),
+                 # Through the module: Serve pickles this class by value, a bare name would be a copy.
+                 "stage_retries": dict(resilience.retries_by_stage)}
         if turns:
             stats["turns"] = [vars(timeline).copy() for timeline in self.recent_turns]
         return stats

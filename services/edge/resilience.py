@@ -1,0 +1,305 @@
+"""Stage streams that survive a replica dying under them.
+
+A voice call cannot be retried by the caller, so the edge retries for it. When a stage RPC
+breaks (the replica died, the proxy lost it, it is full) or is too slow to start answering, the
+conversation opens the RPC again, within a retry budget, and Serve routes the new one to a live
+replica:
+
+- ASR (`ResilientRecognizer`): re-sends the config and the caller audio since the start of the
+  unfinished utterance (a bounded buffer), and shifts the new stream's audio offsets and
+  utterance ids so the conversation sees one continuous stream.
+- LLM (`resilient_deltas`): re-sends the turn's request and skips the text already received.
+- TTS (`ResilientSpeech`): re-sends the turn's text and skips, per segment, the audio samples
+  already received (synthesis of the same text has the same length).
+
+When the budget is spent the stage is `StageUnavailable`: the conversation plays a cached
+fallback line (`FallbackLine`) instead of dead air.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import numpy as np
+
+from services.edge.config import ResilienceConfig
+from services.edge.stages import BidiCall, StageClients
+
+logger = logging.getLogger("ray.serve")
+
+# Codes worth another attempt on another replica; a caller mistake (INVALID_ARGUMENT...) is not.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+                       grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+
+
+# Re-opened stage RPCs per stage in this process (an edge replica): for stats() and tests.
+retries_by_stage: Counter[str] = Counter()
+
+
+class StageUnavailable(Exception):
+    """A stage could not be reached within the retry budget."""
+
+    def __init__(self, stage: str, cause: str):
+        super().__init__(f"the {stage} stage is unavailable: {cause}")
+        self.stage, self.cause = stage, cause
+
+
+class StageTimeout(Exception):
+    """A stage accepted the RPC but did not start answering in time (a slow, not a dead, stage)."""
+
+
+class RetryBudget:
+    """At most `attempts` re-opens within `window_s`, with exponential backoff between them."""
+
+    def __init__(self, stage: str, config: ResilienceConfig):
+        self.stage, self.config = stage, config
+        self._failures: deque[float] = deque()
+        self.retries = 0
+
+    async def spend(self, error: BaseException) -> None:
+        """Wait before the next attempt, or raise StageUnavailable when the budget is spent."""
+        if isinstance(error, grpc.aio.AioRpcError) and error.code() not in RETRYABLE:
+            raise error
+        now = time.monotonic()
+        while self._failures and now - self._failures[0] > self.config.retry_window_s:
+            self._failures.popleft()
+        if len(self._failures) >= self.config.retry_attempts:
+            raise StageUnavailable(self.stage, describe(error)) from error
+        self._failures.append(now)
+        self.retries += 1
+        retries_by_stage[self.stage] += 1
+        delay = self.config.retry_backoff_ms / 1000 * 2 ** (len(self._failures) - 1)
+        logger.warning("%s stream broke (%s): retry %d in %.2f s", self.stage, describe(error), self.retries, delay)
+        await asyncio.sleep(delay)
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return type(error).__name__ if not str(error) else f"{type(error).__name__}: {error}"
+
+
+async def first_then_rest(stream: AsyncIterator, timeout_s: float) -> AsyncIterator:
+    """Iterate `stream`, failing with StageTimeout when its first item takes longer than `timeout_s`."""
+    iterator = stream.__aiter__()
+    try:
+        first = await asyncio.wait_for(anext(iterator), timeout_s)
+    except StopAsyncIteration:
+        return
+    except TimeoutError:
+        raise StageTimeout(f"no answer within {timeout_s:.1f} s") from None
+    yield first
+    async for item in iterator:
+        yield item
+
+
+# -- ASR ---------------------------------------------------------------------------------------------
+
+class ResilientRecognizer:
+    """The call's ASR stream, re-opened on failure with the unfinished utterance replayed."""
+
+    def __init__(self, open_call: Callable[[], BidiCall], sample_rate: int, config: ResilienceConfig):
+        self._open, self._rate, self._config = open_call, sample_rate, config
+        self._budget = RetryBudget("asr", config)
+        self._call = open_call()
+        self._sent: deque[tuple[float, np.ndarray]] = deque()  # (stream offset, audio) kept for replay
+        self._sent_s = 0.0  # caller audio sent, in seconds (the conversation's stream offsets)
+        self._base_s = 0.0  # offset of the current RPC's first sample
+        self._utterance_base = 0  # utterance ids of the current RPC start after this one
+        self._next_utterance = 0  # the first not yet finished: a replay starts its ids here
+        self._speech_from: float | None = None  # start of the utterance in progress
+
+    @property
+    def retries(self) -> int:
+        return self._budget.retries
+
+    def send(self, audio: np.ndarray) -> None:
+        StageClients.audio(self._call, audio)
+        self._sent.append((self._sent_s, audio))
+        self._sent_s += audio.size / self._rate
+        self._trim()
+
+    def _trim(self) -> None:
+        # Keep the utterance in progress (from its start), else a short pre-roll for the VAD.
+        keep_from = self._sent_s - self._config.asr_preroll_s
+        if self._speech_from is not None:
+            keep_from = min(keep_from, self._speech_from - self._config.asr_preroll_s)
+        keep_from = max(keep_from, self._sent_s - self._config.asr_replay_max_s)
+        while len(self._sent) > 1 and self._sent[1][0] <= keep_from:
+            self._sent.popleft()
+
+    async def events(self) -> AsyncIterator:
+        """The stream's events, offsets and utterance ids continuous across re-opens."""
+        while True:
+            try:
+                async for event in self._call:
+                    yield self._shift(event)
+                return
+            except grpc.aio.AioRpcError as error:
+                await self._budget.spend(error)
+                self._reopen()
+
+    def _shift(self, event):
+        kind = event.WhichOneof("event")
+        body = getattr(event, kind) if kind else None
+        if kind in ("speech_started", "speech_stopped"):
+            body.audio_offset_s += self._base_s
+        if kind in ("speech_started", "speech_stopped", "partial", "final"):
+            body.utterance_id += self._utterance_base
+        if kind == "speech_started":
+            self._speech_from = body.audio_offset_s
+        elif kind == "final":
+            self._speech_from = None
+            self._next_utterance = max(self._next_utterance, body.utterance_id + 1)
+        return event
+
+    def _reopen(self) -> None:
+        self._call.cancel()
+        self._call = self._open()
+        self._base_s = self._sent[0][0] if self._sent else self._sent_s
+        self._utterance_base = self._next_utterance
+        for _, audio in self._sent:
+            StageClients.audio(self._call, audio)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+# -- LLM ---------------------------------------------------------------------------------------------
+
+async def resilient_deltas(open_call: Callable[[], AsyncIterator], config: ResilienceConfig) -> AsyncIterator[str]:
+    """The reply's text deltas; on failure the request goes again and the text already yielded is skipped."""
+    budget, received = RetryBudget("llm", config), 0
+    while True:
+        call = open_call()
+        skip = received
+        try:
+            async for response in first_then_rest(call, config.first_response_timeout_s):
+                if response.WhichOneof("event") != "delta":
+                    continue
+                text = response.delta.text
+                if skip:
+                    text, skip = text[skip:], max(0, skip - len(text))
+                if text:
+                    received += len(text)
+                    yield text
+            return
+        except (grpc.aio.AioRpcError, StageTimeout) as error:
+            await budget.spend(error)
+        finally:
+            call.cancel()  # a barge-in lands here too: the LLM stage aborts the generation
+
+
+# -- TTS ---------------------------------------------------------------------------------------------
+
+class ResilientSpeech:
+    """A turn's TTS stream: segments in, audio chunks out, re-opened with the turn's text on failure."""
+
+    def __init__(self, open_call: Callable[[], BidiCall], config: ResilienceConfig):
+        self._open, self._config = open_call, config
+        self._budget = RetryBudget("tts", config)
+        self._call = open_call()
+        self._segments: list[str] = []
+        self._has_text = asyncio.Event()  # the answer deadline runs from the first text, not the open
+        self._closed = False
+        self._received: dict[int, int] = {}  # samples received per segment id
+
+    def send(self, text: str) -> None:
+        self._segments.append(text)
+        self._has_text.set()
+        StageClients.text(self._call, text)
+        StageClients.flush(self._call)  # a segment is complete: speak it now
+
+    def close(self) -> None:
+        self._closed = True
+        self._call.close()
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def audio(self) -> AsyncIterator:
+        """Audio chunks (SpeechAudio, pcm trimmed of what an earlier attempt already delivered)."""
+        while True:
+            skip = dict(self._received)
+            if not self._closed:
+                await self._has_text.wait()
+            try:
+                async for response in first_then_rest(self._call, self._config.first_response_timeout_s):
+                    if response.WhichOneof("event") != "audio":
+                        continue
+                    chunk = response.audio
+                    samples = len(chunk.pcm) // 2
+                    already = skip.get(chunk.segment_id, 0)
+                    if already >= samples:
+                        skip[chunk.segment_id] = already - samples
+                        continue
+                    if already:
+                        skip[chunk.segment_id] = 0
+                        chunk.pcm = chunk.pcm[already * 2:]
+                        del chunk.words[:]  # timings of a cut chunk no longer line up
+                    self._received[chunk.segment_id] = self._received.get(chunk.segment_id, 0) + len(chunk.pcm) // 2
+                    yield chunk
+                return
+            except (grpc.aio.AioRpcError, StageTimeout) as error:
+                await self._budget.spend(error)
+                self._reopen()
+
+    def _reopen(self) -> None:
+        self._call.cancel()
+        self._call = self._open()
+        for text in self._segments:
+            StageClients.text(self._call, text)
+            StageClients.flush(self._call)
+        if self._closed:
+            self._call.close()
+
+
+# -- the fallback line -------------------------------------------------------------------------------
+
+class FallbackLine:
+    """What the agent says when a stage is gone: synthesized once per voice and rate while TTS is
+    up, kept in memory, played from there when it is not."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._clips: dict[tuple[str, int], np.ndarray] = {}
+        self._warming: dict[tuple[str, int], asyncio.Task] = {}
+
+    def clip(self, voice: str, rate: int) -> np.ndarray | None:
+        return self._clips.get((voice, rate))
+
+    def warm(self, stages: StageClients, voice: str, rate: int) -> None:
+        """Start synthesizing the line in the background, if not done or under way."""
+        key = (voice, rate)
+        if not self.text or key in self._clips or key in self._warming:
+            return
+        task = asyncio.get_running_loop().create_task(self._synthesize(stages, voice, rate))
+        self._warming[key] = task
+        task.add_done_callback(lambda _: self._warming.pop(key, None))
+
+    async def _synthesize(self, stages: StageClients, voice: str, rate: int) -> None:
+        from services.common.audio import pcm16_to_float
+
+        for attempt in range(10):
+            call = stages.synthesize(voice, rate)
+            try:
+                StageClients.text(call, self.text)
+                call.close()
+                chunks = [r.audio.pcm async for r in call if r.WhichOneof("event") == "audio"]
+                if chunks:
+                    self._clips[(voice, rate)] = pcm16_to_float(b"".join(chunks))
+                    return
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE:  # e.g. an unknown voice: asking again will not help
+                    logger.warning("fallback line not synthesized: %s", describe(error))
+                    return
+                logger.info("fallback line not synthesized yet (%s); retrying", describe(error))
+            finally:
+                call.cancel()
+            await asyncio.sleep(min(30.0, 2.0 ** attempt))

@@ -1,0 +1,88 @@
+"""Fault injection on the real cluster: a stage replica is killed (its Ray actor, as a crash
+would) in the middle of a live conversation over the WebSocket. The edge re-opens the stream,
+Serve routes it to the replacement replica, and the call goes on: the turn completes, and so does
+the next one. The gap the caller hears is printed (run with -s) for the record."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from services.edge import caller
+from tests.integration.conftest import stage_stats
+from tests.integration.test_edge_websocket import speech, token, wait_quiet
+
+pytestmark = pytest.mark.cluster
+
+
+async def replica_actor(serve_cluster, application: str, deployment: str):
+    """The handle of the stage's only replica actor, looked up ahead so the kill itself is instant."""
+    import ray
+    from ray.util.state import list_actors
+
+    def find():
+        [actor] = list_actors(address=serve_cluster.cluster.dashboard,
+                              filters=[("class_name", "=", f"ServeReplica:{application}:{deployment}"),
+                                       ("state", "=", "ALIVE")])
+        return ray.get_actor(actor.name, namespace="serve")
+
+    return await asyncio.to_thread(find)
+
+
+def two_utterances() -> tuple[np.ndarray, int]:
+    audio, rate = speech()
+    # Long enough between them for the first reply to end, a replacement replica's start-up
+    # included (one replica per stage here: the re-opened stream waits for it): a new turn, not a barge-in.
+    return np.concatenate([audio, np.zeros(rate * 35, np.float32), audio]), rate
+
+
+def longest_gap_s(result: caller.CallResult, turn_frames: float = 0.02) -> float:
+    """The longest silence inside the agent's audio, as a caller playing frames on arrival hears it."""
+    arrivals = result.audio_arrivals
+    return max((b - a - turn_frames for a, b in zip(arrivals, arrivals[1:]) if b - a < 5.0), default=0.0)
+
+
+async def run_with_kill(edge_ws_url, edge_secret, ray_client, serve_cluster, application, deployment, trigger) -> tuple:
+    audio, rate = two_utterances()
+    before = (await stage_stats(ray_client, "edge"))["stage_retries"].get(application, 0)
+    replica = await replica_actor(serve_cluster, application, deployment)
+    result = caller.CallResult()
+    call = asyncio.create_task(caller.call(
+        edge_ws_url, token(edge_secret, greeting="", max_tokens=30, temperature=0.0), audio, rate, tail_s=90,
+        until=lambda r: len(r.of_type("metrics")) >= 2, result=result))
+    while not trigger(result):
+        assert not call.done(), result.events
+        await asyncio.sleep(0.02)
+    import ray
+
+    ray.kill(replica, no_restart=True)  # as a crash would: Serve starts a replacement
+    await call
+    retries = (await stage_stats(ray_client, "edge"))["stage_retries"].get(application, 0) - before
+    return result, retries
+
+
+async def test_tts_replica_killed_mid_reply(edge_ws_url, edge_secret, ray_client, serve_cluster):
+    result, retries = await run_with_kill(edge_ws_url, edge_secret, ray_client, serve_cluster, "tts", "SpeechSynthesis",
+                                             lambda r: bool(r.of_type("agent_text")))
+    assert not result.of_type("error"), result.of_type("error")
+    metrics = result.of_type("metrics")
+    assert len(metrics) == 2 and not any(m["interrupted"] for m in metrics)  # this turn and the next
+    assert retries >= 1  # the edge re-opened the TTS stream
+    assert result.close_code == 1000
+    print(f"\nTTS replica killed mid-reply: longest gap heard {longest_gap_s(result):.2f} s, {retries} re-open(s)")
+    await wait_quiet(ray_client, timeout_s=60)
+
+
+async def test_asr_replica_killed_mid_utterance(edge_ws_url, edge_secret, ray_client, serve_cluster):
+    result, retries = await run_with_kill(edge_ws_url, edge_secret, ray_client, serve_cluster, "asr", "SpeechRecognition",
+                                             lambda r: bool(r.of_type("user_speech_started")))
+    assert not result.of_type("error"), result.of_type("error")
+    finals = [e for e in result.events if e["type"] == "transcript" and e["final"]]
+    metrics = result.of_type("metrics")
+    # The utterance cut by the kill still reached a final transcript (replayed), and both turns ran.
+    assert len(finals) == 2 and len(metrics) == 2
+    assert retries >= 1
+    assert result.close_code == 1000
+    await wait_quiet(ray_client, timeout_s=60)

@@ -1,0 +1,176 @@
+"""Stage streams that survive a broken RPC, against a real gRPC server in this process whose
+servicers break the first stream on purpose (a replica dying is the same thing on the wire:
+the stream ends with UNAVAILABLE/INTERNAL). The fault injection on a real cluster is in
+tests/integration/test_edge_faults.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from services.common.audio import float_to_pcm16, pcm16_to_float
+from services.edge.config import ResilienceConfig, StagesConfig
+from services.edge.resilience import (ResilientRecognizer, ResilientSpeech, StageUnavailable, resilient_deltas)
+from services.edge.stages import StageClients
+from services.proto import asr_pb2, asr_pb2_grpc, llm_pb2, llm_pb2_grpc, tts_pb2, tts_pb2_grpc
+
+FAST = ResilienceConfig(retry_attempts=2, retry_backoff_ms=10, first_response_timeout_s=1.0)
+RATE = 16000
+
+
+class Recognizer(asr_pb2_grpc.SpeechRecognitionServicer):
+    """A stand-in VAD: speech is non-zero audio. Says where speech started (in its own stream's
+    time) and ends the utterance after 0.8 s of speech; the first stream dies after 0.4 s of it."""
+
+    def __init__(self):
+        self.streams: list[float] = []  # audio seconds each stream received
+        self.speech: list[float] = []  # speech seconds each stream received
+
+    async def Recognize(self, requests, context):
+        self.streams.append(0.0)
+        self.speech.append(0.0)
+        first = len(self.streams) == 1
+        async for request in requests:
+            if request.WhichOneof("request") != "audio":
+                continue
+            audio = pcm16_to_float(request.audio.pcm)
+            if np.abs(audio).max() > 0:
+                if self.speech[-1] == 0:
+                    yield asr_pb2.RecognizeResponse(speech_started=asr_pb2.SpeechStarted(
+                        utterance_id=0, audio_offset_s=self.streams[-1]))
+                self.speech[-1] += audio.size / RATE
+            self.streams[-1] += audio.size / RATE
+            if first and self.speech[-1] >= 0.4:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "replica died")
+            if self.speech[-1] >= 0.8:
+                yield asr_pb2.RecognizeResponse(final=asr_pb2.Transcript(utterance_id=0, text="hello"))
+                return
+
+
+class Model(llm_pb2_grpc.LanguageModelServicer):
+    """Greedy and deterministic: the reply is always the same words. The first call dies after two."""
+
+    WORDS = ["One ", "two ", "three ", "four."]
+
+    def __init__(self, fail_first: bool = True, stall: bool = False):
+        self.calls, self.fail_first, self.stall = 0, fail_first, stall
+
+    async def Generate(self, request, context):
+        self.calls += 1
+        if self.stall:
+            await asyncio.sleep(30)
+        for index, word in enumerate(self.WORDS):
+            if self.fail_first and self.calls == 1 and index == 2:
+                await context.abort(grpc.StatusCode.INTERNAL, "engine crashed")
+            yield llm_pb2.GenerateResponse(delta=llm_pb2.TextDelta(text=word))
+        yield llm_pb2.GenerateResponse(done=llm_pb2.GenerationDone())
+
+
+class Synthesizer(tts_pb2_grpc.SpeechSynthesisServicer):
+    """Each segment is 0.3 s of a ramp, in three chunks; the first stream dies after 4 chunks."""
+
+    def __init__(self):
+        self.streams = 0
+
+    async def Synthesize(self, requests, context):
+        self.streams += 1
+        sent, segment_id = 0, 0
+        async for request in requests:
+            if request.WhichOneof("request") != "text":
+                continue
+            audio = np.linspace(-0.5, 0.5, int(0.3 * RATE), dtype=np.float32) * (segment_id + 1) / 4
+            for index, part in enumerate(np.array_split(audio, 3)):
+                if self.streams == 1 and sent == 4:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "replica died")
+                sent += 1
+                yield tts_pb2.SynthesizeResponse(audio=tts_pb2.SpeechAudio(
+                    pcm=float_to_pcm16(part), sample_rate_hz=RATE, text=request.text.text, segment_id=segment_id,
+                    segment_end=index == 2))
+            segment_id += 1
+
+
+@pytest.fixture
+async def stage(request):
+    servicers = request.param
+    server = grpc.aio.server()
+    for servicer in servicers:
+        adder = {Recognizer: asr_pb2_grpc.add_SpeechRecognitionServicer_to_server,
+                 Model: llm_pb2_grpc.add_LanguageModelServicer_to_server,
+                 Synthesizer: tts_pb2_grpc.add_SpeechSynthesisServicer_to_server}[type(servicer)]
+        adder(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    clients = StageClients(StagesConfig(grpc_address=f"127.0.0.1:{port}"))
+    yield clients, servicers[0]
+    await clients.close()
+    await server.stop(None)
+
+
+@pytest.mark.parametrize("stage", [[Recognizer()]], indirect=True)
+async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage):
+    clients, servicer = stage
+    asr = ResilientRecognizer(lambda: clients.recognize(RATE, 300), RATE, FAST)
+    events = []
+
+    async def read():
+        async for event in asr.events():
+            events.append(event)
+            if event.WhichOneof("event") == "final":
+                return
+
+    reader = asyncio.create_task(read())
+    for index in range(30):  # 100 ms frames in real time: 1 s of silence, then speech
+        if reader.done():
+            break
+        asr.send(np.full(RATE // 10, 0.0 if index < 10 else 0.1, np.float32))
+        await asyncio.sleep(0.1)
+    await asyncio.wait_for(reader, 5)
+    asr.cancel()
+    assert len(servicer.streams) == 2 and asr.retries == 1
+    # The second stream heard the utterance from its start, not only what came after the failure.
+    assert servicer.speech[1] >= 0.8 and servicer.streams[1] - servicer.speech[1] <= FAST.asr_preroll_s + 0.11
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[-1] == "final" and events[-1].final.text == "hello"
+    starts = [e.speech_started.audio_offset_s for e in events if e.WhichOneof("event") == "speech_started"]
+    # Each stream saw speech start at a different time of its own; shifted, both are the caller's 1.0 s.
+    assert starts == [pytest.approx(1.0), pytest.approx(1.0)]
+
+
+@pytest.mark.parametrize("stage", [[Model()]], indirect=True)
+async def test_llm_request_goes_again_and_the_caller_hears_each_word_once(stage):
+    clients, servicer = stage
+    text = [d async for d in resilient_deltas(
+        lambda: clients.generate([("user", "count")], temperature=0.0, max_tokens=8, request_id="r"), FAST)]
+    assert "".join(text) == "".join(Model.WORDS)
+    assert servicer.calls == 2
+
+
+@pytest.mark.parametrize("stage", [[Model(stall=True)]], indirect=True)
+async def test_a_stalled_llm_is_given_up_within_the_budget(stage):
+    clients, servicer = stage
+    with pytest.raises(StageUnavailable) as error:
+        [d async for d in resilient_deltas(
+            lambda: clients.generate([("user", "hi")], temperature=0.0, max_tokens=8, request_id="r"), FAST)]
+    assert error.value.stage == "llm" and "no answer" in error.value.cause
+    assert servicer.calls == FAST.retry_attempts + 1
+
+
+@pytest.mark.parametrize("stage", [[Synthesizer()]], indirect=True)
+async def test_tts_resends_the_turn_and_skips_audio_already_received(stage):
+    clients, servicer = stage
+    tts = ResilientSpeech(lambda: clients.synthesize("", RATE), FAST)
+    tts.send("First.")
+    tts.send("Second.")
+    tts.close()
+    audio: dict[int, list[np.ndarray]] = {}
+    async for chunk in tts.audio():
+        audio.setdefault(chunk.segment_id, []).append(pcm16_to_float(chunk.pcm))
+    assert servicer.streams == 2
+    for segment_id, parts in audio.items():
+        expected = np.linspace(-0.5, 0.5, int(0.3 * RATE), dtype=np.float32) * (segment_id + 1) / 4
+        # Exactly the segment, once: no sample lost, none repeated across the re-open.
+        np.testing.assert_allclose(np.concatenate(parts), expected, atol=1 / 32768 * 2)
+    assert sorted(audio) == [0, 1]
