@@ -71,7 +71,9 @@ async def test_tts_replica_killed_mid_reply(edge_ws_url, edge_secret, ray_client
     assert len(metrics) == 2 and not any(m["interrupted"] for m in metrics)  # this turn and the next
     assert retries >= 1  # the edge re-opened the TTS stream
     assert result.close_code == 1000
-    print(f"\nTTS replica killed mid-reply: longest gap heard {longest_gap_s(result):.2f} s, {retries} re-open(s)")
+    ttfat = [m["ttfat_ms"] for m in metrics]
+    print(f"\nTTS replica killed mid-reply: TTFAT of that turn {ttfat[0]:.0f} ms (the next: {ttfat[1]:.0f} ms), "
+          f"longest gap inside the reply {longest_gap_s(result):.2f} s, {retries} re-open(s)")
     await wait_quiet(ray_client, timeout_s=60)
 
 
