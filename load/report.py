@@ -51,8 +51,9 @@ def markdown(stats: RunStats, title: str, description: list[str]) -> str:
                      + f" | {window.outcomes.get('refused', 0)} | {failed} | "
                      + " | ".join(str(window.replicas.get(name, "-")) for name in deployments) + " |")
     if stats.scale_events:
-        lines += ["", "## Scaling (Serve's target replica count, and when that many were running)", "",
-                  "| deployment | at (s) | target | running at (s) | took (s) |", "|---|---|---|---|---|"]
+        lines += ["", "## Scaling (Serve's target replica count, and when exactly that many replicas were "
+                  "running, none starting or draining)", "",
+                  "| deployment | at (s) | target | settled at (s) | took (s) |", "|---|---|---|---|---|"]
         for event in stats.scale_events:
             took = "-" if event.running_at_s is None else f"{event.running_at_s - event.at_s:.1f}"
             running = "-" if event.running_at_s is None else f"{event.running_at_s:.1f}"
@@ -95,6 +96,7 @@ def plot(stats: RunStats, path: Path, title: str) -> Path:
     errors.bar([v - width / 2 for v in x], failures, width=width, color="red", alpha=0.4, label="failed calls")
     errors.bar([v + width / 2 for v in x], refused, width=width, color="orange", alpha=0.4, label="refused calls")
     errors.set_ylabel("calls")
+    errors.set_ylim(0, max(1, *failures, *refused) * 1.1)
     handles = middle.get_legend_handles_labels()[0] + errors.get_legend_handles_labels()[0]
     middle.legend(handles=handles, loc="upper left", fontsize="small")
 

@@ -79,7 +79,8 @@ class Window:
 
 @dataclass
 class ScaleEvent:
-    """A deployment's target replica count changed; `running_at_s`: when that many ran (None: never)."""
+    """A deployment's target replica count changed; `running_at_s`: when exactly that many replicas
+    were running with none starting or stopping (None: not within the run)."""
 
     deployment: str
     at_s: float
@@ -133,7 +134,8 @@ class RunStats:
             if before is not None and counts["target"] != before["target"]:
                 self.scale_events.append(ScaleEvent(name, t_s, before["target"], counts["target"]))
             for event in self.scale_events:
-                if event.deployment == name and event.running_at_s is None and counts["running"] == event.target:
+                settled = counts["running"] == event.target and not counts.get("starting") and not counts.get("stopping")
+                if event.deployment == name and event.running_at_s is None and settled:
                     event.running_at_s = t_s
         changed = deployments != self._last_replicas
         if changed:

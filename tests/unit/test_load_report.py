@@ -237,3 +237,15 @@ def test_plot_writes_a_png_with_content(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[0] > 500 and pixels.std() > 0.05  # three panels drawn, not a blank canvas
+
+
+def test_scale_down_settles_only_when_draining_replicas_are_gone():
+    stats = RunStats(window_s=10)
+    counts = lambda running, target, stopping=0: {"d": {"running": running, "target": target,  # noqa: E731
+                                                        "starting": 0, "stopping": stopping}}
+    stats.add_replicas(0, counts(3, 3))
+    stats.add_replicas(5, counts(1, 1, stopping=2))  # two replicas draining their live calls
+    stats.add_replicas(9, counts(1, 1, stopping=1))
+    assert stats.scale_events[0].running_at_s is None
+    stats.add_replicas(12, counts(1, 1))
+    assert (stats.scale_events[0].before, stats.scale_events[0].running_at_s) == (3, 12)
