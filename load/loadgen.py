@@ -89,7 +89,8 @@ async def websocket_call(url: str, token: str, audio: np.ndarray, rate: int, tai
 
 
 async def grpc_call(channel, stage: str, audio: np.ndarray, rate: int, prompt: str, max_tokens: int) -> dict:
-    """One call straight to a stage through Serve's gRPC proxy; its latency becomes one 'turn'."""
+    """One call straight to a stage through Serve's gRPC proxy. Its latencies become 'turns': each
+    ASR final, or the LLM's first token, or the TTS's first audio."""
     import grpc
 
     from services.common import clients
@@ -101,23 +102,27 @@ async def grpc_call(channel, stage: str, audio: np.ndarray, rate: int, prompt: s
             from services.common.rpc import stage_metadata
             from services.proto import asr_pb2_grpc
 
-            audio_done: list[float] = []
+            audio_from: list[float] = []  # when the first audio frame went out
 
             async def requests():
                 async for request in clients.audio_requests(audio, rate, 100, realtime=True):
+                    if request.HasField("audio") and not audio_from:
+                        audio_from.append(time.monotonic())
                     yield request
-                audio_done.append(time.monotonic())
 
-            last_final = None
+            # Each final is a turn: from the end of the audio it covers (end_s; sent in real time,
+            # so at audio_from + end_s) to the final's arrival.
+            turns = []
             stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
             async for event in stub.Recognize(requests(), metadata=stage_metadata("asr")):
                 answered = True
                 if event.WhichOneof("event") == "final":
-                    last_final = time.monotonic()
-            # The final that closes the stream after the audio ended: how long the caller waits.
-            latency = None if last_final is None or not audio_done else max(0.0, last_final - audio_done[0]) * 1000
-            metric = "asr_final_ms"
-        elif stage == "llm":
+                    now = time.monotonic()
+                    turns.append({"t": now - started, "asr_final_ms": round((now - audio_from[0] - event.final.end_s) * 1000, 1)})
+            if not turns:
+                return {"outcome": "unanswered", "error": None, "turns": []}
+            return {"outcome": "ok", "error": None, "turns": turns}
+        if stage == "llm":
             reply = await clients.generate(channel, [("user", prompt)], max_tokens=max_tokens)
             answered = reply.deltas > 0
             latency, metric = None if reply.first_delta_s is None else reply.first_delta_s * 1000, "llm_ttft_ms"
@@ -345,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = asyncio.run(go())
     mode = f"WebSocket callers on {args.url}" if args.url else f"gRPC calls to the {args.stage} stage at {args.grpc}"
     description = [f"Mode: {mode}.",
-                   f"Profile: `{profile.model_dump_json(exclude_defaults=False)}`.",
+                   f"Profile: {profile.describe()}.",
                    f"Input: {', '.join(p.name for p in args.wav)} (+{args.pad_silence_s:g} s silence), real time; "
                    f"{args.think_s:g} s between a slot's calls.",
                    "Command: `python -m load.loadgen " + " ".join(sys.argv[1:] if argv is None else argv) + "`."]

@@ -45,6 +45,16 @@ class Profile(Config):
             raise ValueError("max_callers must be >= callers")
         return self
 
+    def describe(self) -> str:
+        if self.kind == "steady":
+            shape = f"{self.callers} callers"
+        elif self.kind == "step":
+            top = "" if self.max_callers is None else f" up to {self.max_callers}"
+            shape = f"{self.callers} callers, +{self.step} every {self.every_s:g} s{top}"
+        else:
+            shape = f"{self.callers} callers, {self.peak} from {self.spike_at_s:g} s for {self.spike_s:g} s"
+        return f"{self.kind}: {shape}, for {self.duration_s:g} s (new callers join over {self.ramp_s:g} s)"
+
 
 def levels(profile: Profile) -> list[tuple[float, int]]:
     """(from time s, target callers) at each change, starting at 0 s."""

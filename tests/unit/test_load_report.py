@@ -28,6 +28,7 @@ def test_step_profile_adds_callers_spread_over_the_ramp():
     assert schedule(profile) == [SlotWindow(0, 0.0, 40), SlotWindow(1, 1.0, 40), SlotWindow(2, 10.0, 40),
                                  SlotWindow(3, 11.0, 40), SlotWindow(4, 20.0, 40)]
     assert [target_at(profile, t) for t in (0, 9.9, 10, 25, 40)] == [2, 2, 4, 5, 0]
+    assert profile.describe() == "step: 2 callers, +2 every 10 s up to 5, for 40 s (new callers join over 2 s)"
 
 
 def test_spike_profile_retires_the_extra_callers_after_the_spike():
