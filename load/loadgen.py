@@ -197,6 +197,8 @@ async def run(config: RunConfig, log=print) -> RunStats:
             recorder.in_flight += 1
             try:
                 fields = await config.place_call(slot, audio, rate)
+            except Exception as error:  # a caller bug must not end an hours-long run: count it
+                fields = {"outcome": "error", "error": f"{type(error).__name__}: {error}"[:200]}
             finally:
                 recorder.in_flight -= 1
             # Turn times: the call's start on this run's clock + the server's time into the call.

@@ -206,6 +206,7 @@ async def test_run_follows_the_profile_and_streams_records_to_disk(tmp_path):
     assert stats.total.calls_started == len(records)
     assert stats.total.outcomes["refused"] == sum(r["slot"] == 2 for r in records)
     assert all(turn["t_s"] == pytest.approx(r["start_s"] + 0.25, abs=0.01) for r in records for turn in r["turns"])
+    assert not any(r["outcome"] == "error" for r in records)
     replayed = loadgen.replay(tmp_path, 1.0)
     assert replayed.total.outcomes == stats.total.outcomes
     assert replayed.total.latency["ttfat_ms"].buckets == stats.total.latency["ttfat_ms"].buckets
@@ -250,3 +251,15 @@ def test_scale_down_settles_only_when_draining_replicas_are_gone():
     assert stats.scale_events[0].running_at_s is None
     stats.add_replicas(12, counts(1, 1))
     assert (stats.scale_events[0].before, stats.scale_events[0].running_at_s) == (3, 12)
+
+
+async def test_a_failing_call_is_counted_not_fatal(tmp_path):
+    profile = Profile(kind="steady", callers=1, duration_s=0.3, ramp_s=0)
+
+    async def place(slot, audio, rate):
+        raise RuntimeError("caller bug")
+
+    config = loadgen.RunConfig(profile, place, [(np.zeros(160, np.float32), 16000)], tmp_path, think_s=0.1)
+    stats = await loadgen.run(config, log=lambda line: None)
+    assert stats.total.outcomes["error"] == stats.total.calls_started >= 2
+    assert "RuntimeError: caller bug" in (tmp_path / "calls.jsonl").read_text()
