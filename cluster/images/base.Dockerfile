@@ -9,6 +9,8 @@ FROM ${RAY_IMAGE}
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 
+# Created as the image's user (ray): pip builds the package in this directory.
+RUN mkdir -p /home/ray/parley
 WORKDIR /home/ray/parley
 COPY --chown=ray pyproject.toml constraints.txt README.md ./
 COPY --chown=ray services ./services
