@@ -151,6 +151,7 @@ class RunConfig:
     window_s: float = 10.0
     dashboard: str | None = None
     poll_s: float = 2.0
+    linger_s: float = 10.0  # keep polling replicas after the last call: the scale-down shows
 
 
 class Recorder:
@@ -225,8 +226,8 @@ async def run(config: RunConfig, log=print) -> RunStats:
                                                             started=started, period_s=config.poll_s, on_error=log)))
     try:
         await asyncio.gather(*(slot_loop(w.slot, w.start_s, w.stop_s) for w in schedule(config.profile)))
-        # Keep sampling replicas a little after the load stops: the scale-down shows in the report.
-        await asyncio.sleep(min(config.window_s, 10.0) if config.dashboard else 0)
+        if config.dashboard:
+            await asyncio.sleep(config.linger_s)
     finally:
         stop.set()
         await asyncio.gather(*background, return_exceptions=True)
@@ -312,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the text for --stage llm and tts")
     parser.add_argument("--window-s", type=float, default=10.0)
     parser.add_argument("--poll-s", type=float, default=2.0)
+    parser.add_argument("--linger-s", type=float, default=10.0,
+                        help="keep reading replica counts this long after the load ends (set it past "
+                             "downscale_delay_s to see the scale-down)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "load" / time.strftime("%Y%m%d-%H%M%S"))
     args = parser.parse_args(argv)
 
@@ -338,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 return await websocket_call(args.url, next(tokens), audio, rate, args.tail_s)
 
             return await run(RunConfig(profile, place, inputs, args.out, args.think_s, args.window_s,
-                                       args.dashboard, args.poll_s))
+                                       args.dashboard, args.poll_s, args.linger_s))
         from services.common import clients
 
         async with clients.open_channel(args.grpc) as channel:
@@ -346,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 return await grpc_call(channel, args.stage, audio, rate, args.prompt, args.max_tokens or 32)
 
             return await run(RunConfig(profile, place, inputs, args.out, args.think_s, args.window_s,
-                                       args.dashboard, args.poll_s))
+                                       args.dashboard, args.poll_s, args.linger_s))
 
     print(f"load: {profile.kind} profile for {profile.duration_s:g} s -> {args.out}")
     stats = asyncio.run(go())
