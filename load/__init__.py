@@ -1,0 +1,1 @@
+"""Load generation, benchmarks and cost arithmetic (run from the repo root)."""
