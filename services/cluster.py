@@ -109,8 +109,12 @@ class LocalCluster:
         if session is None:
             return []
         found: dict[int, psutil.Process] = {}
+        gcs_address = f":{self.gcs_port}"  # the Ray client server names the GCS, not the session
         for process in psutil.process_iter(["cmdline"]):
-            if any(session in arg for arg in process.info["cmdline"] or []):
+            cmdline = process.info["cmdline"] or []
+            if any(session in arg for arg in cmdline) or (
+                    "ray.util.client.server" in cmdline
+                    and any(arg.startswith("--address=") and arg.endswith(gcs_address) for arg in cmdline)):
                 found[process.pid] = process
                 try:
                     found.update((child.pid, child) for child in process.children(recursive=True))
