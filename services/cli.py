@@ -28,10 +28,25 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+# The local cluster's stage RPC token when $PARLEY_GRPC_TOKEN is not set: the gRPC ingress is
+# authenticated even for the demo. Never use it beyond 127.0.0.1.
+LOCAL_GRPC_TOKEN = "parley-local-grpc-token-not-for-production"
+
+
+def local_grpc_token() -> str:
+    import os
+
+    from services.common.rpc import GRPC_TOKEN_ENV
+
+    return os.environ.get(GRPC_TOKEN_ENV) or LOCAL_GRPC_TOKEN
+
+
 def _cluster(args: argparse.Namespace):
     from services.cluster import LocalCluster
+    from services.common.rpc import GRPC_TOKEN_ENV
 
-    return LocalCluster(gcs_port=args.gcs_port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus)
+    return LocalCluster(gcs_port=args.gcs_port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus,
+                        env={GRPC_TOKEN_ENV: local_grpc_token()})  # every replica and proxy inherits it
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -59,8 +74,13 @@ def _down(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
+    import os
+
     from services.common import clients
     from services.common.audio import read_wav, write_wav
+    from services.common.rpc import GRPC_TOKEN_ENV
+
+    os.environ[GRPC_TOKEN_ENV] = local_grpc_token()  # what `parley up` gave the cluster
 
     audio, rate = read_wav(args.wav)
     async with clients.open_channel(args.grpc) as channel:

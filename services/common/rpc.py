@@ -3,12 +3,19 @@
 Stages raise `StageError` for anything a caller did wrong or the stage cannot serve; the
 `grpc_stream` decorator turns it into the RPC's status code and details, so a bad request ends
 one stream cleanly and the replica keeps serving everyone else.
+
+Stage RPCs are authenticated when a token is configured ($PARLEY_GRPC_TOKEN, or a file named by
+$PARLEY_GRPC_TOKEN_FILE, in the replicas' and the callers' environment): every call must carry
+`authorization: Bearer <token>`, else it ends UNAUTHENTICATED before the stage reads a message.
 """
 
 from __future__ import annotations
 
 import functools
+import hmac
 import inspect
+import os
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,6 +37,18 @@ SERVICER_FUNCTIONS = (
     "services.proto.tts_pb2_grpc.add_SpeechSynthesisServicer_to_server",
     "services.proto.moshi_pb2_grpc.add_DuplexSpeechServicer_to_server",
 )
+
+
+GRPC_TOKEN_ENV = "PARLEY_GRPC_TOKEN"
+GRPC_TOKEN_FILE_ENV = "PARLEY_GRPC_TOKEN_FILE"
+
+
+def grpc_token() -> str:
+    """The bearer token of stage RPCs in this process's environment; empty when not configured."""
+    path = os.environ.get(GRPC_TOKEN_FILE_ENV, "").strip()
+    if path:
+        return Path(path).read_text().strip()
+    return os.environ.get(GRPC_TOKEN_ENV, "").strip()
 
 
 class StageError(Exception):
@@ -61,6 +80,8 @@ def grpc_stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., Asyn
     @functools.wraps(method)
     async def wrapper(self, request, grpc_context=None):
         try:
+            if grpc_context is not None:  # None: a Serve handle call from inside the cluster
+                check_bearer(grpc_context)
             responses = method(self, request, grpc_context=grpc_context) if wants_context else method(self, request)
             async for response in responses:
                 yield response
@@ -77,6 +98,16 @@ def grpc_stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., Asyn
     # make the signature look like the wrapped method's.
     del wrapper.__wrapped__
     return wrapper
+
+
+def check_bearer(grpc_context: Any) -> None:
+    expected = grpc_token()
+    if not expected:
+        return
+    sent = dict(grpc_context.invocation_metadata()).get("authorization", "")
+    if not hmac.compare_digest(sent.encode(), f"Bearer {expected}".encode()):
+        raise StageError(grpc.StatusCode.UNAUTHENTICATED,
+                         "missing or wrong bearer token: send `authorization: Bearer <$PARLEY_GRPC_TOKEN>`")
 
 
 async def first_message(requests: AsyncIterator[Any], expected: str) -> Any:
@@ -102,5 +133,7 @@ def channel_options() -> list[tuple[str, int]]:
 
 
 def stage_metadata(application: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-    """Metadata that routes a call through Serve's gRPC proxy to `application`."""
-    return (("application", application), *extra)
+    """Metadata that routes a call through Serve's gRPC proxy to `application`, with the bearer
+    token when this process has one."""
+    token = grpc_token()
+    return (("application", application), *((("authorization", f"Bearer {token}"),) if token else ()), *extra)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from services.cluster import LocalCluster, application_names, render_config, tracing_env
+from services.common.rpc import GRPC_TOKEN_ENV
 from services.common.clients import open_channel
 from services.models import ensure_tiny
 from tests.otlp_receiver import OTLPReceiver
@@ -48,9 +49,15 @@ def otlp_receiver():
     receiver.stop()
 
 
+# Stage RPCs are authenticated in the test cluster as in production: the replicas get the token
+# from the cluster's environment, the test process's clients (stage_metadata) from its own.
+GRPC_TOKEN = "parley-test-grpc-token"
+
+
 @pytest.fixture(scope="session")
 def serve_cluster(tmp_path_factory, otlp_receiver) -> ServeCluster:
     ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro"])
+    os.environ[GRPC_TOKEN_ENV] = GRPC_TOKEN
     cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, num_gpus=1, workdir=ROOT,
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0",
                                 **fast_tracing_env(otlp_receiver.endpoint)})
