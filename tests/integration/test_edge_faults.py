@@ -88,3 +88,37 @@ async def test_asr_replica_killed_mid_utterance(edge_ws_url, edge_secret, ray_cl
     assert retries >= 1
     assert result.close_code == 1000
     await wait_quiet(ray_client, timeout_s=60)
+
+
+async def test_edge_replica_killed_mid_call_ends_the_call_and_new_calls_go_on(edge_ws_url, edge_secret, ray_client,
+                                                                              serve_cluster):
+    # A crashed edge replica cannot say goodbye: Serve's HTTP proxy then drops the caller's socket
+    # (close code 1006, no close frame). What must hold is that the caller learns at once, not
+    # after a timeout, and that the next call is served by the replacement replica.
+    audio, rate = speech()
+    replica = await replica_actor(serve_cluster, "edge", "Edge")
+    result = caller.CallResult()
+    call = asyncio.create_task(caller.call(edge_ws_url, token(edge_secret, greeting=""), np.concatenate(
+        [audio, np.zeros(rate * 20, np.float32)]), rate, tail_s=5, result=result))
+    while not result.of_type("user_speech_started"):
+        assert not call.done(), result.events
+        await asyncio.sleep(0.02)
+    import ray
+
+    ray.kill(replica, no_restart=True)
+    killed_at = asyncio.get_running_loop().time()
+    await asyncio.wait_for(call, 30)  # the caller is told, not left hanging on a dead socket
+    assert result.close_code is not None
+    assert asyncio.get_running_loop().time() - killed_at < 10
+    print(f"\nedge replica killed mid-call: the caller saw close code {result.close_code} {result.close_reason!r}")
+    # New calls go to the replacement replica.
+    for _ in range(120):
+        try:
+            again = await caller.call(edge_ws_url, token(edge_secret, greeting=""), audio[: rate // 2], rate, tail_s=0)
+            if again.of_type("ready"):
+                break
+        except OSError:
+            pass
+        await asyncio.sleep(0.5)
+    assert again.of_type("ready")
+    await wait_quiet(ray_client, timeout_s=60)
