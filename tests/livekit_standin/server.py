@@ -84,6 +84,7 @@ class Participant:
     sid: str
     identity: str
     name: str
+    kind: int
     room: Room
     socket: ServerConnection
     pc: RTCPeerConnection = field(default_factory=RTCPeerConnection)
@@ -99,7 +100,7 @@ class Participant:
 
     def info(self, state=models.ParticipantInfo.State.ACTIVE) -> models.ParticipantInfo:
         return models.ParticipantInfo(
-            sid=self.sid, identity=self.identity, name=self.name, state=state, joined_at=self.joined_at,
+            sid=self.sid, identity=self.identity, name=self.name, kind=self.kind, state=state, joined_at=self.joined_at,
             tracks=[track.info for track in self.tracks.values()],
             permission=models.ParticipantPermission(can_subscribe=True, can_publish=True, can_publish_data=True),
         )
@@ -206,7 +207,8 @@ class StandInServer:
         previous = room.participants.get(claims.identity)
         if previous is not None:  # same identity joins again: the old session is replaced
             await self._leave(previous, models.DisconnectReason.DUPLICATE_IDENTITY)
-        participant = Participant(_sid("PA"), claims.identity, claims.name or claims.identity, room, socket)
+        kind = models.ParticipantInfo.Kind.AGENT if claims.kind == "agent" else models.ParticipantInfo.Kind.STANDARD
+        participant = Participant(_sid("PA"), claims.identity, claims.name or claims.identity, kind, room, socket)
         self._wire_peer_connection(participant)
         await participant.send(join=signal.JoinResponse(
             room=room.info(), participant=participant.info(),
