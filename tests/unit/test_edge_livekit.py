@@ -1,0 +1,114 @@
+"""LiveKit dispatch pieces of the edge: webhook signatures, dispatch rules, agent tokens, settings."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import time
+
+import pytest
+from google.protobuf.json_format import MessageToJson
+from livekit import api
+from livekit.protocol import models, webhook
+
+from services.edge.config import LiveKitConfig, WebhookDispatchRule
+from services.edge.livekit_dispatch import (LiveKitCredentials, WebhookError, agent_token, room_to_join,
+                                            verify_webhook)
+
+KEY, SECRET = "test-key", "a-test-secret-that-is-long-enough-for-hs256"
+CREDENTIALS = LiveKitCredentials("ws://livekit.invalid:7880", KEY, SECRET)
+
+
+def event_body(kind: str = "participant_joined", room: str = "call-1", identity: str = "alice",
+               participant_kind=models.ParticipantInfo.Kind.STANDARD) -> bytes:
+    event = webhook.WebhookEvent(event=kind, id="EV_1", created_at=int(time.time()), room=models.Room(name=room))
+    if kind.startswith("participant"):
+        event.participant.CopyFrom(models.ParticipantInfo(identity=identity, kind=participant_kind))
+    return MessageToJson(event, indent=None).encode()
+
+
+def signature(body: bytes, key: str = KEY, secret: str = SECRET, ttl_s: int = 600) -> str:
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    return api.AccessToken(key, secret).with_sha256(digest).with_ttl(datetime.timedelta(seconds=ttl_s)).to_jwt()
+
+
+def test_a_webhook_signed_with_the_api_secret_verifies():
+    body = event_body(room="call-42", identity="bob")
+    event = verify_webhook(CREDENTIALS, body, signature(body))
+    assert (event.event, event.room.name, event.participant.identity) == ("participant_joined", "call-42", "bob")
+    assert verify_webhook(CREDENTIALS, body, "Bearer " + signature(body)).room.name == "call-42"
+
+
+@pytest.mark.parametrize("case", ["other secret", "other key", "other body", "expired", "empty", "garbage"])
+def test_a_webhook_that_does_not_verify_is_rejected(case):
+    body = event_body()
+    token = {
+        "other secret": signature(body, secret="x" * 48),
+        "other key": signature(body, key="someone-else"),
+        "other body": signature(event_body(room="call-2")),
+        "expired": signature(body, ttl_s=-120),
+        "empty": "",
+        "garbage": "not.a.jwt",
+    }[case]
+    with pytest.raises(WebhookError, match="webhook rejected"):
+        verify_webhook(CREDENTIALS, body, token)
+
+
+def parse(body: bytes) -> webhook.WebhookEvent:
+    return verify_webhook(CREDENTIALS, body, signature(body))
+
+
+def test_dispatch_rules_pick_the_room_for_matching_callers_only():
+    config = LiveKitConfig(webhook_dispatch=[
+        WebhookDispatchRule(event="participant_joined", room_prefix="call-", identity_prefix="sip_"),
+        WebhookDispatchRule(event="room_started", room_prefix="support-"),
+    ])
+    assert room_to_join(parse(event_body(room="call-1", identity="sip_+4412")), config) == "call-1"
+    assert room_to_join(parse(event_body(room="call-1", identity="web-user")), config) is None
+    assert room_to_join(parse(event_body(room="meeting-1", identity="sip_+4412")), config) is None
+    assert room_to_join(parse(event_body("room_started", room="support-7")), config) == "support-7"
+    assert room_to_join(parse(event_body("room_started", room="call-9")), config) is None
+    assert room_to_join(parse(event_body("participant_left", room="call-1", identity="sip_1")), config) is None
+
+
+def test_the_agent_joining_never_dispatches_another_agent():
+    config = LiveKitConfig(webhook_dispatch=[WebhookDispatchRule()])  # every room, every caller
+    assert room_to_join(parse(event_body(identity="alice")), config) == "call-1"
+    assert room_to_join(parse(event_body(identity=config.agent_identity)), config) is None
+    assert room_to_join(parse(event_body(identity="other-bot",
+                                         participant_kind=models.ParticipantInfo.Kind.AGENT)), config) is None
+    assert room_to_join(parse(event_body(identity="alice")), LiveKitConfig()) is None  # no rules, no dispatch
+
+
+def test_the_agent_token_grants_one_room_as_an_agent():
+    config = LiveKitConfig(agent_identity="bot-7", agent_name="Seven")
+    claims = api.TokenVerifier(KEY, SECRET).verify(agent_token(CREDENTIALS, config, "call-5"))
+    assert (claims.identity, claims.name, claims.kind) == ("bot-7", "Seven", "agent")
+    assert claims.video.room == "call-5" and claims.video.room_join and claims.video.agent
+    assert claims.video.can_publish and claims.video.can_subscribe and claims.video.can_publish_data
+    with pytest.raises(Exception):
+        api.TokenVerifier(KEY, "x" * 48).verify(agent_token(CREDENTIALS, config, "call-5"))
+
+
+def test_credentials_come_from_the_environment(monkeypatch):
+    config = LiveKitConfig(url="ws://fallback:7880")
+    monkeypatch.delenv(config.url_env, raising=False)
+    monkeypatch.setenv(config.api_key_env, KEY)
+    monkeypatch.setenv(config.api_secret_env, SECRET)
+    assert LiveKitCredentials.from_env(config) == LiveKitCredentials("ws://fallback:7880", KEY, SECRET)
+    monkeypatch.setenv(config.url_env, "wss://livekit.example.com")
+    assert LiveKitCredentials.from_env(config).url == "wss://livekit.example.com"
+    monkeypatch.setenv(config.api_secret_env, "short")
+    with pytest.raises(RuntimeError, match="LIVEKIT_API_SECRET"):
+        LiveKitCredentials.from_env(config)
+    monkeypatch.delenv(config.api_key_env)
+    with pytest.raises(RuntimeError, match="LIVEKIT_API_KEY"):
+        LiveKitCredentials.from_env(config)
+
+
+def test_config_rejects_a_url_that_is_not_websocket_or_http():
+    with pytest.raises(ValueError, match="ws"):
+        LiveKitConfig(url="livekit.example.com:7880")
+    with pytest.raises(ValueError):
+        WebhookDispatchRule(event="track_published")
