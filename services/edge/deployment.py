@@ -56,6 +56,7 @@ class EdgeDeployment:
         self.secret = load_secret(self.config.auth.secret_env)
         self.page = resources.files("services.edge.web").joinpath("index.html").read_text()
         self.conversations: dict[str, Conversation] = {}
+        self.room_conversations: set[str] = set()  # those of self.conversations held in LiveKit rooms
         self.recent_turns: deque[TurnTimeline] = deque(maxlen=1024)  # for stats() and benchmarks
         self.turn_metrics = metrics.TurnMetricsObserver()  # Prometheus histograms and counters
         self._stages: StageClients | None = None
@@ -148,6 +149,7 @@ class EdgeDeployment:
         conversation = Conversation(transport, self.stages, self.config, conversation_id,
                                     observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing)
         self.conversations[conversation_id] = conversation
+        self.room_conversations.add(conversation_id)
         metrics.set_active_conversations(len(self.conversations))
         try:
             await conversation.run()
@@ -157,6 +159,7 @@ class EdgeDeployment:
             metrics.record_stage_error("edge", error.code())
         finally:
             del self.conversations[conversation_id]
+            self.room_conversations.discard(conversation_id)
             metrics.set_active_conversations(len(self.conversations))
 
     async def _hold(self, websocket: WebSocket, transport_type, json_errors: bool) -> None:
@@ -215,8 +218,11 @@ class EdgeDeployment:
 
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Serve's custom autoscaling metrics: LiveKit rooms and all live conversations on this replica."""
-        return {"active_rooms": len(self.livekit or ()), "active_conversations": len(self.conversations)}
+        """Serve's custom autoscaling metrics (services/edge/autoscaling.py): rooms the agent is in
+        (joined or waiting for a caller) plus the WebSocket and Twilio conversations."""
+        rooms = len(self.livekit or ())
+        calls = rooms + len(self.conversations) - len(self.room_conversations)
+        return {"active_calls": calls, "active_rooms": rooms, "active_conversations": len(self.conversations)}
 
 
 def build_app(args: EdgeConfig) -> Application:

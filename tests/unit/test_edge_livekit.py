@@ -112,3 +112,21 @@ def test_config_rejects_a_url_that_is_not_websocket_or_http():
         LiveKitConfig(url="livekit.example.com:7880")
     with pytest.raises(ValueError):
         WebhookDispatchRule(event="track_published")
+
+
+def test_autoscaling_asks_for_replicas_by_live_calls():
+    from types import SimpleNamespace
+
+    from services.edge.autoscaling import CallsPerReplica
+
+    policy = CallsPerReplica(target_calls_per_replica=40)
+    context = lambda calls, target=3: SimpleNamespace(  # noqa: E731
+        aggregated_metrics={"active_calls": dict(enumerate(calls))} if calls is not None else {},
+        target_num_replicas=target, policy_state={"kept": 1})
+    assert policy(context([40, 41])) == (3, {"kept": 1})
+    assert policy(context([10, 5])) == (1, {"kept": 1})
+    assert policy(context([0, 0, 0])) == (1, {"kept": 1})
+    assert policy(context([200]))[0] == 5
+    assert policy(context(None, target=4))[0] == 4  # no reports yet: stay
+    with pytest.raises(ValueError):
+        CallsPerReplica(0)
