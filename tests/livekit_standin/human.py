@@ -45,6 +45,9 @@ class Human:
     agent_audio: list[np.ndarray] = field(default_factory=list)  # 48 kHz float32 chunks
     audio_arrivals: list[float] = field(default_factory=list)
     mic_track_sid: str = ""
+    keep_audio: bool = True  # False: only count what arrives (long load runs)
+    heard_samples: int = 0
+    voiced_samples: int = 0  # samples above -40 dBFS
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self):
@@ -91,8 +94,12 @@ class Human:
 
     async def _record(self, track: rtc.Track) -> None:
         async for event in rtc.AudioStream(track, sample_rate=ROOM_RATE, num_channels=1):
-            self.agent_audio.append(np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float32) / 32768)
-            self.audio_arrivals.append(time.monotonic())
+            samples = np.frombuffer(event.frame.data, dtype=np.int16)
+            self.heard_samples += samples.size
+            self.voiced_samples += int(np.count_nonzero(np.abs(samples) > 327))
+            if self.keep_audio:
+                self.agent_audio.append(samples.astype(np.float32) / 32768)
+                self.audio_arrivals.append(time.monotonic())
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
         if packet.topic in ("parley.events", "parley.metrics"):
