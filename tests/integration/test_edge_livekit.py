@@ -249,12 +249,19 @@ async def test_barge_in_in_a_room_stops_the_agent_and_keeps_what_was_heard(
         assert turn == start["turn_id"]
         spoken = " ".join(e["text"] for e in human.of_type("agent_text") if e["turn_id"] == turn)
         assert spoken.startswith(interruption["heard_text"]) and len(interruption["heard_text"]) < len(spoken)
-        end = next(e for e in human.of_type("agent_audio_end") if e["turn_id"] == turn)
-        assert end["interrupted"] is True
+        # The turn's metrics come last of its events (data messages keep their order).
         metrics = next(e for e in await human.wait_for("metrics", 30) if e["turn_id"] == turn)
         assert metrics["interrupted"] is True
+        end = next(e for e in human.of_type("agent_audio_end") if e["turn_id"] == turn)
+        assert end["interrupted"] is True
         # The conversation goes on: the second utterance is answered.
         await human.wait_for("agent_text", 90, count=len(human.of_type("agent_text")) + 1)
+        # Playout stopped at once: the turn's voice was heard before the interruption, and next
+        # to nothing of it after (allowing for the SDK's and the network's buffers).
+        assert human.voiced_seconds_between(start["received"], interruption["received"]) > 0.3
+        next_start = next((e["received"] for e in human.of_type("agent_audio_start") if e["turn_id"] > turn),
+                          time.monotonic())
+        assert human.voiced_seconds_between(interruption["received"] + 0.3, next_start) < 0.1
     finally:
         await human.leave()
     await wait_quiet(ray_client)

@@ -103,7 +103,9 @@ class Human:
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
         if packet.topic in ("parley.events", "parley.metrics"):
-            self.events.append(json.loads(packet.data))
+            event = json.loads(packet.data)
+            event["received"] = time.monotonic()
+            self.events.append(event)
             self._event_added.set()
 
     def _on_caption(self, reader: rtc.TextStreamReader, sender: str) -> None:
@@ -130,6 +132,12 @@ class Human:
             except TimeoutError:
                 pass
         return self.of_type(kind)
+
+    def voiced_seconds_between(self, start: float, end: float) -> float:
+        """Agent audio above -40 dBFS that arrived in [start, end) (monotonic clock)."""
+        voiced = sum(int(np.count_nonzero(np.abs(chunk) > 0.01))
+                     for chunk, at in zip(self.agent_audio, self.audio_arrivals) if start <= at < end)
+        return voiced / ROOM_RATE
 
     def audio_heard(self) -> np.ndarray:
         return np.concatenate(self.agent_audio) if self.agent_audio else np.zeros(0, dtype=np.float32)

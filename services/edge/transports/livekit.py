@@ -56,6 +56,7 @@ class LiveKitTransport(Transport):
         self._resampler = StreamResampler(ROOM_SAMPLE_RATE, config.asr_sample_rate)
         self._stream: rtc.AudioStream | None = None
         self._hung_up = False
+        self._closing: set[asyncio.Future] = set()  # streams of replaced caller tracks, closing
         self._agent_segments = itertools.count(1)
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("participant_disconnected", self._on_participant_disconnected)
@@ -106,10 +107,20 @@ class LiveKitTransport(Transport):
 
     def _on_track_subscribed(self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
                              participant: rtc.RemoteParticipant) -> None:
-        if self.caller is not None or track.kind != rtc.TrackKind.KIND_AUDIO or not self._wanted(participant):
+        if track.kind != rtc.TrackKind.KIND_AUDIO or self._hung_up:
             return
-        self.caller, self.caller_track = participant, track
+        if self.caller is None and self._wanted(participant):
+            self.caller = participant
+        elif self.caller is None or participant.identity != self.caller.identity:
+            return
+        # First subscription, or the caller's mic again after a reconnect or a republish: listen
+        # to the new track; the pump moves over when the old stream ends.
+        previous, self.caller_track = self._stream, track
         self._stream = rtc.AudioStream(track, sample_rate=ROOM_SAMPLE_RATE, num_channels=1, frame_size_ms=FRAME_MS)
+        if previous is not None:
+            closing = asyncio.ensure_future(previous.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         self._caller_found.set()
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
@@ -130,13 +141,17 @@ class LiveKitTransport(Transport):
     async def pump_caller_audio(self) -> None:
         """Caller frames -> ASR-rate float32 chunks; run as a task for the life of the call."""
         try:
-            async for event in self._stream:
-                samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float32) / 32768.0
-                audio = self._resampler.push(samples)
-                if audio.size:
-                    self._audio.put_nowait(audio)
+            while not self._hung_up:
+                stream = self._stream
+                async for event in stream:
+                    samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float32) / 32768.0
+                    audio = self._resampler.push(samples)
+                    if audio.size:
+                        self._audio.put_nowait(audio)
+                if self._stream is stream:
+                    return  # the track ended and no new one came: the caller is gone
         finally:
-            self._hang_up()  # the track ended (unpublished, caller gone)
+            self._hang_up()
 
     async def receive_audio(self) -> np.ndarray:
         audio = await self._audio.get()
@@ -193,6 +208,7 @@ class LiveKitTransport(Transport):
     async def close(self) -> None:
         """Leave the room and close every stream; safe to call twice."""
         self._hang_up()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         if self._stream is not None:
             stream, self._stream = self._stream, None
             try:
