@@ -185,11 +185,11 @@ class LiveKitTransport(Transport):
             payload = json.dumps(event).encode()
             await self.room.local_participant.publish_data(
                 payload, reliable=True, topic=METRICS_TOPIC if kind == "metrics" else EVENTS_TOPIC)
-        except Exception as error:  # noqa: BLE001 - the room went away under us
+        except Exception as error:  # noqa: BLE001 - captions and events are best-effort; the call goes on
             if not self.room.isconnected():
-                self._hang_up()
+                self._hang_up()  # the room went away under us
                 return
-            raise CallerHungUp() from error
+            logger.warning("livekit room %s: could not send a %s event: %s", self.room.name, event.get("type"), error)
 
     async def _caption(self, identity: str, track_sid: str, segment_id: str, text: str, final: bool) -> None:
         participant = self.room.local_participant
