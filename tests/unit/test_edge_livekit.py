@@ -130,3 +130,20 @@ def test_autoscaling_asks_for_replicas_by_live_calls():
     assert policy(context(None, target=4))[0] == 4  # no reports yet: stay
     with pytest.raises(ValueError):
         CallsPerReplica(0)
+
+
+def test_the_production_config_loads_the_policy_the_way_serve_does():
+    from pathlib import Path
+
+    import yaml
+    from ray.serve._private.autoscaling_state import _resolve_policy_callable
+    from ray.serve.config import AutoscalingPolicy
+
+    from services.edge.autoscaling import CallsPerReplica
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve_config.yaml").read_text())
+    [edge] = [app for app in config["applications"] if app["name"] == "edge"]
+    policy = AutoscalingPolicy(**edge["deployments"][0]["autoscaling_config"]["policy"])
+    policy.serialize_policy()
+    resolved = _resolve_policy_callable(policy)
+    assert isinstance(resolved, CallsPerReplica) and resolved.target == 60
