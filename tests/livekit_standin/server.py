@@ -31,6 +31,7 @@ import json
 import logging
 import secrets
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from http import HTTPStatus
