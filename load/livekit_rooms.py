@@ -1,6 +1,6 @@
 """Benchmark: concurrent LiveKit rooms one edge process holds in real time, and its CPU per room.
 
-    python load/livekit_rooms.py [--levels 5 10 20] [--seconds 20] [--out out/livekit_rooms.json]
+    python load/livekit_rooms.py [--levels 5 10 20] [--seconds 20] [--playout-frame-ms 20] [--out out/livekit_rooms.json]
 
 Per level N: the LiveKit stand-in server (tests/livekit_standin; no real LiveKit server can run
 here) and N human callers (rtc SDK, each streaming speech in a loop) run in this process; the
@@ -39,7 +39,7 @@ KEY, SECRET = "bench-key", "bench-secret-that-is-long-enough-for-hs256"
 TURN_S = 5.0  # the agent speaks in 5 s turns, back to back
 
 
-async def _agents(url: str, rooms: list[str], warmup_s: float, seconds: float) -> dict:
+async def _agents(url: str, rooms: list[str], warmup_s: float, seconds: float, frame_ms: int) -> dict:
     from services.edge.config import LiveKitConfig
     from services.edge.livekit_dispatch import LiveKitCredentials, RoomAgents
     from services.edge.playout import Playout, Segment
@@ -56,7 +56,7 @@ async def _agents(url: str, rooms: list[str], warmup_s: float, seconds: float) -
         counters["underruns"] += 1
 
     async def converse(transport) -> None:
-        playout = Playout(transport, 20, 100, no_event, underrun)
+        playout = Playout(transport, frame_ms, 100, no_event, underrun)
 
         async def listen() -> None:
             while True:
@@ -109,11 +109,11 @@ async def _agents(url: str, rooms: list[str], warmup_s: float, seconds: float) -
     return result
 
 
-def _agent_process(url: str, rooms: list[str], warmup_s: float, seconds: float, out) -> None:
-    out.send(asyncio.run(_agents(url, rooms, warmup_s, seconds)))
+def _agent_process(url: str, rooms: list[str], warmup_s: float, seconds: float, frame_ms: int, out) -> None:
+    out.send(asyncio.run(_agents(url, rooms, warmup_s, seconds, frame_ms)))
 
 
-async def run_level(n: int, seconds: float, warmup_s: float) -> dict:
+async def run_level(n: int, seconds: float, warmup_s: float, frame_ms: int = 20) -> dict:
     from services.common.audio import read_wav
     from tests.conftest import SPEECH_WAV
     from tests.livekit_standin.human import Human, room_token
@@ -130,7 +130,7 @@ async def run_level(n: int, seconds: float, warmup_s: float) -> dict:
             humans.append(human)
         receiver, sender = multiprocessing.Pipe(duplex=False)
         context = multiprocessing.get_context("spawn")
-        agent = context.Process(target=_agent_process, args=(server.url, rooms, warmup_s, seconds, sender))
+        agent = context.Process(target=_agent_process, args=(server.url, rooms, warmup_s, seconds, frame_ms, sender))
         me = psutil.Process()
         agent.start()
         # Count what the humans hear over (roughly) the agents' window.
@@ -151,7 +151,7 @@ async def run_level(n: int, seconds: float, warmup_s: float) -> dict:
             await human.leave()
     window = wall1 - wall0
     result.update({
-        "rooms": n,
+        "rooms": n, "playout_frame_ms": frame_ms,
         "agent_cpu_per_room_pct": 100 * result["cpu_s"] / result["wall_s"] / n,
         "rooms_per_vcpu": n * result["wall_s"] / result["cpu_s"] if result["cpu_s"] else None,
         "caller_audio_ratio": result["caller_audio_s"] / result["wall_s"] / n,
@@ -179,11 +179,12 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--playout-frame-ms", type=int, default=20, help="the edge's playout_frame_ms")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     results = []
     for n in args.levels:
-        results.append(asyncio.run(run_level(n, args.seconds, args.warmup)))
+        results.append(asyncio.run(run_level(n, args.seconds, args.warmup, args.playout_frame_ms)))
         print(json.dumps(results[-1]), flush=True)
     print(table(results))
     if args.out:
