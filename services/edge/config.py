@@ -77,6 +77,12 @@ class LiveKitConfig(Config):
     caller_wait_s: float = Field(30.0, gt=0)
     # Agent audio the SDK may hold ahead of the network; barge-in drops it (clear_queue).
     source_queue_ms: int = Field(200, ge=20, le=2000)
+    # When the caller's mic track ends (republished, or the caller reconnecting), how long to wait
+    # for a new one before the call ends. The caller leaving the room ends it at once.
+    caller_track_grace_s: float = Field(5.0, ge=0, le=60)
+    # Replica shutdown (downscaling): calls in progress get this long to end before the agent
+    # leaves them; keep it under the deployment's graceful_shutdown_timeout_s.
+    drain_timeout_s: float = Field(600.0, ge=0)
     webhook_dispatch: list[WebhookDispatchRule] = []
 
     @model_validator(mode="after")

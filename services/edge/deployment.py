@@ -217,6 +217,12 @@ class EdgeDeployment:
         return stats
 
 
+    async def __del__(self) -> None:
+        """Serve's shutdown hook (after HTTP requests drained): LiveKit rooms hold no request, so
+        let their calls finish here, up to `livekit.drain_timeout_s`."""
+        if getattr(self, "livekit", None) is not None:
+            await self.livekit.drain(self.config.livekit.drain_timeout_s)
+
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's custom autoscaling metrics (services/edge/autoscaling.py): rooms the agent is in
         (joined or waiting for a caller) plus the WebSocket and Twilio conversations."""

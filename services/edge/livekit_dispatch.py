@@ -102,6 +102,7 @@ class RoomAgents:
         self._converse = converse  # runs the conversation core over a joined room's transport
         self._max_rooms = max_rooms
         self.rooms: dict[str, asyncio.Task | None] = {}  # None while joining
+        self.draining = False
 
     def __len__(self) -> int:
         return len(self.rooms)
@@ -110,6 +111,8 @@ class RoomAgents:
         """Join `room` now (errors raise DispatchError), then serve it in the background."""
         if not room or len(room) > 256:
             raise DispatchError("a room name (1-256 characters) is required", 400)
+        if self.draining:
+            raise DispatchError("this edge replica is shutting down; try another", 503)
         if room in self.rooms:
             raise DispatchError(f"the agent is already in room {room!r}", 409)
         if len(self.rooms) >= self._max_rooms:
@@ -150,6 +153,16 @@ class RoomAgents:
             return False
         task.cancel()
         return True
+
+    async def drain(self, timeout_s: float) -> None:
+        """Replica shutdown: take no new rooms, let the calls in progress end (up to `timeout_s`),
+        then leave the rest."""
+        self.draining = True
+        tasks = [task for task in self.rooms.values() if task is not None]
+        if tasks:
+            logger.info("draining %d livekit rooms (up to %.0fs)", len(tasks), timeout_s)
+            await asyncio.wait(tasks, timeout=timeout_s)
+        await self.close()
 
     async def close(self) -> None:
         tasks = [task for task in self.rooms.values() if task is not None]

@@ -147,3 +147,66 @@ def test_the_production_config_loads_the_policy_the_way_serve_does():
     policy.serialize_policy()
     resolved = _resolve_policy_callable(policy)
     assert isinstance(resolved, CallsPerReplica) and resolved.target == 60
+
+
+async def _rooms_with_a_listening_agent(server, calls: list):
+    """RoomAgents whose 'conversation' just listens to the caller until they hang up."""
+    from services.edge.livekit_dispatch import RoomAgents
+    from services.edge.transport import CallerHungUp
+
+    async def converse(transport) -> None:
+        call = {"room": transport.room.name, "samples": 0, "ended": False}
+        calls.append(call)
+        try:
+            while True:
+                call["samples"] += (await transport.receive_audio()).size
+        except CallerHungUp:
+            call["ended"] = True
+
+    config = LiveKitConfig(enabled=True, url=server.url, caller_track_grace_s=1.0)
+    return RoomAgents(config, LiveKitCredentials(server.url, KEY, SECRET), converse, max_rooms=4)
+
+
+async def test_the_caller_leaving_ends_the_call_and_the_agent_leaves_the_room():
+    import asyncio
+
+    from tests.livekit_standin.human import Human, room_token
+    from tests.livekit_standin.server import StandInServer
+
+    async with StandInServer(KEY, SECRET) as server:
+        calls: list[dict] = []
+        agents = await _rooms_with_a_listening_agent(server, calls)
+        human = await Human(server.url, room_token(KEY, SECRET, "r1", "caller")).join()
+        await agents.dispatch("r1")
+        await asyncio.sleep(2.0)
+        assert len(agents) == 1 and calls and calls[0]["samples"] > 16_000  # > 1 s of the caller's mic
+        await human.leave()
+        for _ in range(100):
+            if not agents.rooms:
+                break
+            await asyncio.sleep(0.1)
+        assert not agents.rooms and calls[0]["ended"]
+        assert "r1" not in server.rooms  # the agent left too, so the room closed
+
+
+async def test_draining_refuses_new_rooms_and_lets_calls_in_progress_finish():
+    import asyncio
+
+    from services.edge.livekit_dispatch import DispatchError
+    from tests.livekit_standin.human import Human, room_token
+    from tests.livekit_standin.server import StandInServer
+
+    async with StandInServer(KEY, SECRET) as server:
+        calls: list[dict] = []
+        agents = await _rooms_with_a_listening_agent(server, calls)
+        human = await Human(server.url, room_token(KEY, SECRET, "r1", "caller")).join()
+        await agents.dispatch("r1")
+        drain = asyncio.ensure_future(agents.drain(timeout_s=30))
+        await asyncio.sleep(1.0)
+        with pytest.raises(DispatchError) as refused:
+            await agents.dispatch("r2")
+        assert refused.value.status == 503
+        assert not drain.done() and len(agents) == 1  # the call in progress is not cut
+        await human.leave()
+        await asyncio.wait_for(drain, 15)  # ... and the drain ends with it, well before its timeout
+        assert not agents.rooms and calls[0]["ended"]

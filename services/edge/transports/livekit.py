@@ -52,6 +52,7 @@ class LiveKitTransport(Transport):
         self.caller_track: rtc.RemoteAudioTrack | None = None
         self.agent_track_sid = ""
         self._caller_found = asyncio.Event()
+        self._new_caller_track = asyncio.Event()
         self._audio: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
         self._resampler = StreamResampler(ROOM_SAMPLE_RATE, config.asr_sample_rate)
         self._stream: rtc.AudioStream | None = None
@@ -117,6 +118,7 @@ class LiveKitTransport(Transport):
         # to the new track; the pump moves over when the old stream ends.
         previous, self.caller_track = self._stream, track
         self._stream = rtc.AudioStream(track, sample_rate=ROOM_SAMPLE_RATE, num_channels=1, frame_size_ms=FRAME_MS)
+        self._new_caller_track.set()
         if previous is not None:
             closing = asyncio.ensure_future(previous.aclose())
             self._closing.add(closing)
@@ -135,6 +137,7 @@ class LiveKitTransport(Transport):
         if not self._hung_up:
             self._hung_up = True
             self._audio.put_nowait(None)
+            self._new_caller_track.set()  # a pump waiting for the caller's next track stops
 
     # -- audio ----------------------------------------------------------------------------------
 
@@ -143,13 +146,17 @@ class LiveKitTransport(Transport):
         try:
             while not self._hung_up:
                 stream = self._stream
+                self._new_caller_track.clear()
                 async for event in stream:
                     samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float32) / 32768.0
                     audio = self._resampler.push(samples)
                     if audio.size:
                         self._audio.put_nowait(audio)
-                if self._stream is stream:
-                    return  # the track ended and no new one came: the caller is gone
+                if self._stream is stream:  # the track ended: wait a little for the caller's next one
+                    try:
+                        await asyncio.wait_for(self._new_caller_track.wait(), self.config.caller_track_grace_s)
+                    except TimeoutError:
+                        return
         finally:
             self._hang_up()
 
