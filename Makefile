@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar off --upgrade pip
 	$(BIN)/pip install --progress-bar off "$(TORCH)"
-	$(BIN)/pip install --progress-bar off -c constraints.txt -e ".[asr,llm,tts,moshi,tiny,dev]"
+	$(BIN)/pip install --progress-bar off -c constraints.txt -e ".[asr,llm,tts,moshi,tiny,livekit,dev]"
 	@# moshi pins torch<2.10 but runs on this torch: install it without its pins (see docs/install.md)
 	$(BIN)/pip install --progress-bar off --no-deps "moshi==0.2.13"
 	touch $@

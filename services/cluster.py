@@ -170,9 +170,11 @@ TRACING_CONFIG = {"enabled": True, "exporter_import_path": "services.common.tele
 
 
 def render_config(source: Path, target: Path, *, http_port: int | None = None, grpc_port: int | None = None,
-                  applications: list[str] | None = None, tracing: bool = False) -> Path:
-    """Write a copy of a serve config with other ports, a subset of its applications, or Serve's
-    tracing switched on (every trace sampled; spans go to $OTEL_EXPORTER_OTLP_ENDPOINT)."""
+                  applications: list[str] | None = None, tracing: bool = False,
+                  livekit_url: str | None = None) -> Path:
+    """Write a copy of a serve config with other ports, a subset of its applications, Serve's
+    tracing switched on (every trace sampled; spans go to $OTEL_EXPORTER_OTLP_ENDPOINT), or the
+    edge pointed at another LiveKit server."""
     config = yaml.safe_load(Path(source).read_text())
     if tracing:
         config["tracing_config"] = dict(TRACING_CONFIG)
@@ -184,6 +186,11 @@ def render_config(source: Path, target: Path, *, http_port: int | None = None, g
             stages = (app.get("args") or {}).get("stages")
             if stages is not None:
                 stages["grpc_address"] = f"127.0.0.1:{grpc_port}"
+    if livekit_url is not None:
+        for app in config["applications"]:
+            livekit = (app.get("args") or {}).get("livekit")
+            if livekit is not None:
+                livekit["url"] = livekit_url
     if applications is not None:
         config["applications"] = [app for app in config["applications"] if app["name"] in applications]
     target.write_text(yaml.safe_dump(config, sort_keys=False))

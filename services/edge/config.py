@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from services.common.config import Config
 from services.common.rpc import DEFAULT_GRPC_ADDRESS
@@ -60,6 +62,52 @@ class ResilienceConfig(Config):
     fallback_text: str = "Sorry, I'm having a technical problem. Please bear with me."
 
 
+class WebhookDispatchRule(Config):
+    """Send the agent into a room when LiveKit reports `event` for a room (and caller) that matches."""
+
+    event: Literal["room_started", "participant_joined"] = "participant_joined"
+    room_prefix: str = ""  # rooms whose name starts with this ("" = every room)
+    identity_prefix: str = ""  # participant_joined: callers whose identity starts with this
+
+
+class LiveKitConfig(Config):
+    """The edge as a LiveKit agent participant (docs/livekit.md). Off unless `enabled`."""
+
+    enabled: bool = False
+    # The LiveKit server's URL; $url_env overrides it when set (per-cluster deployments).
+    url: str = "ws://127.0.0.1:7880"
+    url_env: str = "LIVEKIT_URL"
+    # Names of the environment variables that hold the API key and secret (never the values).
+    api_key_env: str = "LIVEKIT_API_KEY"
+    api_secret_env: str = "LIVEKIT_API_SECRET"
+    agent_identity: str = "parley-agent"
+    agent_name: str = "Parley"
+    # Whose microphone to listen to: this identity, or "" for the first audio track of anyone else.
+    caller_identity: str = ""
+    # Caller audio arrives at 48 kHz and is resampled to this rate for the ASR.
+    asr_sample_rate: int = Field(16_000, ge=8_000, le=48_000)
+    # The agent track is published at the TTS rate (the SDK's source resamples to 48 kHz Opus).
+    output_sample_rate: int = Field(24_000, ge=8_000, le=48_000)
+    join_timeout_s: float = Field(10.0, gt=0)
+    # How long the agent waits in a room for a caller's audio track before it leaves.
+    caller_wait_s: float = Field(30.0, gt=0)
+    # Agent audio the SDK may hold ahead of the network; barge-in drops it (clear_queue).
+    source_queue_ms: int = Field(200, ge=20, le=2000)
+    # When the caller's mic track ends (republished, or the caller reconnecting), how long to wait
+    # for a new one before the call ends. The caller leaving the room ends it at once.
+    caller_track_grace_s: float = Field(5.0, ge=0, le=60)
+    # Replica shutdown (downscaling): calls in progress get this long to end before the agent
+    # leaves them; keep it under the deployment's graceful_shutdown_timeout_s.
+    drain_timeout_s: float = Field(600.0, ge=0)
+    webhook_dispatch: list[WebhookDispatchRule] = []
+
+    @model_validator(mode="after")
+    def _url_scheme(self) -> LiveKitConfig:
+        if not self.url.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError(f"livekit.url must be a ws(s):// or http(s):// URL, got {self.url!r}")
+        return self
+
+
 class EdgeConfig(Config):
     stages: StagesConfig = StagesConfig()
     turn_taking: TurnTakingConfig = TurnTakingConfig()
@@ -67,6 +115,7 @@ class EdgeConfig(Config):
     history: HistoryConfig = HistoryConfig()
     auth: AuthConfig = AuthConfig()
     resilience: ResilienceConfig = ResilienceConfig()
+    livekit: LiveKitConfig = LiveKitConfig()
     # Admission: live conversations per edge replica; more are refused with close code 4503.
     max_conversations: int = Field(100, ge=1)
     max_frame_ms: int = Field(1000, ge=20, le=5000)

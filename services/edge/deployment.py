@@ -4,7 +4,8 @@
 the real WebSocket type, not a string.)
 
 Routes: `/` the web page, `/healthz`, `/v1/conversation` (browser/app WebSocket protocol,
-docs/websocket-protocol.md) and `/v1/twilio/media` (Twilio Media Streams).
+docs/websocket-protocol.md), `/v1/twilio/media` (Twilio Media Streams), and with `livekit.enabled`
+`/v1/livekit/dispatch` and `/v1/livekit/webhook` (docs/livekit.md).
 """
 
 
@@ -15,15 +16,15 @@ from collections import deque
 from importlib import resources
 
 import grpc
-from fastapi import FastAPI, WebSocket
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve import Application
 
-from services.common import metrics, telemetry
+from services.common import autoscaling, metrics, telemetry
 from services.common.aio import first_leaf
 from services.edge import resilience
-from services.edge.auth import load_secret
+from services.edge.auth import AuthError, load_secret, verify_token
 from services.edge.config import EdgeConfig
 from services.edge.conversation import Conversation
 from services.edge.metrics import TurnTimeline
@@ -57,10 +58,17 @@ class EdgeDeployment:
         self.secret = load_secret(self.config.auth.secret_env)
         self.page = resources.files("services.edge.web").joinpath("index.html").read_text()
         self.conversations: dict[str, Conversation] = {}
+        self.room_conversations: set[str] = set()  # those of self.conversations held in LiveKit rooms
         self.recent_turns: deque[TurnTimeline] = deque(maxlen=1024)  # for stats() and benchmarks
         self.turn_metrics = metrics.TurnMetricsObserver()  # Prometheus histograms and counters
         self.fallback = FallbackLine(self.config.resilience.fallback_text)  # shared by the replica's calls
         self._stages: StageClients | None = None
+        self.livekit = None  # RoomAgents when LiveKit is enabled
+        if self.config.livekit.enabled:
+            from services.edge.livekit_dispatch import LiveKitCredentials, RoomAgents
+
+            self.livekit = RoomAgents(self.config.livekit, LiveKitCredentials.from_env(self.config.livekit),
+                                      self._converse_in_room, self.config.max_conversations)
 
     @property
     def stages(self) -> StageClients:
@@ -87,6 +95,75 @@ class EdgeDeployment:
 
         await websocket.accept()
         await self._hold(websocket, TwilioTransport, json_errors=False)
+
+    @app.post("/v1/livekit/dispatch")
+    async def livekit_dispatch(self, request: Request) -> JSONResponse:
+        """Send the agent into a room: `{"room": "<name>"}` with `Authorization: Bearer <edge token>`."""
+        from services.edge.livekit_dispatch import DispatchError
+
+        if self.livekit is None:
+            return JSONResponse({"error": "livekit is not enabled on this edge"}, 404)
+        try:
+            claims = verify_token(request.headers.get("authorization", "").removeprefix("Bearer ").strip(),
+                                  self.secret)
+        except AuthError as error:
+            return JSONResponse({"error": str(error)}, 401)
+        try:
+            body = await request.json()
+            room = body.get("room") if isinstance(body, dict) else None
+        except ValueError:
+            room = None
+        if not isinstance(room, str):
+            return JSONResponse({"error": "the body must be JSON with a string `room`"}, 400)
+        try:
+            await self.livekit.dispatch(room, claims)
+        except DispatchError as error:
+            return JSONResponse({"error": str(error)}, error.status)
+        return JSONResponse({"room": room, "status": "joined"}, 202)
+
+    @app.post("/v1/livekit/webhook")
+    async def livekit_webhook(self, request: Request) -> JSONResponse:
+        """LiveKit's webhooks: dispatch by `livekit.webhook_dispatch`; room_finished ends the room's call."""
+        from services.edge.livekit_dispatch import DispatchError, WebhookError, room_to_join, verify_webhook
+
+        if self.livekit is None:
+            return JSONResponse({"error": "livekit is not enabled on this edge"}, 404)
+        try:
+            event = verify_webhook(self.livekit.credentials, await request.body(),
+                                   request.headers.get("authorization", ""))
+        except WebhookError as error:
+            return JSONResponse({"error": str(error)}, 401)
+        if event.event == "room_finished":
+            return JSONResponse({"left": self.livekit.leave(event.room.name)})
+        room = room_to_join(event, self.config.livekit)
+        if room is None:
+            return JSONResponse({"dispatched": None})
+        try:
+            await self.livekit.dispatch(room)
+        except DispatchError as error:  # already there, full, or the room is gone: nothing to retry
+            logger.info("livekit webhook %s for room %s: %s", event.event, room, error)
+            return JSONResponse({"dispatched": None, "reason": str(error)})
+        return JSONResponse({"dispatched": room})
+
+    async def _converse_in_room(self, transport) -> None:
+        """The conversation core over a LiveKit room (called by RoomAgents, one task per room)."""
+        conversation_id = uuid.uuid4().hex[:12]
+        tracing = ConversationTracing(conversation_id, self.tracer, transport="livekit")
+        conversation = Conversation(transport, self.stages, self.config, conversation_id,
+                                    observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing)
+        self.conversations[conversation_id] = conversation
+        self.room_conversations.add(conversation_id)
+        metrics.set_active_conversations(len(self.conversations))
+        try:
+            await conversation.run()
+        except* grpc.aio.AioRpcError as group:
+            error = first_leaf(group)
+            logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
+            metrics.record_stage_error("edge", error.code())
+        finally:
+            del self.conversations[conversation_id]
+            self.room_conversations.discard(conversation_id)
+            metrics.set_active_conversations(len(self.conversations))
 
     async def _hold(self, websocket: WebSocket, transport_type, json_errors: bool) -> None:
         async def fail(code: int, kind: str, message: str) -> None:
@@ -141,11 +218,26 @@ class EdgeDeployment:
         """Live conversations and asyncio tasks on this replica (the autoscaling signal; leak checks),
         and with `turns` the raw timelines of recent turns (edge monotonic clock, seconds)."""
         stats = {"active_conversations": len(self.conversations), "tasks": len(asyncio.all_tasks()),
+                 "active_rooms": len(self.livekit or ()),
                  # Through the module: Serve pickles this class by value, a bare name would be a copy.
                  "stage_retries": dict(resilience.retries_by_stage)}
         if turns:
             stats["turns"] = [vars(timeline).copy() for timeline in self.recent_turns]
         return stats
+
+
+    async def __del__(self) -> None:
+        """Serve's shutdown hook (after HTTP requests drained): LiveKit rooms hold no request, so
+        let their calls finish here, up to `livekit.drain_timeout_s`."""
+        if getattr(self, "livekit", None) is not None:
+            await self.livekit.drain(self.config.livekit.drain_timeout_s)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics (services/common/autoscaling.py): live calls are the
+        rooms the agent is in (joined or waiting for a caller) plus the WebSocket and Twilio ones."""
+        rooms = len(self.livekit or ())
+        calls = rooms + len(self.conversations) - len(self.room_conversations)
+        return {autoscaling.SESSIONS: calls, "active_rooms": rooms, "active_conversations": len(self.conversations)}
 
 
 def build_app(args: EdgeConfig) -> Application:

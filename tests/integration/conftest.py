@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # PARLEY_TEST_PORT_OFFSET moves every port, so two test runs can share a machine.
 _OFFSET = int(os.environ.get("PARLEY_TEST_PORT_OFFSET", "0"))
 GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT = (port + _OFFSET for port in (6411, 8311, 18100, 19100))
+# The LiveKit server the edge is configured with: the stand-in in tests/livekit_standin listens here.
+LIVEKIT_PORT = 17880 + _OFFSET
 
 
 @dataclass
@@ -62,7 +64,8 @@ def serve_cluster(tmp_path_factory, otlp_receiver) -> ServeCluster:
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0",
                                 **fast_tracing_env(otlp_receiver.endpoint)})
     config = render_config(ROOT / "serve_config.cpu.yaml", tmp_path_factory.mktemp("serve") / "serve.yaml",
-                           http_port=HTTP_PORT, grpc_port=GRPC_PORT, tracing=True)
+                           http_port=HTTP_PORT, grpc_port=GRPC_PORT, tracing=True,
+                           livekit_url=f"ws://127.0.0.1:{LIVEKIT_PORT}")
     cluster.stop()  # a cluster left behind by an interrupted run
     cluster.start()
     try:

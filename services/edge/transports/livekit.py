@@ -1,0 +1,226 @@
+"""A LiveKit room as a Transport: the edge joins as an agent participant (livekit rtc SDK).
+
+In: the caller's microphone track (the configured identity, or the first audio track of anyone
+else), 48 kHz from the SDK, resampled to the ASR rate. Out: one published agent audio track fed
+through an AudioSource, whose queue barge-in clears.
+
+Events follow LiveKit's conventions so stock frontends show captions: caller transcripts and the
+agent's text go out as text streams on topic `lk.transcription` (attributes
+`lk.transcribed_track_id`, `lk.segment_id`, `lk.transcription_final`) and as legacy
+transcription packets. Every conversation event (docs/websocket-protocol.md types) also goes out
+as a JSON data message on topic `parley.events`; per-turn `metrics` on `parley.metrics`.
+
+The call ends (CallerHungUp) when the caller leaves, the agent is disconnected or the room closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from typing import Any
+
+import numpy as np
+from livekit import rtc
+
+from services.common.audio import StreamResampler, float_to_pcm16
+from services.edge.config import LiveKitConfig
+from services.edge.transport import CallerHungUp, Transport
+
+logger = logging.getLogger("ray.serve")
+
+ROOM_SAMPLE_RATE = 48_000  # what the SDK decodes Opus to
+FRAME_MS = 20
+TRANSCRIPTION_TOPIC = "lk.transcription"
+EVENTS_TOPIC = "parley.events"
+METRICS_TOPIC = "parley.metrics"
+AGENT_TRACK_NAME = "agent-voice"
+
+
+class RoomJoinError(Exception):
+    """The agent could not join the room, or no caller showed up in time."""
+
+
+class LiveKitTransport(Transport):
+    def __init__(self, room: rtc.Room, config: LiveKitConfig, claims: dict[str, Any] | None = None):
+        self.room, self.config = room, config
+        self.input_sample_rate, self.output_sample_rate = config.asr_sample_rate, config.output_sample_rate
+        self.claims = claims or {}
+        self.source = rtc.AudioSource(config.output_sample_rate, 1, queue_size_ms=config.source_queue_ms)
+        self.caller: rtc.RemoteParticipant | None = None
+        self.caller_track: rtc.RemoteAudioTrack | None = None
+        self.agent_track_sid = ""
+        self._caller_found = asyncio.Event()
+        self._new_caller_track = asyncio.Event()
+        self._audio: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self._resampler = StreamResampler(ROOM_SAMPLE_RATE, config.asr_sample_rate)
+        self._stream: rtc.AudioStream | None = None
+        self._hung_up = False
+        self._closing: set[asyncio.Future] = set()  # streams of replaced caller tracks, closing
+        self._agent_segments = itertools.count(1)
+        room.on("track_subscribed", self._on_track_subscribed)
+        room.on("participant_disconnected", self._on_participant_disconnected)
+        room.on("disconnected", self._on_disconnected)
+        room.on("reconnecting", lambda: logger.info("livekit room %s: reconnecting", room.name))
+        room.on("reconnected", lambda: logger.info("livekit room %s: reconnected", room.name))
+
+    @classmethod
+    async def connect(cls, url: str, token: str, config: LiveKitConfig,
+                      claims: dict[str, Any] | None = None) -> LiveKitTransport:
+        """Join the room and publish the agent track (the caller may come later: wait_for_caller)."""
+        room = rtc.Room()
+        transport = cls(room, config, claims)
+        try:
+            await asyncio.wait_for(room.connect(url, token, rtc.RoomOptions(auto_subscribe=True)),
+                                   config.join_timeout_s)
+            track = rtc.LocalAudioTrack.create_audio_track(AGENT_TRACK_NAME, transport.source)
+            publication = await asyncio.wait_for(room.local_participant.publish_track(
+                track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)), config.join_timeout_s)
+            transport.agent_track_sid = publication.sid
+        except BaseException as error:
+            await transport.close()
+            if isinstance(error, TimeoutError):
+                raise RoomJoinError("timed out joining the room") from None
+            if isinstance(error, rtc.ConnectError):
+                raise RoomJoinError(f"could not join the room: {error}") from None
+            raise
+        for participant in room.remote_participants.values():  # subscribed before we listened
+            for publication in participant.track_publications.values():
+                if publication.track is not None:
+                    transport._on_track_subscribed(publication.track, publication, participant)
+        return transport
+
+    async def wait_for_caller(self) -> None:
+        try:
+            await asyncio.wait_for(self._caller_found.wait(), self.config.caller_wait_s)
+        except TimeoutError:
+            raise RoomJoinError(f"no caller audio within {self.config.caller_wait_s:.0f}s") from None
+        if self._hung_up:
+            raise RoomJoinError("the room closed before a caller spoke")
+
+    # -- room events (called on the event loop by the SDK) ---------------------------------------
+
+    def _wanted(self, participant: rtc.RemoteParticipant) -> bool:
+        if self.config.caller_identity:
+            return participant.identity == self.config.caller_identity
+        return participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+
+    def _on_track_subscribed(self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                             participant: rtc.RemoteParticipant) -> None:
+        if track.kind != rtc.TrackKind.KIND_AUDIO or self._hung_up:
+            return
+        if self.caller is None and self._wanted(participant):
+            self.caller = participant
+        elif self.caller is None or participant.identity != self.caller.identity:
+            return
+        # First subscription, or the caller's mic again after a reconnect or a republish: listen
+        # to the new track; the pump moves over when the old stream ends.
+        previous, self.caller_track = self._stream, track
+        self._stream = rtc.AudioStream(track, sample_rate=ROOM_SAMPLE_RATE, num_channels=1, frame_size_ms=FRAME_MS)
+        self._new_caller_track.set()
+        if previous is not None:
+            closing = asyncio.ensure_future(previous.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        self._caller_found.set()
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if self.caller is not None and participant.identity == self.caller.identity:
+            self._hang_up()
+
+    def _on_disconnected(self, reason: Any = None) -> None:
+        self._hang_up()
+        self._caller_found.set()  # stop waiting for a caller in a closed room
+
+    def _hang_up(self) -> None:
+        if not self._hung_up:
+            self._hung_up = True
+            self._audio.put_nowait(None)
+            self._new_caller_track.set()  # a pump waiting for the caller's next track stops
+
+    # -- audio ----------------------------------------------------------------------------------
+
+    async def pump_caller_audio(self) -> None:
+        """Caller frames -> ASR-rate float32 chunks; run as a task for the life of the call."""
+        try:
+            while not self._hung_up:
+                stream = self._stream
+                self._new_caller_track.clear()
+                async for event in stream:
+                    samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float32) / 32768.0
+                    audio = self._resampler.push(samples)
+                    if audio.size:
+                        self._audio.put_nowait(audio)
+                if self._stream is stream:  # the track ended: wait a little for the caller's next one
+                    try:
+                        await asyncio.wait_for(self._new_caller_track.wait(), self.config.caller_track_grace_s)
+                    except TimeoutError:
+                        return
+        finally:
+            self._hang_up()
+
+    async def receive_audio(self) -> np.ndarray:
+        audio = await self._audio.get()
+        if audio is None:
+            self._audio.put_nowait(None)  # every later call hangs up too
+            raise CallerHungUp()
+        return audio
+
+    async def send_audio(self, frame: np.ndarray) -> None:
+        if self._hung_up:
+            raise CallerHungUp()
+        pcm = float_to_pcm16(frame)
+        await self.source.capture_frame(rtc.AudioFrame(pcm, self.output_sample_rate, 1, frame.size))
+
+    async def clear_audio(self) -> None:
+        self.source.clear_queue()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        if self._hung_up:
+            return  # nobody left to tell; the audio side ends the call
+        try:
+            kind = event["type"]
+            if kind == "transcript":
+                await self._caption(self.caller.identity, self.caller_track.sid, f"user-{event['utterance_id']}",
+                                    event["text"], event["final"])
+            elif kind == "agent_text":
+                await self._caption(self.room.local_participant.identity, self.agent_track_sid,
+                                    f"agent-{event['turn_id']}-{next(self._agent_segments)}", event["text"], True)
+            payload = json.dumps(event).encode()
+            await self.room.local_participant.publish_data(
+                payload, reliable=True, topic=METRICS_TOPIC if kind == "metrics" else EVENTS_TOPIC)
+        except Exception as error:  # noqa: BLE001 - captions and events are best-effort; the call goes on
+            if not self.room.isconnected():
+                self._hang_up()  # the room went away under us
+                return
+            logger.warning("livekit room %s: could not send a %s event: %s", self.room.name, event.get("type"), error)
+
+    async def _caption(self, identity: str, track_sid: str, segment_id: str, text: str, final: bool) -> None:
+        participant = self.room.local_participant
+        writer = await participant.stream_text(topic=TRANSCRIPTION_TOPIC, sender_identity=identity, attributes={
+            "lk.transcribed_track_id": track_sid, "lk.segment_id": segment_id,
+            "lk.transcription_final": "true" if final else "false"})
+        await writer.write(text)
+        await writer.aclose()
+        await participant.publish_transcription(rtc.Transcription(
+            participant_identity=identity, track_sid=track_sid,
+            segments=[rtc.TranscriptionSegment(id=segment_id, text=text, start_time=0, end_time=0,
+                                               language="", final=final)]))
+
+    # -- teardown -------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Leave the room and close every stream; safe to call twice."""
+        self._hang_up()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            try:
+                await stream.aclose()
+            except Exception:  # noqa: BLE001 - already closed by the room
+                pass
+        await self.source.aclose()
+        await self.room.disconnect()
