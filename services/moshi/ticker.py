@@ -61,6 +61,7 @@ class TickerStats:
 class Slot:
     index: int
     max_buffered: int
+    wake: asyncio.Event  # the ticker's: set when a frame arrives, so an idle ticker starts ticking
     inbox: deque = field(default_factory=deque)  # (client index, float32 frame)
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)  # SlotOutput | Exception | None (end)
     started: bool = False
@@ -71,6 +72,7 @@ class Slot:
     def push(self, index: int, frame: np.ndarray) -> None:
         self.inbox.append((index, frame))
         self.started = True
+        self.wake.set()
         while len(self.inbox) > self.max_buffered:
             self.inbox.popleft()
             self.dropped += 1
@@ -95,7 +97,7 @@ class DuplexTicker:
         self._engine, self._worker, self._tick_s = engine, worker, tick_s
         self._max_buffered = max_buffered_frames
         self._slots: list[Slot | None] = [None] * engine.slots
-        self._needs_reset: set[int] = set()
+        self._needs_reset: set[int] = set(range(engine.slots))  # whatever ran on the engine before
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.stats = TickerStats(slots=engine.slots)
@@ -104,13 +106,12 @@ class DuplexTicker:
         free = [i for i, slot in enumerate(self._slots) if slot is None]
         if not free:
             raise resource_exhausted(f"all {len(self._slots)} duplex slots of this replica are taken; try another replica")
-        slot = Slot(free[0], self._max_buffered)
+        slot = Slot(free[0], self._max_buffered, self._wake)
         self._slots[slot.index] = slot
         self.stats.occupied_slots += 1
         self.stats.conversations += 1
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="moshi-ticker")
-        self._wake.set()
         return slot
 
     def release(self, slot: Slot) -> None:

@@ -57,6 +57,7 @@ class MoshiEngine(DuplexEngine):
         self._streams.enter_context(self.lm_gen.streaming(self.slots))
         self._exec_mask: torch.Tensor | None = None
         self._pieces = [self._piece(i) for i in range(self.lm.text_card)]
+        self._warm_up()
         logger.info("Moshi engine on %s with %d slots (LM %s, %d codebooks)", self.device, self.slots,
                     self.lm.dtype, self.mimi.num_codebooks)
 
@@ -84,6 +85,12 @@ class MoshiEngine(DuplexEngine):
         self.mimi.reset_streaming(mask)
         self.lm_gen.reset_streaming(mask)
         self._exec_mask = None  # a reset marks the row as executing: set the mask again next step
+
+    def _warm_up(self) -> None:
+        """One step with every slot idle: moshi compiles its rope and gating kernels on first use
+        (seconds), which must not happen inside the first conversation's tick. Idle rows keep their
+        state, so every slot still starts fresh."""
+        self.step(np.zeros((self.slots, FRAME_SAMPLES), dtype=np.float32), np.zeros(self.slots, dtype=bool))
 
     def _piece(self, token: int) -> str:
         if self.tokenizer.is_byte(token):  # byte fallback: <0x41> -> "A" (a lone non-ASCII byte -> "")
