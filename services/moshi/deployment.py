@@ -45,7 +45,7 @@ class DuplexSpeechDeployment(StageDeployment[MoshiConfig]):
                 "slot_occupancy": ticker["occupied_slots"] / ticker["slots"]}
 
 
-def build_app(args: MoshiConfig | dict[str, Any]) -> Application:
-    config = MoshiConfig.model_validate(args)
+def build_app(args: MoshiConfig) -> Application:
+    config = MoshiConfig.model_validate(args)  # Serve hands over the YAML's dict
     slots = config.engine.slots
     return DuplexSpeechDeployment.options(max_ongoing_requests=slots + 1, max_queued_requests=1).bind(config)

@@ -48,5 +48,5 @@ def load_engine(config: MoshiEngineConfig) -> DuplexEngine:
     if config.kind == "moshi":
         from services.moshi.engines.moshi import MoshiEngine
 
-        return MoshiEngine(config)
+        return MoshiEngine.load(config)
     raise ValueError(f"unknown duplex engine {config.kind!r}")

@@ -59,7 +59,7 @@ def otlp_receiver():
 
 @pytest.fixture(scope="session")
 def serve_cluster(tmp_path_factory, otlp_receiver) -> ServeCluster:
-    ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro"])
+    ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro", "moshi"])
     cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, num_gpus=1, workdir=ROOT,
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0",
                                 **tracing_env(otlp_receiver.endpoint)})

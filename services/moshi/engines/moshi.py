@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,11 @@ from services.moshi.config import MoshiEngineConfig
 from services.moshi.engine import FRAME_SAMPLES, SAMPLE_RATE, DuplexEngine, StepResult
 from services.moshi.loading import load_moshi
 
+if TYPE_CHECKING:
+    import sentencepiece
+    from moshi.models.compression import MimiModel
+    from moshi.models.lm import LMModel
+
 logger = logging.getLogger("ray.serve")
 
 # Moshi's text padding tokens: the model emits them between words; they are never printed.
@@ -38,28 +44,38 @@ _TEXT_PADDING_IDS = (0, 3)
 
 
 class MoshiEngine(DuplexEngine):
-    def __init__(self, config: MoshiEngineConfig):
+    def __init__(self, config: MoshiEngineConfig, mimi: "MimiModel", lm: "LMModel",
+                 tokenizer: "sentencepiece.SentencePieceProcessor"):
+        """Serve `config.slots` conversations with models already built (see `load`)."""
         from moshi.models.lm import LMGen
 
+        if mimi.sample_rate != SAMPLE_RATE or mimi.frame_size != FRAME_SAMPLES:
+            raise ValueError(f"Mimi runs at {mimi.sample_rate} Hz with {mimi.frame_size}-sample frames; "
+                             f"this engine serves {SAMPLE_RATE} Hz, {FRAME_SAMPLES}-sample frames")
+        self.slots = config.slots
+        self.mimi, self.lm, self.tokenizer = mimi, lm, tokenizer
+        self.device = next(lm.parameters()).device
+        self.lm_gen = LMGen(lm, use_sampling=True, temp=config.audio_temperature, temp_text=config.text_temperature,
+                            top_k=config.audio_top_k, top_k_text=config.text_top_k, support_out_of_sync=True)
+        self._streams = ExitStack()
+        self._streams.enter_context(mimi.streaming(self.slots))
+        self._streams.enter_context(self.lm_gen.streaming(self.slots))
+        self._exec_mask: torch.Tensor | None = None
+        # Text ids the tokenizer cannot spell (a random-weight benchmark model) print nothing.
+        self._pieces = [self._piece(i) for i in range(min(lm.text_card, tokenizer.get_piece_size()))]
+        self._warm_up()
+        logger.info("Moshi engine on %s with %d slots (LM %s, %d codebooks)", self.device, self.slots, lm.dtype,
+                    mimi.num_codebooks)
+
+    @classmethod
+    def load(cls, config: MoshiEngineConfig) -> "MoshiEngine":
+        """The checkpoint in config.model, through moshi's own loaders."""
         torch.set_num_threads(config.torch_threads)
         if config.seed is not None:
             torch.manual_seed(config.seed)
-        self.slots = config.slots
-        self.device = torch.device(resolve_device(config.device))
-        self.mimi, self.lm, self.tokenizer, _ = load_moshi(require_path(config.model, "Moshi model"), str(self.device))
-        if self.mimi.sample_rate != SAMPLE_RATE or self.mimi.frame_size != FRAME_SAMPLES:
-            raise ValueError(f"Mimi runs at {self.mimi.sample_rate} Hz with {self.mimi.frame_size}-sample frames; "
-                             f"this engine serves {SAMPLE_RATE} Hz, {FRAME_SAMPLES}-sample frames")
-        self.lm_gen = LMGen(self.lm, use_sampling=True, temp=config.audio_temperature, temp_text=config.text_temperature,
-                            top_k=config.audio_top_k, top_k_text=config.text_top_k, support_out_of_sync=True)
-        self._streams = ExitStack()
-        self._streams.enter_context(self.mimi.streaming(self.slots))
-        self._streams.enter_context(self.lm_gen.streaming(self.slots))
-        self._exec_mask: torch.Tensor | None = None
-        self._pieces = [self._piece(i) for i in range(self.lm.text_card)]
-        self._warm_up()
-        logger.info("Moshi engine on %s with %d slots (LM %s, %d codebooks)", self.device, self.slots,
-                    self.lm.dtype, self.mimi.num_codebooks)
+        device = resolve_device(config.device)
+        mimi, lm, tokenizer, _ = load_moshi(require_path(config.model, "Moshi model"), device)
+        return cls(config, mimi, lm, tokenizer)
 
     @torch.no_grad()
     def step(self, frames: np.ndarray, active: np.ndarray) -> StepResult:
