@@ -3,9 +3,10 @@
 One replica runs one model with `engine.slots` slots advanced together by the replica's ticker.
 Admission is fail-fast: Serve's `max_ongoing_requests` is the slot count plus one, so one
 conversation too many still reaches a replica, which answers RESOURCE_EXHAUSTED at once (the
-caller tries another replica or falls back); `max_queued_requests: 1` keeps Serve's router from
-holding more callers than that, and rejects the rest with RESOURCE_EXHAUSTED too. With exactly
-`slots` Serve would queue the extra caller until a conversation ended.
+caller tries another replica or falls back). With exactly `slots` Serve's router would instead
+hold the extra caller until some conversation ended. `max_queued_requests = slots` lets a burst
+of new calls wait in the router for the moment it takes to assign them (an arrival that finds
+the queue full is refused by the router with RESOURCE_EXHAUSTED too).
 """
 
 from __future__ import annotations
@@ -48,4 +49,4 @@ class DuplexSpeechDeployment(StageDeployment[MoshiConfig]):
 def build_app(args: MoshiConfig) -> Application:
     config = MoshiConfig.model_validate(args)  # Serve hands over the YAML's dict
     slots = config.engine.slots
-    return DuplexSpeechDeployment.options(max_ongoing_requests=slots + 1, max_queued_requests=1).bind(config)
+    return DuplexSpeechDeployment.options(max_ongoing_requests=slots + 1, max_queued_requests=slots).bind(config)
