@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from services.common.config import Config
@@ -14,6 +16,7 @@ class StagesConfig(Config):
     asr_application: str = "asr"
     llm_application: str = "llm"
     tts_application: str = "tts"
+    moshi_application: str = "moshi"
     # Caller audio is batched into frames of this size for the ASR stream (cost is per message).
     asr_frame_ms: int = Field(40, ge=20, le=500)
 
@@ -44,11 +47,20 @@ class AuthConfig(Config):
     secret_env: str = "PARLEY_EDGE_SECRET"
 
 
+class DuplexConfig(Config):
+    # How calls are answered unless the caller's signed token says otherwise (claim `mode`):
+    # "cascade" (ASR -> LLM -> TTS) or "duplex" (Moshi listens and speaks at once).
+    default_mode: Literal["cascade", "duplex"] = "cascade"
+    # When every duplex slot is taken: answer with the cascade instead, or refuse (close 4503).
+    when_full: Literal["cascade", "refuse"] = "cascade"
+
+
 class EdgeConfig(Config):
     stages: StagesConfig = StagesConfig()
     turn_taking: TurnTakingConfig = TurnTakingConfig()
     persona: PersonaConfig = PersonaConfig()
     history: HistoryConfig = HistoryConfig()
+    duplex: DuplexConfig = DuplexConfig()
     auth: AuthConfig = AuthConfig()
     # Admission: live conversations per edge replica; more are refused with close code 4503.
     max_conversations: int = Field(100, ge=1)

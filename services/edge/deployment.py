@@ -25,6 +25,7 @@ from services.common.aio import first_leaf
 from services.edge.auth import load_secret
 from services.edge.config import EdgeConfig
 from services.edge.conversation import Conversation
+from services.edge.duplex import DuplexConversation, DuplexFull, call_mode
 from services.edge.metrics import TurnTimeline
 from services.edge.stages import StageClients
 from services.edge.tracing import ConversationTracing
@@ -54,7 +55,7 @@ class EdgeDeployment:
         self.tracer = telemetry.tracer("parley.edge")
         self.secret = load_secret(self.config.auth.secret_env)
         self.page = resources.files("services.edge.web").joinpath("index.html").read_text()
-        self.conversations: dict[str, Conversation] = {}
+        self.conversations: dict[str, Conversation | DuplexConversation] = {}
         self.recent_turns: deque[TurnTimeline] = deque(maxlen=1024)  # for stats() and benchmarks
         self.turn_metrics = metrics.TurnMetricsObserver()  # Prometheus histograms and counters
         self._stages: StageClients | None = None
@@ -105,16 +106,35 @@ class EdgeDeployment:
             return
         except CallerHungUp:
             return
+        try:
+            mode = call_mode(self.config.duplex, transport.claims)
+        except ProtocolError as error:
+            await fail(error.close_code, "bad_request", str(error))
+            return
         conversation_id = uuid.uuid4().hex[:12]
         tracing = ConversationTracing(conversation_id, self.tracer,
                                       transport=transport_type.__name__.removesuffix("Transport").lower())
-        conversation = Conversation(transport, self.stages, self.config, conversation_id,
-                                    observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing)
+
+        def cascade() -> Conversation:
+            return Conversation(transport, self.stages, self.config, conversation_id,
+                                observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing)
+
+        conversation = (DuplexConversation(transport, self.stages, self.config, conversation_id, tracing)
+                        if mode == "duplex" else cascade())
         self.conversations[conversation_id] = conversation
         metrics.set_active_conversations(len(self.conversations))
         try:
-            await conversation.run()
+            try:
+                await conversation.run()
+            except DuplexFull:
+                if self.config.duplex.when_full == "refuse":
+                    raise
+                logger.info("conversation %s: every duplex slot is taken; answering with the cascade", conversation_id)
+                conversation = self.conversations[conversation_id] = cascade()
+                await conversation.run()
             await _close(websocket, 1000)
+        except* DuplexFull:
+            await fail(4503, "over_capacity", "every duplex slot is taken; try again")
         except* ProtocolError as group:
             error = first_leaf(group)
             await fail(error.close_code, "bad_request", str(error))

@@ -1,0 +1,106 @@
+"""A call answered by the duplex model (Moshi) instead of the ASR -> LLM -> TTS cascade.
+
+Moshi listens and speaks at once, so there are no turns to take: caller audio is resampled to
+24 kHz and streamed to the `moshi` stage frame by frame (80 ms, 1920 samples), and every frame
+the stage answers goes to the caller through the same playout clock as cascade replies (one
+continuous reply, turn 0). The model's text stream (its "inner monologue") becomes `agent_text`
+events. All tasks of the call live in one TaskGroup, as in the cascade Conversation.
+
+A call is duplex when the edge config says so (`duplex.default_mode`) or the caller's signed
+token carries the claim `mode: "duplex"` (or `"cascade"` to opt out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+
+from services.common.audio import StreamResampler, pcm16_to_float
+from services.edge.config import DuplexConfig, EdgeConfig
+from services.edge.playout import Playout, Segment
+from services.edge.stages import BidiCall, StageClients
+from services.edge.tracing import ConversationTracing
+from services.edge.transport import CallerHungUp, ProtocolError, Transport
+
+MOSHI_RATE = 24_000
+MOSHI_FRAME = 1920  # 80 ms
+TURN_ID = 0  # the whole call is one continuous agent stream
+
+
+class DuplexFull(Exception):
+    """Every duplex slot is taken (the stage answered RESOURCE_EXHAUSTED before the call started)."""
+
+
+def call_mode(config: DuplexConfig, claims: dict) -> str:
+    mode = claims.get("mode", config.default_mode)
+    if mode not in ("cascade", "duplex"):
+        raise ProtocolError(f"unknown conversation mode {mode!r} in the token; use `cascade` or `duplex`")
+    return mode
+
+
+class DuplexConversation:
+    def __init__(self, transport: Transport, stages: StageClients, config: EdgeConfig, conversation_id: str,
+                 tracing: ConversationTracing | None = None):
+        self.id = conversation_id
+        self.transport, self.stages, self.config = transport, stages, config
+        self.tracing = tracing or ConversationTracing(conversation_id)
+        self._started = time.monotonic()
+        self._playout = Playout(transport, config.playout_frame_ms, config.playout_lead_ms,
+                                self._on_first_audio, lambda turn_id: None)
+        self._segment = Segment("")  # what the agent has said so far (its text stream)
+
+    async def run(self) -> None:
+        """Hold the call until the caller hangs up. Raises DuplexFull when no slot is free (nothing has
+        been sent to the caller then, so the edge can still answer with the cascade)."""
+        with self.tracing.conversation(), self.tracing.duplex_call() as metadata:
+            call = self.stages.converse(metadata)
+            try:
+                responses = aiter(call)
+                try:
+                    await anext(responses)  # SessionStarted: this call holds a slot
+                except grpc.aio.AioRpcError as error:
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise DuplexFull(error.details()) from None
+                    raise
+                await self._emit("ready", conversation_id=self.id, mode="duplex",
+                                 input_sample_rate=self.transport.input_sample_rate,
+                                 output_sample_rate=self.transport.output_sample_rate)
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._pump_caller_audio(call), name=f"{self.id}:caller")
+                    tasks.create_task(self._read_agent(responses), name=f"{self.id}:moshi")
+                    tasks.create_task(self._playout.run(), name=f"{self.id}:playout")
+            except* CallerHungUp:
+                pass
+            finally:
+                call.cancel()
+
+    async def _pump_caller_audio(self, call: BidiCall) -> None:
+        resampler = StreamResampler(self.transport.input_sample_rate, MOSHI_RATE)
+        pending = np.zeros(0, dtype=np.float32)
+        index = 0
+        while True:
+            pending = np.concatenate([pending, resampler.push(await self.transport.receive_audio())])
+            while pending.size >= MOSHI_FRAME:
+                StageClients.duplex_frame(call, pending[:MOSHI_FRAME], index)
+                pending, index = pending[MOSHI_FRAME:], index + 1
+
+    async def _read_agent(self, responses) -> None:
+        resampler = StreamResampler(MOSHI_RATE, self.transport.output_sample_rate)
+        async for response in responses:
+            kind = response.WhichOneof("event")
+            if kind == "audio":
+                audio = resampler.push(pcm16_to_float(response.audio.pcm))
+                if audio.size:
+                    self._playout.add_audio(TURN_ID, audio, self._segment)
+            elif kind == "text":
+                self._segment.text += response.text.text
+                await self._emit("agent_text", turn_id=TURN_ID, text=response.text.text)
+
+    async def _on_first_audio(self, turn_id: int) -> None:
+        await self._emit("agent_audio_start", turn_id=turn_id)
+
+    async def _emit(self, type: str, **fields) -> None:
+        await self.transport.send_event({"type": type, "t": round(time.monotonic() - self._started, 3), **fields})
