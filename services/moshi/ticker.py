@@ -80,9 +80,9 @@ class Slot:
     def end_input(self) -> None:
         self.input_ended = True
         if not self.started:  # nothing was sent: there is nothing to answer
-            self._finish()
+            self.finish()
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         if not self.finished:
             self.finished = True
             self.outbox.put_nowait(None)
@@ -142,18 +142,19 @@ class DuplexTicker:
         engine = self._engine
         frames = np.zeros((engine.slots, engine.frame_samples), dtype=np.float32)
         active = np.zeros(engine.slots, dtype=bool)
-        answered: dict[int, int] = {}
+        answered: dict[int, tuple[Slot, int]] = {}  # slot index -> (its conversation, input index answered)
         for slot in self._slots:
             if slot is None or not slot.running:
                 continue
             if slot.inbox:
-                answered[slot.index], frames[slot.index] = slot.inbox.popleft()
+                input_index, frames[slot.index] = slot.inbox.popleft()
+                answered[slot.index] = (slot, input_index)
                 self.stats.frames_in += 1
             elif slot.input_ended:
-                slot._finish()  # every frame it sent has been answered
+                slot.finish()  # every frame it sent has been answered
                 continue
             else:
-                answered[slot.index] = SILENCE_INDEX
+                answered[slot.index] = (slot, SILENCE_INDEX)
                 self.stats.silence_frames += 1
             active[slot.index] = True
         if not active.any():
@@ -165,17 +166,16 @@ class DuplexTicker:
         except Exception as error:  # the engine failed: every conversation in the batch ends with it
             logger.exception("duplex step failed")
             failure = StageError(grpc.StatusCode.INTERNAL, f"duplex step failed: {type(error).__name__}")
-            for index in answered:
-                self._fail(index, failure)
+            for slot, _ in answered.values():
+                self._fail(slot, failure)
             return
         step_ms = (time.perf_counter() - started) * 1000
         self.stats.ticks += 1
         self.stats.last_step_ms = round(step_ms, 2)
         self.stats.max_step_ms = round(max(self.stats.max_step_ms, step_ms), 2)
-        for index, input_index in answered.items():
-            slot = self._slots[index]
-            if slot is None:
-                continue  # released while the step ran
+        for index, (slot, input_index) in answered.items():
+            if self._slots[index] is not slot:
+                continue  # its conversation ended while the step ran (the slot may already be someone else's)
             slot.outbox.put_nowait(SlotOutput(input_index, result.audio[index], result.text[index]))
 
     def _step(self, resets: list[int], frames: np.ndarray, active: np.ndarray) -> StepResult:
@@ -183,9 +183,8 @@ class DuplexTicker:
             self._engine.reset_slot(index)
         return self._engine.step(frames, active)
 
-    def _fail(self, index: int, error: Exception) -> None:
-        slot = self._slots[index]
-        if slot is not None and not slot.finished:
+    def _fail(self, slot: Slot, error: Exception) -> None:
+        if self._slots[slot.index] is slot and not slot.finished:
             slot.finished = True
             slot.outbox.put_nowait(error)
 
