@@ -115,11 +115,13 @@ class EdgeDeployment:
         tracing = ConversationTracing(conversation_id, self.tracer,
                                       transport=transport_type.__name__.removesuffix("Transport").lower())
 
-        def cascade() -> Conversation:
-            return Conversation(transport, self.stages, self.config, conversation_id,
-                                observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing)
+        observers = (self.recent_turns.append, self.turn_metrics)
 
-        conversation = (DuplexConversation(transport, self.stages, self.config, conversation_id, tracing)
+        def cascade() -> Conversation:
+            return Conversation(transport, self.stages, self.config, conversation_id, observers=observers,
+                                tracing=tracing)
+
+        conversation = (DuplexConversation(transport, self.stages, self.config, conversation_id, observers, tracing)
                         if mode == "duplex" else cascade())
         self.conversations[conversation_id] = conversation
         metrics.set_active_conversations(len(self.conversations))

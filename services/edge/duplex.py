@@ -6,6 +6,11 @@ the stage answers goes to the caller through the same playout clock as cascade r
 continuous reply, turn 0). The model's text stream (its "inner monologue") becomes `agent_text`
 events. All tasks of the call live in one TaskGroup, as in the cascade Conversation.
 
+Turns are not taken but can be inferred from audio levels (`InferredTurns`): when the caller has
+been quiet for the configured silence after speaking, the next audible agent frame sent to the
+caller closes a turn, reported like a cascade turn (a `metrics` event whose `ttfat_ms` is set,
+the other components null; Prometheus histograms through the same observers).
+
 A call is duplex when the edge config says so (`duplex.default_mode`) or the caller's signed
 token carries the claim `mode: "duplex"` (or `"cascade"` to opt out).
 """
@@ -14,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 import numpy as np
 
 from services.common.audio import StreamResampler, pcm16_to_float
 from services.edge.config import DuplexConfig, EdgeConfig
+from services.edge.metrics import TurnTimeline
 from services.edge.playout import Playout, Segment
 from services.edge.stages import BidiCall, StageClients
 from services.edge.tracing import ConversationTracing
@@ -28,6 +35,49 @@ from services.edge.transport import CallerHungUp, ProtocolError, Transport
 MOSHI_RATE = 24_000
 MOSHI_FRAME = 1920  # 80 ms
 TURN_ID = 0  # the whole call is one continuous agent stream
+
+
+# Audio whose RMS is below this (about -40 dBFS) counts as silence, for both sides.
+SPEECH_RMS = 0.01
+
+
+class InferredTurns:
+    """Turns of a duplex call inferred from audio levels: the caller's turn ends after `min_silence_s`
+    of quiet that follows speech; the agent's reply starts with its first audible frame after that."""
+
+    def __init__(self, min_silence_s: float):
+        self._min_silence_s = min_silence_s
+        self._last_speech: float | None = None  # when the caller's latest audible audio arrived
+        self._pending: TurnTimeline | None = None  # the caller stopped; the agent has not answered yet
+        self._turn_ids = 0
+
+    def caller_audio(self, audio: np.ndarray, now: float) -> None:
+        if audio.size and float(np.sqrt(np.mean(audio ** 2))) >= SPEECH_RMS:
+            self._last_speech, self._pending = now, None  # still (or again) speaking: no answer is due
+        elif self._last_speech is not None and now - self._last_speech >= self._min_silence_s:
+            self._turn_ids += 1
+            self._pending = TurnTimeline(self._turn_ids, speech_end=self._last_speech)
+            self._last_speech = None
+
+    def agent_audio(self, audio: np.ndarray, now: float) -> TurnTimeline | None:
+        """The finished turn when this frame (sent to the caller now) is the reply's first audible one."""
+        if self._pending is None or not audio.size or float(np.sqrt(np.mean(audio ** 2))) < SPEECH_RMS:
+            return None
+        turn, self._pending = self._pending, None
+        turn.first_audio_sent = now
+        return turn
+
+
+class _MeteredOutput:
+    """What the playout clock sends through: the transport, plus a look at each frame as it goes out."""
+
+    def __init__(self, transport: Transport, on_frame: Callable[[np.ndarray], Awaitable[None]]):
+        self.output_sample_rate = transport.output_sample_rate
+        self._transport, self._on_frame = transport, on_frame
+
+    async def send_audio(self, frame: np.ndarray) -> None:
+        await self._transport.send_audio(frame)
+        await self._on_frame(frame)
 
 
 class DuplexFull(Exception):
@@ -43,13 +93,16 @@ def call_mode(config: DuplexConfig, claims: dict) -> str:
 
 class DuplexConversation:
     def __init__(self, transport: Transport, stages: StageClients, config: EdgeConfig, conversation_id: str,
+                 observers: tuple[Callable[[TurnTimeline], None], ...] = (),
                  tracing: ConversationTracing | None = None):
         self.id = conversation_id
         self.transport, self.stages, self.config = transport, stages, config
         self.tracing = tracing or ConversationTracing(conversation_id)
+        self.observers = observers  # see each inferred turn's timeline; they must not block
         self._started = time.monotonic()
-        self._playout = Playout(transport, config.playout_frame_ms, config.playout_lead_ms,
-                                self._on_first_audio, lambda turn_id: None)
+        self._turns = InferredTurns(config.turn_taking.min_silence_ms / 1000)
+        self._playout = Playout(_MeteredOutput(transport, self._on_agent_frame), config.playout_frame_ms,
+                                config.playout_lead_ms, self._on_first_audio, lambda turn_id: None)
         self._segment = Segment("")  # what the agent has said so far (its text stream)
 
     async def run(self) -> None:
@@ -82,7 +135,9 @@ class DuplexConversation:
         pending = np.zeros(0, dtype=np.float32)
         index = 0
         while True:
-            pending = np.concatenate([pending, resampler.push(await self.transport.receive_audio())])
+            audio = await self.transport.receive_audio()
+            self._turns.caller_audio(audio, time.monotonic())
+            pending = np.concatenate([pending, resampler.push(audio)])
             while pending.size >= MOSHI_FRAME:
                 StageClients.duplex_frame(call, pending[:MOSHI_FRAME], index)
                 pending, index = pending[MOSHI_FRAME:], index + 1
@@ -98,6 +153,13 @@ class DuplexConversation:
             elif kind == "text":
                 self._segment.text += response.text.text
                 await self._emit("agent_text", turn_id=TURN_ID, text=response.text.text)
+
+    async def _on_agent_frame(self, frame: np.ndarray) -> None:
+        turn = self._turns.agent_audio(frame, time.monotonic())
+        if turn is not None:
+            for observe in self.observers:
+                observe(turn)
+            await self._emit(**turn.to_event())
 
     async def _on_first_audio(self, turn_id: int) -> None:
         await self._emit("agent_audio_start", turn_id=turn_id)

@@ -48,6 +48,11 @@ async def test_a_duplex_call_streams_both_ways(edge_ws_url, edge_secret, ray_cli
     heard_s = result.audio.size / result.output_sample_rate
     assert 0.5 * call_s < heard_s < call_s + 2.0
     assert result.audio_arrivals[-1] - result.audio_arrivals[0] >= 0.6 * heard_s
+    # The speech ends at ~3.3 s and 0.8 s of silence follow: one inferred turn, answered by the
+    # (always audible) tiny model's next frame.
+    [metrics] = result.of_type("metrics")
+    assert metrics["ttfat_ms"] is not None and metrics["ttfat_ms"] >= 300  # at least the silence threshold
+    assert metrics["asr_final_ms"] is None and metrics["llm_ttft_ms"] is None
     edge, moshi = await wait_quiet(ray_client)
     assert edge["active_conversations"] == 0 and moshi["ticker"]["occupied_slots"] == 0
 
