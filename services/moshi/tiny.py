@@ -42,6 +42,9 @@ TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
 MIMI_CONFIG_NAME = "mimi_config.json"  # sidecar; deliberately not referenced from config.json
 
 SEED = 1234
+# Bumped when the built files change, so `parley models tiny` rebuilds older copies.
+# 2: Mimi codebooks fitted to the random encoder's latents (with version 1 every frame got the same codes).
+VERSION = 2
 TEXT_VOCAB = 512  # sentencepiece vocab size; the LM's text_card equals it
 
 _MIMI_DIM = 64
