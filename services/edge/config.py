@@ -51,8 +51,10 @@ class DuplexConfig(Config):
     # How calls are answered unless the caller's signed token says otherwise (claim `mode`):
     # "cascade" (ASR -> LLM -> TTS) or "duplex" (Moshi listens and speaks at once).
     default_mode: Literal["cascade", "duplex"] = "cascade"
-    # When every duplex slot is taken: answer with the cascade instead, or refuse (close 4503).
-    when_full: Literal["cascade", "refuse"] = "cascade"
+    # When every duplex slot is taken: answer with the cascade instead; queue (retry for a slot for
+    # up to queue_timeout_s, then close 4503); or refuse at once (close 4503).
+    when_full: Literal["cascade", "queue", "refuse"] = "cascade"
+    queue_timeout_s: float = Field(10.0, gt=0, le=120)
 
 
 class EdgeConfig(Config):

@@ -129,7 +129,7 @@ class EdgeDeployment:
             try:
                 await conversation.run()
             except DuplexFull:
-                if self.config.duplex.when_full == "refuse":
+                if self.config.duplex.when_full != "cascade":  # refused, or queued too long
                     raise
                 logger.info("conversation %s: every duplex slot is taken; answering with the cascade", conversation_id)
                 conversation = self.conversations[conversation_id] = cascade()

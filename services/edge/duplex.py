@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import numpy as np
@@ -34,7 +34,10 @@ from services.edge.transport import CallerHungUp, ProtocolError, Transport
 
 MOSHI_RATE = 24_000
 MOSHI_FRAME = 1920  # 80 ms
+MOSHI_FRAME_S = MOSHI_FRAME / MOSHI_RATE
+AHEAD_FRAMES = 3  # caller frames may run this far ahead of real time (network jitter)
 TURN_ID = 0  # the whole call is one continuous agent stream
+QUEUE_RETRY_S = 0.5  # how often a queued call asks the duplex stage for a slot again
 
 
 # Audio whose RMS is below this (about -40 dBFS) counts as silence, for both sides.
@@ -109,15 +112,8 @@ class DuplexConversation:
         """Hold the call until the caller hangs up. Raises DuplexFull when no slot is free (nothing has
         been sent to the caller then, so the edge can still answer with the cascade)."""
         with self.tracing.conversation(), self.tracing.duplex_call() as metadata:
-            call = self.stages.converse(metadata)
+            call, responses = await self._open(metadata)
             try:
-                responses = aiter(call)
-                try:
-                    await anext(responses)  # SessionStarted: this call holds a slot
-                except grpc.aio.AioRpcError as error:
-                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        raise DuplexFull(error.details()) from None
-                    raise
                 await self._emit("ready", conversation_id=self.id, mode="duplex",
                                  input_sample_rate=self.transport.input_sample_rate,
                                  output_sample_rate=self.transport.output_sample_rate)
@@ -130,17 +126,42 @@ class DuplexConversation:
             finally:
                 call.cancel()
 
+    async def _open(self, metadata) -> tuple[BidiCall, AsyncIterator]:
+        """Start the duplex stream and wait until it holds a slot (SessionStarted). With `when_full:
+        queue` a full stage is asked again until queue_timeout_s; caller audio sent meanwhile waits
+        in the transport and is mostly dropped once the call starts (see _pump_caller_audio)."""
+        settings = self.config.duplex
+        deadline = time.monotonic() + (settings.queue_timeout_s if settings.when_full == "queue" else 0.0)
+        while True:
+            call = self.stages.converse(metadata)
+            responses = aiter(call)
+            try:
+                await anext(responses)
+                return call, responses
+            except grpc.aio.AioRpcError as error:
+                call.cancel()
+                if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise DuplexFull(error.details()) from None
+            await asyncio.sleep(QUEUE_RETRY_S)
+
     async def _pump_caller_audio(self, call: BidiCall) -> None:
+        """Caller audio to the stage in 80 ms frames, never more than AHEAD_FRAMES ahead of real time:
+        a backlog (audio that queued up in the transport while the call waited for a slot, or a
+        client's burst) is dropped, oldest first, instead of delaying the whole call."""
         resampler = StreamResampler(self.transport.input_sample_rate, MOSHI_RATE)
         pending = np.zeros(0, dtype=np.float32)
-        index = 0
+        index, started = 0, time.monotonic()
         while True:
             audio = await self.transport.receive_audio()
             self._turns.caller_audio(audio, time.monotonic())
             pending = np.concatenate([pending, resampler.push(audio)])
             while pending.size >= MOSHI_FRAME:
-                StageClients.duplex_frame(call, pending[:MOSHI_FRAME], index)
-                pending, index = pending[MOSHI_FRAME:], index + 1
+                frame, pending = pending[:MOSHI_FRAME], pending[MOSHI_FRAME:]
+                if index < (time.monotonic() - started) / MOSHI_FRAME_S + AHEAD_FRAMES:
+                    StageClients.duplex_frame(call, frame, index)
+                    index += 1
 
     async def _read_agent(self, responses) -> None:
         resampler = StreamResampler(MOSHI_RATE, self.transport.output_sample_rate)
