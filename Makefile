@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch; on GPU machines install the CUDA build of the same version first.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup models up demo down test bench-hops protos clean
+.PHONY: setup models up demo down test bench-hops bench-moshi protos clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ test: setup
 
 bench-hops: models
 	$(BIN)/python load/stage_hops.py
+
+# Duplex tick time against batch size (tiny model on CPU; on a GPU machine run the script with
+# --full-size --device cuda).
+bench-moshi: models
+	$(BIN)/python load/moshi_step.py
 
 protos: setup
 	$(BIN)/python scripts/gen_protos.py

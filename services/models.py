@@ -31,16 +31,27 @@ def ensure_tiny(root: Path = DEFAULT_TINY_ROOT, names: list[str] | None = None, 
         if name not in TINY_BUILDERS:
             raise ValueError(f"unknown tiny model {name!r}; choose from {sorted(TINY_BUILDERS)}")
         out = root / name
-        if (out / _COMPLETE).exists() and not force:
+        builder = importlib.import_module(TINY_BUILDERS[name])
+        version = getattr(builder, "VERSION", 1)  # a builder bumps it when its output changes
+        if _built_version(out) == version and not force:
             log(f"  {name:8s} ready at {out}")
             continue
         log(f"  {name:8s} building at {out} ...")
         started = time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)
-        importlib.import_module(TINY_BUILDERS[name]).build(out)
-        (out / _COMPLETE).write_text("built by `parley models tiny`\n")
+        builder.build(out)
+        (out / _COMPLETE).write_text(f"built by `parley models tiny`, version {version}\n")
         log(f"  {name:8s} built in {time.perf_counter() - started:.1f}s")
     return root
+
+
+def _built_version(out: Path) -> int | None:
+    """The builder version a finished model was built with (1 before versions were recorded)."""
+    marker = out / _COMPLETE
+    if not marker.exists():
+        return None
+    _, _, version = marker.read_text().strip().rpartition("version ")
+    return int(version) if version.isdigit() else 1
 
 
 if __name__ == "__main__":

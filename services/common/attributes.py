@@ -40,6 +40,7 @@ SPAN_TTS = "tts"                  # first text sent to TTS -> first audio back
 SPAN_RECOGNIZE = "parley.v1.SpeechRecognition/Recognize"
 SPAN_GENERATE = "parley.v1.LanguageModel/Generate"
 SPAN_SYNTHESIZE = "parley.v1.SpeechSynthesis/Synthesize"
+SPAN_CONVERSE = "parley.v1.DuplexSpeech/Converse"
 # Inside a stage replica.
 SPAN_ASR_QUEUE = "asr.queue"            # a decode waiting for the replica's engine worker
 SPAN_ASR_DECODE = "asr.decode"          # one partial or final decode
@@ -99,7 +100,7 @@ LATENCY_FROM_EVENT = {
 
 # -- parley: the stages (both sides of an RPC) ------------------------------------------------------
 
-STAGE = "parley.stage"                          # asr | llm | tts
+STAGE = "parley.stage"                          # asr | llm | tts | moshi
 RPC_CANCELLED = "parley.rpc.cancelled"          # the caller cancelled or hung up (e.g. a barge-in)
 REPLICA_ID = "parley.replica.id"                # the Serve replica that served the stream
 MODEL = "parley.model"                          # the ASR or TTS model (the LLM's: gen_ai.request.model)
@@ -118,6 +119,9 @@ TTS_SEGMENT_ID = "parley.tts.segment_id"
 TTS_SEGMENTS = "parley.tts.segments"
 TTS_CHARACTERS = "parley.tts.characters"        # length of the segment's text
 TTS_TEXT = "parley.tts.text"                    # CONTENT
+MOSHI_SLOT = "parley.moshi.slot"                # the replica slot the duplex stream held
+MOSHI_FRAMES_OUT = "parley.moshi.frames_out"    # 80 ms frames answered
+MOSHI_DROPPED_FRAMES = "parley.moshi.dropped_frames"  # frames dropped: the client ran too far ahead
 
 # Every name that can carry user text (tests check that none appears unless content is enabled).
 CONTENT = frozenset({GEN_AI_INPUT_MESSAGES, GEN_AI_OUTPUT_MESSAGES, TURN_USER_TEXT, ASR_TRANSCRIPT, TTS_TEXT})

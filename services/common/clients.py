@@ -16,8 +16,8 @@ import numpy as np
 
 from services.common.audio import float_to_pcm16, pcm16_to_float
 from services.common.rpc import DEFAULT_GRPC_ADDRESS, channel_options, stage_metadata
-from services.proto import (asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, tts_pb2,
-                            tts_pb2_grpc)
+from services.proto import (asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, moshi_pb2, moshi_pb2_grpc,
+                            tts_pb2, tts_pb2_grpc)
 
 
 def open_channel(address: str = DEFAULT_GRPC_ADDRESS) -> grpc.aio.Channel:
@@ -101,6 +101,40 @@ async def synthesize(channel: grpc.aio.Channel, requests: AsyncIterator[tts_pb2.
     if speech.chunks:
         speech.audio = np.concatenate([pcm16_to_float(chunk.pcm) for chunk in speech.chunks])
     return speech
+
+
+async def duplex_requests(frames: Iterable[bytes], *, pace_s: float = 0.08, sample_rate: int = 24_000,
+                          config: moshi_pb2.DuplexConfig | None = None) -> AsyncIterator[moshi_pb2.ConverseRequest]:
+    """A DuplexConfig, then one PCM frame every pace_s (0.08 = real time; less runs ahead of the server)."""
+    yield moshi_pb2.ConverseRequest(config=config or moshi_pb2.DuplexConfig(sample_rate_hz=sample_rate))
+    started = time.perf_counter()
+    for index, pcm in enumerate(frames):
+        await asyncio.sleep(max(0.0, started + index * pace_s - time.perf_counter()))
+        yield moshi_pb2.ConverseRequest(audio=moshi_pb2.AudioFrame(pcm=pcm, index=index))
+
+
+@dataclass
+class Duplex:
+    started: moshi_pb2.SessionStarted | None = None
+    frames: list[moshi_pb2.AudioFrame] = field(default_factory=list)
+    texts: list[moshi_pb2.TextToken] = field(default_factory=list)
+    frame_times_s: list[float] = field(default_factory=list)  # client-side arrival of each frame
+
+
+async def converse(channel: grpc.aio.Channel, requests: AsyncIterator[moshi_pb2.ConverseRequest],
+                   application: str = "moshi") -> Duplex:
+    stub = moshi_pb2_grpc.DuplexSpeechStub(channel)
+    reply = Duplex()
+    async for response in stub.Converse(requests, metadata=stage_metadata(application)):
+        kind = response.WhichOneof("event")
+        if kind == "started":
+            reply.started = response.started
+        elif kind == "audio":
+            reply.frames.append(response.audio)
+            reply.frame_times_s.append(time.perf_counter())
+        else:
+            reply.texts.append(response.text)
+    return reply
 
 
 class RequestStream:

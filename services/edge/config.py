@@ -16,6 +16,7 @@ class StagesConfig(Config):
     asr_application: str = "asr"
     llm_application: str = "llm"
     tts_application: str = "tts"
+    moshi_application: str = "moshi"
     # Caller audio is batched into frames of this size for the ASR stream (cost is per message).
     asr_frame_ms: int = Field(40, ge=20, le=500)
 
@@ -108,11 +109,22 @@ class LiveKitConfig(Config):
         return self
 
 
+class DuplexConfig(Config):
+    # How calls are answered unless the caller's signed token says otherwise (claim `mode`):
+    # "cascade" (ASR -> LLM -> TTS) or "duplex" (Moshi listens and speaks at once).
+    default_mode: Literal["cascade", "duplex"] = "cascade"
+    # When every duplex slot is taken: answer with the cascade instead; queue (retry for a slot for
+    # up to queue_timeout_s, then close 4503); or refuse at once (close 4503).
+    when_full: Literal["cascade", "queue", "refuse"] = "cascade"
+    queue_timeout_s: float = Field(10.0, gt=0, le=120)
+
+
 class EdgeConfig(Config):
     stages: StagesConfig = StagesConfig()
     turn_taking: TurnTakingConfig = TurnTakingConfig()
     persona: PersonaConfig = PersonaConfig()
     history: HistoryConfig = HistoryConfig()
+    duplex: DuplexConfig = DuplexConfig()
     auth: AuthConfig = AuthConfig()
     resilience: ResilienceConfig = ResilienceConfig()
     livekit: LiveKitConfig = LiveKitConfig()

@@ -27,6 +27,7 @@ from services.edge import resilience
 from services.edge.auth import AuthError, load_secret, verify_token
 from services.edge.config import EdgeConfig
 from services.edge.conversation import Conversation
+from services.edge.duplex import DuplexConversation, DuplexFull, call_mode
 from services.edge.metrics import TurnTimeline
 from services.edge.resilience import FallbackLine, StageUnavailable
 from services.edge.stages import StageClients
@@ -57,7 +58,7 @@ class EdgeDeployment:
         self.tracer = telemetry.tracer("parley.edge")
         self.secret = load_secret(self.config.auth.secret_env)
         self.page = resources.files("services.edge.web").joinpath("index.html").read_text()
-        self.conversations: dict[str, Conversation] = {}
+        self.conversations: dict[str, Conversation | DuplexConversation] = {}
         self.room_conversations: set[str] = set()  # those of self.conversations held in LiveKit rooms
         self.recent_turns: deque[TurnTimeline] = deque(maxlen=1024)  # for stats() and benchmarks
         self.turn_metrics = metrics.TurnMetricsObserver()  # Prometheus histograms and counters
@@ -150,7 +151,8 @@ class EdgeDeployment:
         conversation_id = uuid.uuid4().hex[:12]
         tracing = ConversationTracing(conversation_id, self.tracer, transport="livekit")
         conversation = Conversation(transport, self.stages, self.config, conversation_id,
-                                    observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing)
+                                    observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing,
+                                    fallback=self.fallback)
         self.conversations[conversation_id] = conversation
         self.room_conversations.add(conversation_id)
         metrics.set_active_conversations(len(self.conversations))
@@ -160,6 +162,8 @@ class EdgeDeployment:
             error = first_leaf(group)
             logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
             metrics.record_stage_error("edge", error.code())
+        except* StageUnavailable as group:  # the fallback line was said; the agent leaves the room
+            logger.warning("conversation %s: %s", conversation_id, first_leaf(group))
         finally:
             del self.conversations[conversation_id]
             self.room_conversations.discard(conversation_id)
@@ -185,17 +189,37 @@ class EdgeDeployment:
             return
         except CallerHungUp:
             return
+        try:
+            mode = call_mode(self.config.duplex, transport.claims)
+        except ProtocolError as error:
+            await fail(error.close_code, "bad_request", str(error))
+            return
         conversation_id = uuid.uuid4().hex[:12]
         tracing = ConversationTracing(conversation_id, self.tracer,
                                       transport=transport_type.__name__.removesuffix("Transport").lower())
-        conversation = Conversation(transport, self.stages, self.config, conversation_id,
-                                    observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing,
-                                    fallback=self.fallback)
+
+        observers = (self.recent_turns.append, self.turn_metrics)
+
+        def cascade() -> Conversation:
+            return Conversation(transport, self.stages, self.config, conversation_id, observers=observers,
+                                tracing=tracing, fallback=self.fallback)
+
+        conversation = (DuplexConversation(transport, self.stages, self.config, conversation_id, observers, tracing)
+                        if mode == "duplex" else cascade())
         self.conversations[conversation_id] = conversation
         metrics.set_active_conversations(len(self.conversations))
         try:
-            await conversation.run()
+            try:
+                await conversation.run()
+            except DuplexFull:
+                if self.config.duplex.when_full != "cascade":  # refused, or queued too long
+                    raise
+                logger.info("conversation %s: every duplex slot is taken; answering with the cascade", conversation_id)
+                conversation = self.conversations[conversation_id] = cascade()
+                await conversation.run()
             await _close(websocket, 1000)
+        except* DuplexFull:
+            await fail(4503, "over_capacity", "every duplex slot is taken; try again")
         except* ProtocolError as group:
             error = first_leaf(group)
             await fail(error.close_code, "bad_request", str(error))
@@ -224,7 +248,6 @@ class EdgeDeployment:
         if turns:
             stats["turns"] = [vars(timeline).copy() for timeline in self.recent_turns]
         return stats
-
 
     async def __del__(self) -> None:
         """Serve's shutdown hook (after HTTP requests drained): LiveKit rooms hold no request, so

@@ -13,7 +13,8 @@ from services.common.audio import float_to_pcm16
 from services.common.clients import RequestStream, open_channel
 from services.common.rpc import stage_metadata
 from services.edge.config import StagesConfig
-from services.proto import asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, tts_pb2, tts_pb2_grpc
+from services.proto import (asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, moshi_pb2, moshi_pb2_grpc,
+                            tts_pb2, tts_pb2_grpc)
 
 
 class BidiCall:
@@ -40,6 +41,7 @@ class StageClients:
         self._asr = asr_pb2_grpc.SpeechRecognitionStub(self.channel)
         self._llm = llm_pb2_grpc.LanguageModelStub(self.channel)
         self._tts = tts_pb2_grpc.SpeechSynthesisStub(self.channel)
+        self._moshi = moshi_pb2_grpc.DuplexSpeechStub(self.channel)
 
     def recognize(self, sample_rate: int, min_silence_ms: int, metadata: Sequence[tuple[str, str]] = ()) -> BidiCall:
         config = asr_pb2.RecognitionConfig(sample_rate_hz=sample_rate, min_silence_ms=min_silence_ms)
@@ -71,6 +73,16 @@ class StageClients:
     @staticmethod
     def flush(call: BidiCall) -> None:
         call.requests.put(tts_pb2.SynthesizeRequest(flush=common_pb2.Flush()))
+
+    def converse(self, metadata: Sequence[tuple[str, str]] = ()) -> BidiCall:
+        """The duplex stream of one call (24 kHz, 80 ms frames both ways)."""
+        config = moshi_pb2.DuplexConfig(sample_rate_hz=24_000)
+        return BidiCall(self._moshi.Converse, moshi_pb2.ConverseRequest(config=config),
+                        self.config.moshi_application, metadata)
+
+    @staticmethod
+    def duplex_frame(call: BidiCall, frame, index: int) -> None:
+        call.requests.put(moshi_pb2.ConverseRequest(audio=moshi_pb2.AudioFrame(pcm=float_to_pcm16(frame), index=index)))
 
     async def close(self) -> None:
         await self.channel.close()

@@ -77,6 +77,10 @@ class ConversationTracing:
         return self._call(attr.SPAN_RECOGNIZE, self._span, "asr",
                           lambda: {attr.AUDIO_SAMPLE_RATE: sample_rate})
 
+    def duplex_call(self):
+        """Client span of the call's duplex stream (child of `conversation`); yields its metadata."""
+        return self._call(attr.SPAN_CONVERSE, self._span, "moshi", lambda: {attr.AUDIO_SAMPLE_RATE: 24_000})
+
     # -- turns ----------------------------------------------------------------------------------------
 
     def turn_started(self, timeline: TurnTimeline, utterance_id: int | None = None,

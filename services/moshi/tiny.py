@@ -26,7 +26,8 @@ no such file and gets the built-in full-size Mimi config.
 The tiny Mimi keeps 24 kHz audio, the 960-sample SEANet hop (ratios 8*6*5*4) downsampled x2 to
 12.5 Hz (1920-sample frames) and 2048-entry codebooks; it has 8 codebooks in total, which is what
 the LM uses (`CheckpointInfo.get_mimi` sets max(dep_q, n_q - dep_q) = 8). Codebook centroids are
-random (and marked initialized) so that different audio gives different codes.
+drawn from the latents the random encoder produces for calibration audio (noise, tones, chirps),
+so that different audio gives different codes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
 MIMI_CONFIG_NAME = "mimi_config.json"  # sidecar; deliberately not referenced from config.json
 
 SEED = 1234
+# Bumped when the built files change, so `parley models tiny` rebuilds older copies.
+# 2: Mimi codebooks fitted to the random encoder's latents (with version 1 every frame got the same codes).
+VERSION = 2
 TEXT_VOCAB = 512  # sentencepiece vocab size; the LM's text_card equals it
 
 _MIMI_DIM = 64
@@ -169,6 +173,47 @@ def _train_tokenizer(path: Path) -> int:
     return size
 
 
+def _calibration_audio(generator: "torch.Generator") -> "torch.Tensor":
+    """Two seconds each of noise, tones and chirps at several levels: [N, 1, samples] at 24 kHz."""
+    import torch
+
+    t = torch.arange(2 * 24_000) / 24_000
+    signals = [torch.randn(t.shape, generator=generator) * level for level in (0.01, 0.1, 0.5)]
+    signals += [level * torch.sin(2 * torch.pi * freq * t) for freq in (110, 440, 1500, 5000) for level in (0.1, 0.8)]
+    signals += [0.5 * torch.sin(2 * torch.pi * (100 + 2000 * t) * t), torch.zeros_like(t)]
+    return torch.stack(signals)[:, None, :]
+
+
+def _fit_codebooks(mimi) -> None:
+    """Centroids drawn from the latents the random encoder actually produces, layer by layer of each
+    residual quantizer (the way a codebook is initialised from data before training). With
+    centroids from a standard normal instead, the random encoder's latents, which vary little
+    with the input, all land on one centroid and every frame gets the same codes."""
+    import torch
+
+    generator = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        latent = mimi._encode_to_unquantized_latent(_calibration_audio(generator))  # [N, D, frames]
+        _fit_residual_codebooks(mimi, latent, generator)
+
+
+def _fit_residual_codebooks(mimi, latent, generator) -> None:
+    import torch
+
+    for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
+        residual = rvq.input_proj(latent)
+        for layer in rvq.vq.layers:
+            codebook = layer._codebook
+            vectors = layer.project_in(residual.transpose(1, 2)).reshape(-1, codebook.embedding_sum.shape[1])
+            picks = torch.randint(len(vectors), (codebook.embedding_sum.shape[0],), generator=generator)
+            jitter = torch.randn(codebook.embedding_sum.shape, generator=generator) * vectors.std(dim=0) * 0.1
+            codebook.embedding_sum.copy_(vectors[picks] + jitter)
+            codebook.cluster_usage.fill_(1.0)
+            codebook._initialized.fill_(1.0)
+            codebook._embedding = None  # drop the cached centroids
+            residual = residual - layer.decode(layer.encode(residual))
+
+
 def build(out_dir: Path) -> None:
     import torch
     from moshi.models import loaders
@@ -184,15 +229,7 @@ def build(out_dir: Path) -> None:
     try:
         torch.manual_seed(SEED)
         mimi = loaders.get_mimi(None, TINY_MIMI_CONFIG, device="cpu", num_codebooks=8)
-        # Random, "initialized" codebooks: with the default all-zero centroids every frame would
-        # quantize to code 0.
-        for name, buf in mimi.named_buffers():
-            if name.endswith("embedding_sum"):
-                buf.copy_(torch.randn_like(buf))
-            elif name.endswith("cluster_usage"):
-                buf.fill_(1.0)
-            elif name.endswith("_initialized"):
-                buf.fill_(1.0)
+        _fit_codebooks(mimi)
         mimi_state = {k: v.detach().contiguous().clone() for k, v in mimi.state_dict().items()}
 
         torch.manual_seed(SEED + 1)

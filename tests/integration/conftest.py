@@ -58,7 +58,7 @@ GRPC_TOKEN = "parley-test-grpc-token"
 
 @pytest.fixture(scope="session")
 def serve_cluster(tmp_path_factory, otlp_receiver) -> ServeCluster:
-    ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro"])
+    ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro", "moshi"])
     os.environ[GRPC_TOKEN_ENV] = GRPC_TOKEN
     cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, num_gpus=1, workdir=ROOT,
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0",

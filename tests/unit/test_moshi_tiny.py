@@ -125,3 +125,30 @@ def test_legacy_moshiko_layout_without_config(tmp_path: Path):
     assert info.lm_config is None and info.mimi_config is None
     assert info.moshi_weights == tmp_path / "model.safetensors"
     assert info.tokenizer == tmp_path / "tokenizer_spm_32k_3.model"
+
+
+def test_a_copy_from_an_older_builder_is_rebuilt(tmp_path: Path):
+    from services.models import ensure_tiny
+    from services.moshi import tiny
+
+    logs: list[str] = []
+    ensure_tiny(tmp_path, ["moshi"], log=logs.append)
+    marker = tmp_path / "moshi" / ".complete"
+    assert marker.read_text().strip().endswith(f"version {tiny.VERSION}")
+    ensure_tiny(tmp_path, ["moshi"], log=logs.append)
+    assert "ready" in logs[-1]  # current: kept
+    marker.write_text("built by `parley models tiny`\n")  # what builds before versions wrote
+    ensure_tiny(tmp_path, ["moshi"], log=logs.append)
+    assert any("building" in line for line in logs[-2:])
+    assert marker.read_text().strip().endswith(f"version {tiny.VERSION}")
+
+
+def test_different_audio_gets_different_codes(loaded):
+    mimi, *_ = loaded
+    generator = torch.Generator().manual_seed(3)
+    audio = torch.stack([0.3 * torch.randn(1, 4 * FRAME, generator=generator),
+                         0.5 * torch.sin(torch.arange(4 * FRAME) / 24_000 * 2 * torch.pi * 440)[None]])
+    with torch.no_grad():
+        codes = mimi.encode(audio)
+    assert not torch.equal(codes[0], codes[1])
+    assert len(set(codes[0, 0].tolist())) > 1  # codes change from frame to frame as well
