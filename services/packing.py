@@ -65,10 +65,11 @@ def load_plans(path: Path = PLANS_PATH) -> dict[str, PackingPlan]:
 
 
 def _gpu_deployments(config: dict):
-    """(application, deployment) of every deployment in a serve config that asks for a GPU."""
+    """(application, deployment) of every deployment in a serve config that shares a GPU. One that
+    takes whole GPUs (Moshi: all its slots step together) is not packed with the others."""
     for app in config["applications"]:
         for deployment in app.get("deployments", []):
-            if (deployment.get("ray_actor_options") or {}).get("num_gpus"):
+            if 0 < ((deployment.get("ray_actor_options") or {}).get("num_gpus") or 0) < 1:
                 yield app, deployment
 
 
