@@ -10,6 +10,7 @@ import pytest
 
 from services.common import clients
 from services.common.audio import float_to_pcm16, read_wav, resample
+from services.common.rpc import stage_metadata
 from services.proto import asr_pb2, common_pb2
 from tests.conftest import SPEECH_WAV
 from tests.integration.conftest import stage_stats
@@ -105,7 +106,7 @@ async def test_disconnect_mid_stream_frees_the_session_and_replica_keeps_serving
         sent.set()
         await asyncio.sleep(60)  # the client hangs up long before this
 
-    call = clients.asr_pb2_grpc.SpeechRecognitionStub(channel).Recognize(requests(), metadata=(("application", "asr"),))
+    call = clients.asr_pb2_grpc.SpeechRecognitionStub(channel).Recognize(requests(), metadata=stage_metadata("asr"))
     first = await call.read()
     assert first.WhichOneof("event") == "speech_started"
     await asyncio.wait_for(sent.wait(), 10)

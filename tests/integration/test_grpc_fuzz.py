@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from services.common import clients
 from services.common.rpc import stage_metadata
-from services.proto import asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, tts_pb2, tts_pb2_grpc
+from services.proto import (asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, moshi_pb2, moshi_pb2_grpc, tts_pb2,
+                            tts_pb2_grpc)
 from tests.integration.conftest import stage_stats
 
 pytestmark = pytest.mark.cluster
@@ -78,6 +79,16 @@ tts_message = st.one_of(
     st.just(tts_pb2.SynthesizeRequest()))
 
 
+duplex_config = st.builds(moshi_pb2.DuplexConfig, sample_rate_hz=st.sampled_from([24_000, 16_000, 0, -1]),
+                          text_temperature=floats, audio_temperature=floats, text_top_k=int32, audio_top_k=int32,
+                          seed=st.integers(-2**63, 2**63 - 1))
+duplex_message = st.one_of(
+    duplex_config.map(lambda c: moshi_pb2.ConverseRequest(config=c)),
+    st.one_of(st.binary(max_size=5000), st.just(b"\0" * 3840)).map(
+        lambda b: moshi_pb2.ConverseRequest(audio=moshi_pb2.AudioFrame(pcm=b))),
+    st.just(moshi_pb2.ConverseRequest()))
+
+
 @FUZZ
 @given(st.lists(asr_message, max_size=6))
 def test_recognize_requests(serve_cluster, messages):
@@ -102,8 +113,16 @@ def test_synthesize_requests(serve_cluster, messages):
     assert status in CLEAR, (status, messages)
 
 
+@FUZZ
+@given(st.lists(duplex_message, max_size=5))
+def test_converse_requests(serve_cluster, messages):
+    status = run(serve_cluster.grpc_address, lambda channel: moshi_pb2_grpc.DuplexSpeechStub(channel).Converse(
+        iter(messages), metadata=stage_metadata("moshi")))
+    assert status in CLEAR, (status, messages)
+
+
 async def test_after_the_fuzz_no_stream_is_left_and_each_stage_serves(ray_client, channel):
-    for stage in ("asr", "llm", "tts"):
+    for stage in ("asr", "llm", "tts", "moshi"):
         for _ in range(100):
             if (await stage_stats(ray_client, stage))["active_streams"] == 0:
                 break

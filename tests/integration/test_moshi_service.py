@@ -11,6 +11,7 @@ import pytest
 
 from services.common import clients
 from services.common.audio import float_to_pcm16
+from services.common.rpc import stage_metadata
 from services.moshi.ticker import SILENCE_INDEX
 from services.proto import moshi_pb2
 from tests.integration.conftest import stage_stats
@@ -86,7 +87,7 @@ async def test_one_conversation_too_many_is_refused_at_once(channel, ray_client)
     held = [clients.RequestStream(moshi_pb2.ConverseRequest(config=moshi_pb2.DuplexConfig(sample_rate_hz=24_000)))
             for _ in range(SLOTS)]
     stub = clients.moshi_pb2_grpc.DuplexSpeechStub(channel)
-    calls = [stub.Converse(stream, metadata=(("application", "moshi"),)) for stream in held]
+    calls = [stub.Converse(stream, metadata=stage_metadata("moshi")) for stream in held]
     try:
         slots = {(await call.read()).started.slot for call in calls}
         assert slots == set(range(SLOTS))
