@@ -39,7 +39,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.cluster import LocalCluster, application_names, render_config  # noqa: E402
+from load.local import cpu_cluster, ray_driver  # noqa: E402
+from services.cluster import LocalCluster  # noqa: E402
 from services.common.audio import read_wav  # noqa: E402
 from services.edge import caller  # noqa: E402
 from services.edge.auth import ALGORITHM, mint_token  # noqa: E402
@@ -428,46 +428,30 @@ def main() -> int:
     args = parser.parse_args()
 
     from services.cli import edge_secret
-    from services.models import ensure_tiny
 
-    ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro"])
     secret = edge_secret(ROOT / "serve_config.cpu.yaml")
     tokens = (token(secret, greeting="", max_tokens=args.max_tokens) for _ in itertools.count())
     audio, rate = read_wav(AUDIO)
     audio = np.concatenate([audio, np.zeros(int(args.pad_silence_s * rate), audio.dtype)])
     url = f"ws://127.0.0.1:{HTTP_PORT}/v1/conversation"
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, workdir=ROOT,
-                           env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"})
     load_before = os.getloadavg()
 
-    async def measure() -> list[dict]:
-        import ray
-
-        ray.init(address=f"127.0.0.1:{GCS_PORT}", logging_level="ERROR", log_to_driver=False)
-        try:
+    async def measure(cluster: LocalCluster) -> list[dict]:
+        async with ray_driver(GCS_PORT):
             for _ in range(args.warmup):
                 outcome = await one_call(url, next(tokens), audio, rate, 0.0)
                 print(f"  warm-up call: {classify(outcome)}", flush=True)
             return [await run_level(level, max(1, math.ceil(args.min_calls / level)), url, tokens, audio, rate,
                                     cluster, args.hop_p50_ms, args.hop_p95_ms) for level in args.levels]
-        finally:
-            ray.shutdown()
 
     original = caller.CallResult
-    with tempfile.TemporaryDirectory() as tmp:
-        config = render_config(ROOT / "serve_config.cpu.yaml", Path(tmp) / "serve.yaml", http_port=HTTP_PORT,
-                               grpc_port=GRPC_PORT)
-        cluster.stop()  # a cluster of ours left behind by an interrupted run
-        cluster.start()
+    with cpu_cluster(GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT) as cluster:
         try:
-            cluster.deploy(config)
-            cluster.wait_running(application_names(config))
             caller.CallResult = StampedResult
-            levels = asyncio.run(measure())
+            levels = asyncio.run(measure(cluster))
         finally:
             caller.CallResult = original
-            cluster.stop()
     results = {"hop_ms": {"p50": args.hop_p50_ms, "p95": args.hop_p95_ms}, "max_tokens": args.max_tokens,
                "pad_silence_s": args.pad_silence_s,
                "loadavg_before": [round(x, 2) for x in load_before], "levels": levels}

@@ -24,7 +24,6 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load.edge_overhead import StampedResult, _group, heard_gaps, pct, token, turn_frames  # noqa: E402
-from services.cluster import LocalCluster, application_names, render_config  # noqa: E402
+from load.local import cpu_cluster, ray_driver  # noqa: E402
+from services.cluster import LocalCluster  # noqa: E402
 from services.common.audio import read_wav  # noqa: E402
 from services.edge import caller  # noqa: E402
 
@@ -93,6 +93,13 @@ async def killer(every_s: float, until: float, dashboard: str, kills: list[dict]
         print(f"  killed {len(actors)} {application} replica(s); {len(kills)} kills so far", flush=True)
 
 
+async def report_progress(calls: list[dict], until: float) -> None:
+    while True:
+        await asyncio.sleep(60)
+        left = max(0.0, until - time.monotonic()) / 60
+        print(f"  {len(calls)} calls, {sum(not c['ok'] for c in calls)} dropped, {left:.0f} min left", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30)
@@ -102,26 +109,20 @@ def main() -> int:
     args = parser.parse_args()
 
     from services.cli import edge_secret
-    from services.models import ensure_tiny
 
-    ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro", "moshi"])
     secret = edge_secret(ROOT / "serve_config.cpu.yaml")
     tokens = (token(secret, greeting="", max_tokens=12) for _ in itertools.count())
     audio, rate = read_wav(AUDIO)
     audio = np.concatenate([audio, np.zeros(rate * 2, audio.dtype)])
     url = f"ws://127.0.0.1:{HTTP_PORT}/v1/conversation"
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, workdir=ROOT,
-                           env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"})
     calls: list[dict] = []
     kills: list[dict] = []
 
-    async def soak() -> dict:
-        import ray
+    async def soak(cluster: LocalCluster) -> dict:
         from ray import serve
 
-        ray.init(address=f"127.0.0.1:{GCS_PORT}", logging_level="ERROR", log_to_driver=False)
-        try:
+        async with ray_driver(GCS_PORT):
             await caller.call(url, next(tokens), audio, rate, tail_s=30, until=caller.settled)  # warm-up
             memory_start = memory_by_group(cluster)
             until = time.monotonic() + args.minutes * 60
@@ -132,21 +133,10 @@ def main() -> int:
             edge = await serve.get_app_handle("edge").stats.remote()
             return {"memory_start_mb": memory_start, "memory_end_mb": memory_by_group(cluster),
                     "stage_retries": edge.get("stage_retries", {}), "edge_tasks_end": edge["tasks"]}
-        finally:
-            ray.shutdown()
 
     caller.CallResult = StampedResult  # keeps arrival times of agent audio (heard gaps)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = render_config(ROOT / "serve_config.cpu.yaml", Path(tmp) / "serve.yaml", http_port=HTTP_PORT,
-                               grpc_port=GRPC_PORT)
-        cluster.stop()
-        cluster.start()
-        try:
-            cluster.deploy(config)
-            cluster.wait_running(application_names(config))
-            extra = asyncio.run(soak())
-        finally:
-            cluster.stop()
+    with cpu_cluster(GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT) as cluster:
+        extra = asyncio.run(soak(cluster))
     ttfat = [t for call in calls for t in call.get("ttfat_ms", [])]
     results = {"minutes": args.minutes, "callers": args.callers, "calls": len(calls),
                "completed": sum(c["ok"] for c in calls), "dropped": sum(not c["ok"] for c in calls),
@@ -157,13 +147,6 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "why_dropped"}, indent=1))
     return 0
-
-
-async def report_progress(calls: list[dict], until: float) -> None:
-    while True:
-        await asyncio.sleep(60)
-        left = max(0.0, until - time.monotonic()) / 60
-        print(f"  {len(calls)} calls, {sum(not c['ok'] for c in calls)} dropped, {left:.0f} min left", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,18 +28,17 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load.edge_overhead import classify, cpu_by_group, one_call, pct, token  # noqa: E402
-from services.cluster import LocalCluster, application_names, render_config, tracing_env  # noqa: E402
+from load.local import cpu_cluster, ray_driver  # noqa: E402
+from services.cluster import LocalCluster, tracing_env  # noqa: E402
 from services.common.audio import read_wav  # noqa: E402
 from tests.otlp_receiver import OTLPReceiver  # noqa: E402
 
@@ -78,40 +77,20 @@ async def run_calls(url: str, tokens, audio: np.ndarray, rate: int, callers: int
 
 
 def phase(traced: bool, args, receiver: OTLPReceiver, tokens, audio, rate) -> dict:
-    env = {"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"}
-    if traced:
-        env.update(tracing_env(receiver.endpoint))
-    cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, workdir=ROOT, env=env)
     url = f"ws://127.0.0.1:{HTTP_PORT}/v1/conversation"
-    with tempfile.TemporaryDirectory() as tmp:
-        config = render_config(ROOT / "serve_config.cpu.yaml", Path(tmp) / "serve.yaml", http_port=HTTP_PORT,
-                               grpc_port=GRPC_PORT, tracing=traced)
-        cluster.stop()
-        cluster.start(log=lambda *_: None)
-        try:
-            cluster.deploy(config, log=lambda *_: None)
-            cluster.wait_running(application_names(config), log=lambda *_: None)
 
-            async def measure() -> dict:
-                import ray
+    async def measure(cluster: LocalCluster) -> dict:
+        async with ray_driver(GCS_PORT):
+            await one_call(url, next(tokens), audio, rate, 0.0)  # warm-up
+            spans_before = len(receiver.spans())
+            result = await run_calls(url, tokens, audio, rate, args.callers, args.calls, cluster)
+            await asyncio.sleep(6)  # the exporters' 5 s batch interval
+            result["spans"] = len(receiver.spans()) - spans_before
+            return result
 
-                ray.init(address=f"127.0.0.1:{GCS_PORT}", logging_level="ERROR", log_to_driver=False)
-                try:
-                    await one_call(url, next(tokens), audio, rate, 0.0)  # warm-up
-                    spans_before = len(receiver.spans())
-                    result = await run_calls(url, tokens, audio, rate, args.callers, args.calls, cluster)
-                    await asyncio.sleep(6)  # the exporters' 5 s batch interval
-                    result["spans"] = len(receiver.spans()) - spans_before
-                    return result
-                finally:
-                    ray.shutdown()
-                    from ray.serve import context
-
-                    context._set_global_client(None)  # the next phase's cluster has its own controller
-
-            return asyncio.run(measure())
-        finally:
-            cluster.stop()
+    env = tracing_env(receiver.endpoint) if traced else {}
+    with cpu_cluster(GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT, env=env, tracing=traced, quiet=True) as cluster:
+        return asyncio.run(measure(cluster))
 
 
 def span_cost_us(receiver: OTLPReceiver, n: int = 20000) -> dict:
@@ -160,9 +139,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from services.cli import edge_secret
-    from services.models import ensure_tiny
 
-    ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro"])
     secret = edge_secret(ROOT / "serve_config.cpu.yaml")
     tokens = (token(secret, greeting="", max_tokens=12) for _ in itertools.count())
     audio, rate = read_wav(AUDIO)

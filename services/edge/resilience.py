@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import numpy as np
 
+from services.common.audio import pcm16_to_float
 from services.edge.config import ResilienceConfig
 from services.edge.stages import BidiCall, StageClients
 
@@ -284,8 +285,6 @@ class FallbackLine:
         task.add_done_callback(lambda _: self._warming.pop(key, None))
 
     async def _synthesize(self, stages: StageClients, voice: str, rate: int) -> None:
-        from services.common.audio import pcm16_to_float
-
         for attempt in range(10):
             call = stages.synthesize(voice, rate)
             try:

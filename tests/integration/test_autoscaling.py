@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from services.cluster import LocalCluster, application_names
+from services.cluster import LocalCluster, application_names, render_config
 from services.common import clients
 from services.common.audio import float_to_pcm16
 from services.common.rpc import stage_metadata
@@ -36,10 +36,9 @@ FRAME = float_to_pcm16(np.zeros(1600, np.float32))  # 100 ms of silence at 16 kH
 
 
 def scaling_config(target) -> None:
-    config = yaml.safe_load((ROOT / "serve_config.cpu.yaml").read_text())
-    config["applications"] = [app for app in config["applications"] if app["name"] == "asr"]
-    config["http_options"] = {**config.get("http_options", {}), "port": HTTP_PORT}
-    config["grpc_options"]["port"] = GRPC_PORT
+    render_config(ROOT / "serve_config.cpu.yaml", target, http_port=HTTP_PORT, grpc_port=GRPC_PORT,
+                  applications=["asr"])
+    config = yaml.safe_load(target.read_text())
     config["applications"][0]["deployments"] = [{
         "name": "SpeechRecognition",
         "max_ongoing_requests": 4,

@@ -38,10 +38,10 @@ def two_utterances() -> tuple[np.ndarray, int]:
     return np.concatenate([audio, np.zeros(rate * 35, np.float32), audio]), rate
 
 
-def longest_gap_s(result: caller.CallResult, turn_frames: float = 0.02) -> float:
+def longest_gap_s(result: caller.CallResult, frame_s: float = 0.02) -> float:
     """The longest silence inside the agent's audio, as a caller playing frames on arrival hears it."""
     arrivals = result.audio_arrivals
-    return max((b - a - turn_frames for a, b in zip(arrivals, arrivals[1:]) if b - a < 5.0), default=0.0)
+    return max((b - a - frame_s for a, b in zip(arrivals, arrivals[1:]) if b - a < 5.0), default=0.0)
 
 
 async def run_with_kill(edge_ws_url, edge_secret, ray_client, serve_cluster, application, deployment, trigger) -> tuple:

@@ -42,12 +42,15 @@ async def status_of(call, timeout_s: float = 30.0) -> grpc.StatusCode:
         return error.code()
 
 
-def run(address: str, make_call) -> grpc.StatusCode:
+def assert_clear(address: str, stage: str, stub, method: str, request) -> None:
+    """Call `stub.method(request)` on `stage` and require a status that tells the caller clearly."""
     async def main():
         async with clients.open_channel(address) as channel:
-            return await status_of(make_call(channel))
+            call = getattr(stub(channel), method)(request, metadata=stage_metadata(stage))
+            return await status_of(call)
 
-    return asyncio.run(main())
+    status = asyncio.run(main())
+    assert status in CLEAR, (status, request)
 
 
 # -- requests ---------------------------------------------------------------------------------------
@@ -92,33 +95,25 @@ duplex_message = st.one_of(
 @FUZZ
 @given(st.lists(asr_message, max_size=6))
 def test_recognize_requests(serve_cluster, messages):
-    status = run(serve_cluster.grpc_address, lambda channel: asr_pb2_grpc.SpeechRecognitionStub(channel).Recognize(
-        iter(messages), metadata=stage_metadata("asr")))
-    assert status in CLEAR, (status, messages)
+    assert_clear(serve_cluster.grpc_address, "asr", asr_pb2_grpc.SpeechRecognitionStub, "Recognize", iter(messages))
 
 
 @FUZZ
 @given(generate_request)
 def test_generate_requests(serve_cluster, request):
-    status = run(serve_cluster.grpc_address, lambda channel: llm_pb2_grpc.LanguageModelStub(channel).Generate(
-        request, metadata=stage_metadata("llm")))
-    assert status in CLEAR, (status, request)
+    assert_clear(serve_cluster.grpc_address, "llm", llm_pb2_grpc.LanguageModelStub, "Generate", request)
 
 
 @FUZZ
 @given(st.lists(tts_message, max_size=5))
 def test_synthesize_requests(serve_cluster, messages):
-    status = run(serve_cluster.grpc_address, lambda channel: tts_pb2_grpc.SpeechSynthesisStub(channel).Synthesize(
-        iter(messages), metadata=stage_metadata("tts")))
-    assert status in CLEAR, (status, messages)
+    assert_clear(serve_cluster.grpc_address, "tts", tts_pb2_grpc.SpeechSynthesisStub, "Synthesize", iter(messages))
 
 
 @FUZZ
 @given(st.lists(duplex_message, max_size=5))
 def test_converse_requests(serve_cluster, messages):
-    status = run(serve_cluster.grpc_address, lambda channel: moshi_pb2_grpc.DuplexSpeechStub(channel).Converse(
-        iter(messages), metadata=stage_metadata("moshi")))
-    assert status in CLEAR, (status, messages)
+    assert_clear(serve_cluster.grpc_address, "moshi", moshi_pb2_grpc.DuplexSpeechStub, "Converse", iter(messages))
 
 
 async def test_after_the_fuzz_no_stream_is_left_and_each_stage_serves(ray_client, channel):

@@ -31,11 +31,9 @@ CLOSE_CODES = {4400, 4401, 4408, 4413}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-class Outcomes(list):
-    """What each server-side session ended with: a close code, "hung_up", "reading" or an error."""
-
-
-def app_for(transport_type, outcomes: Outcomes) -> Starlette:
+def app_for(transport_type, outcomes: list) -> Starlette:
+    """`outcomes` gets what each server-side session ended with: a close code, "hung_up",
+    "reading" or an error."""
     async def hold(websocket):
         await websocket.accept()
         before = asyncio.all_tasks()
@@ -66,7 +64,7 @@ def _ours(task: asyncio.Task) -> bool:
 
 
 def play(transport_type, messages: list[str | bytes]) -> object:
-    outcomes = Outcomes()
+    outcomes: list = []
     with TestClient(app_for(transport_type, outcomes)) as client:
         with client.websocket_connect("/ws") as socket:
             for message in messages:
