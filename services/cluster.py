@@ -154,6 +154,11 @@ class LocalCluster:
             time.sleep(1)
         raise ClusterError(f"applications not RUNNING after {timeout_s:.0f}s; see `serve status --address {self.dashboard}`")
 
+    def wait_removed(self, names: list[str], timeout_s: float = 120, log=print) -> None:
+        """Wait until none of the named applications is left (after a deploy without them)."""
+        self._wait(lambda: not set(names) & set(self.applications()), timeout_s,
+                   f"applications {', '.join(names)} to be removed", log)
+
     @staticmethod
     def _wait(check, timeout_s: float, what: str, log) -> None:
         deadline = time.monotonic() + timeout_s

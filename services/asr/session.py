@@ -30,6 +30,8 @@ from services.common.workers import EngineWorker
 from services.proto import asr_pb2, common_pb2
 
 _tracer = telemetry.tracer("parley.asr")
+# Progress events: often enough to be a liveness signal, rarely enough to cost nothing.
+MIN_PROGRESS_MS, MAX_PROGRESS_MS = 100, 60_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class StreamSettings:
     options: DecodeOptions
     min_silence_ms: int
     partial_interval_s: float | None  # None: no partials
+    progress_interval_s: float | None  # None: no Progress events
     max_frame_bytes: int
 
     @classmethod
@@ -47,6 +50,9 @@ class StreamSettings:
             raise invalid_argument(f"beam_size must be 0-10, got {request.beam_size}")
         if request.min_silence_ms < 0:
             raise invalid_argument("min_silence_ms must not be negative")
+        if request.progress_interval_ms and not MIN_PROGRESS_MS <= request.progress_interval_ms <= MAX_PROGRESS_MS:
+            raise invalid_argument(f"progress_interval_ms must be 0 or {MIN_PROGRESS_MS}-{MAX_PROGRESS_MS}, "
+                                   f"got {request.progress_interval_ms}")
         partial_ms = request.partial_interval_ms or defaults.partial_interval_ms
         return cls(
             sample_rate=rate,
@@ -57,6 +63,7 @@ class StreamSettings:
             ),
             min_silence_ms=request.min_silence_ms or defaults.min_silence_ms,
             partial_interval_s=None if partial_ms < 0 else partial_ms / 1000,
+            progress_interval_s=request.progress_interval_ms / 1000 or None,
             max_frame_bytes=rate * defaults.max_frame_ms // 1000 * 2,
         )
 
@@ -106,6 +113,7 @@ class RecognitionSession:
             max_utterance_s=self._config.max_utterance_s,
         )
         next_partial_at = 0.0
+        next_progress_at = settings.progress_interval_s
         async for request in requests:
             kind = request.WhichOneof("request")
             if kind == "audio":
@@ -122,6 +130,9 @@ class RecognitionSession:
             if segmenter.in_speech and settings.partial_interval_s and segmenter.audio_s >= next_partial_at:
                 next_partial_at = segmenter.audio_s + settings.partial_interval_s
                 self._request_partial(segmenter)
+            if next_progress_at is not None and segmenter.audio_s >= next_progress_at:
+                next_progress_at = segmenter.audio_s + settings.progress_interval_s
+                self._emit(progress=asr_pb2.Progress(audio_s=segmenter.audio_s))
         for event in segmenter.flush():
             self._on_segment_event(event)
         self._decodes.put_nowait(_END)

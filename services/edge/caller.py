@@ -26,8 +26,9 @@ class CallResult:
     close_code: int | None = None
     close_reason: str = ""
     output_sample_rate: int = 24_000
-    # Caller-side clock: when each agent audio frame arrived (seconds since the call started).
+    # Caller-side clock: when each agent audio frame and each event arrived (seconds since the call started).
     audio_arrivals: list[float] = field(default_factory=list)
+    event_arrivals: list[float] = field(default_factory=list)
 
     def of_type(self, kind: str) -> list[dict]:
         return [event for event in self.events if event["type"] == kind]
@@ -55,6 +56,7 @@ async def call(url: str, token: str, audio: np.ndarray, rate: int, *, tail_s: fl
                     result.audio_arrivals.append(time.monotonic() - started)
                 else:
                     result.events.append(json.loads(message))
+                    result.event_arrivals.append(time.monotonic() - started)
 
         listener = asyncio.create_task(listen())
         try:

@@ -54,8 +54,13 @@ class ResilienceConfig(Config):
     retry_attempts: int = Field(4, ge=0, le=20)
     retry_window_s: float = Field(30.0, gt=0)
     retry_backoff_ms: int = Field(200, ge=0, le=10_000)
-    # An LLM or TTS RPC that has not answered within this is treated as failed (a slow stage).
-    first_response_timeout_s: float = Field(15.0, gt=0)
+    # A slow stage is handled like a dead one. An LLM RPC whose next delta, a TTS stream whose
+    # audio for the text sent, or an ASR stream whose final after the end of speech is this late
+    # has failed.
+    response_timeout_s: float = Field(15.0, gt=0)
+    # Streams that answer continuously (ASR progress, Moshi frames) have failed after this long
+    # without a word while audio is waiting on them.
+    stall_timeout_s: float = Field(5.0, gt=0)
     # Caller audio kept to replay into a re-opened ASR stream: the utterance in progress, at most this.
     asr_replay_max_s: float = Field(30.0, ge=1)
     asr_preroll_s: float = Field(0.5, ge=0, le=5)
@@ -130,6 +135,9 @@ class EdgeConfig(Config):
     livekit: LiveKitConfig = LiveKitConfig()
     # Admission: live conversations per edge replica; more are refused with close code 4503.
     max_conversations: int = Field(100, ge=1)
+    # A call is ended (close code 4408) after this long: a forgotten client or a stuck line would
+    # otherwise hold a conversation slot and its stage streams for ever.
+    max_call_s: float = Field(4 * 3600.0, gt=0)
     max_frame_ms: int = Field(1000, ge=20, le=5000)
     start_timeout_s: float = Field(10.0, gt=0)
     # Playout: agent audio goes out in frames of this size, at most this far ahead of real time.

@@ -266,6 +266,8 @@ class Conversation:
         if clip is None:
             return
         segment = Segment(self.fallback.text)
+        await self._emit("agent_text", turn_id=turn.timeline.turn_id if turn else 0, text=self.fallback.text,
+                         fallback=True)
         if turn is not None:
             self._playout.add_audio(turn.timeline.turn_id, clip, segment)
             return

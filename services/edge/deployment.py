@@ -157,7 +157,10 @@ class EdgeDeployment:
         self.room_conversations.add(conversation_id)
         metrics.set_active_conversations(len(self.conversations))
         try:
-            await conversation.run()
+            async with asyncio.timeout(self.config.max_call_s):
+                await conversation.run()
+        except* TimeoutError:
+            logger.info("conversation %s: the call reached its time limit; the agent leaves the room", conversation_id)
         except* grpc.aio.AioRpcError as group:
             error = first_leaf(group)
             logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
@@ -209,15 +212,19 @@ class EdgeDeployment:
         self.conversations[conversation_id] = conversation
         metrics.set_active_conversations(len(self.conversations))
         try:
-            try:
-                await conversation.run()
-            except DuplexFull:
-                if self.config.duplex.when_full != "cascade":  # refused, or queued too long
-                    raise
-                logger.info("conversation %s: every duplex slot is taken; answering with the cascade", conversation_id)
-                conversation = self.conversations[conversation_id] = cascade()
-                await conversation.run()
+            async with asyncio.timeout(self.config.max_call_s):
+                try:
+                    await conversation.run()
+                except DuplexFull:
+                    if self.config.duplex.when_full != "cascade":  # refused, or queued too long
+                        raise
+                    logger.info("conversation %s: every duplex slot is taken; answering with the cascade",
+                                conversation_id)
+                    conversation = self.conversations[conversation_id] = cascade()
+                    await conversation.run()
             await _close(websocket, 1000)
+        except* TimeoutError:
+            await fail(4408, "call_time_limit", f"the call reached its time limit ({self.config.max_call_s:g} s)")
         except* DuplexFull:
             await fail(4503, "over_capacity", "every duplex slot is taken; try again")
         except* ProtocolError as group:
@@ -242,7 +249,7 @@ class EdgeDeployment:
         """Live conversations and asyncio tasks on this replica (the autoscaling signal; leak checks),
         and with `turns` the raw timelines of recent turns (edge monotonic clock, seconds)."""
         stats = {"active_conversations": len(self.conversations), "tasks": len(asyncio.all_tasks()),
-                 "active_rooms": len(self.livekit or ()),
+                 "active_rooms": len(self.livekit or ()), "fallback_clips": self.fallback.clips,
                  # Through the module: Serve pickles this class by value, a bare name would be a copy.
                  "stage_retries": dict(resilience.retries_by_stage)}
         if turns:

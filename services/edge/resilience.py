@@ -29,7 +29,7 @@ import numpy as np
 
 from services.common.audio import pcm16_to_float
 from services.edge.config import ResilienceConfig
-from services.edge.stages import BidiCall, StageClients
+from services.edge.stages import ASR_PROGRESS_MS, BidiCall, StageClients
 
 logger = logging.getLogger("ray.serve")
 
@@ -86,24 +86,55 @@ def describe(error: BaseException) -> str:
     return type(error).__name__ if not str(error) else f"{type(error).__name__}: {error}"
 
 
-async def first_then_rest(stream: AsyncIterator, timeout_s: float) -> AsyncIterator:
-    """Iterate `stream`, failing with StageTimeout when its first item takes longer than `timeout_s`."""
+async def answered_by(stream: AsyncIterator, due: Callable[[float], float | None],
+                      changed: asyncio.Event | None = None) -> AsyncIterator:
+    """Iterate `stream`, failing with StageTimeout when an item is late.
+
+    `due(waiting_since)` is the monotonic time by which the next item must arrive (None: no
+    deadline yet), asked again whenever `changed` is set. The pending read is never cancelled by
+    a deadline check: cancelling a read cancels a gRPC call, and this one may still be healthy.
+    """
     iterator = stream.__aiter__()
+    pending = asyncio.ensure_future(anext(iterator))
     try:
-        first = await asyncio.wait_for(anext(iterator), timeout_s)
-    except StopAsyncIteration:
-        return
-    except TimeoutError:
-        raise StageTimeout(f"no answer within {timeout_s:.1f} s") from None
-    yield first
-    async for item in iterator:
-        yield item
+        while True:
+            waiting_since = time.monotonic()
+            if changed is not None:
+                changed.clear()
+            while not pending.done():
+                deadline = due(waiting_since)
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise StageTimeout(f"no answer in time (waited {now - waiting_since:.1f} s)")
+                waiters = {pending}
+                if changed is not None:
+                    waiters.add(wake := asyncio.ensure_future(changed.wait()))
+                try:
+                    await asyncio.wait(waiters, timeout=None if deadline is None else deadline - now,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if changed is not None:
+                        wake.cancel()
+                        changed.clear()
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            yield item
+            pending = asyncio.ensure_future(anext(iterator))
+    finally:
+        pending.cancel()
 
 
 # -- ASR ---------------------------------------------------------------------------------------------
 
 class ResilientRecognizer:
-    """The call's ASR stream, re-opened on failure with the unfinished utterance replayed."""
+    """The call's ASR stream, re-opened on failure with the unfinished utterance replayed.
+
+    Deadlines: the stream reports its progress through the caller's audio every
+    `ASR_PROGRESS_MS` (stages.py); audio left unacknowledged for `stall_timeout_s` means a stalled
+    stream. After the end of speech the final is due within `response_timeout_s`.
+    """
 
     def __init__(self, open_call: Callable[[], BidiCall], sample_rate: int, config: ResilienceConfig):
         self._open, self._rate, self._config = open_call, sample_rate, config
@@ -115,6 +146,11 @@ class ResilientRecognizer:
         self._utterance_base = 0  # utterance ids of the current RPC start after this one
         self._next_utterance = 0  # the first not yet finished: a replay starts its ids here
         self._speech_from: float | None = None  # start of the utterance in progress
+        # This attempt's clock: audio it has acknowledged, since when it owes more, when speech ended.
+        self._acked_s = 0.0
+        self._owed_since: float | None = None
+        self._stopped_at: float | None = None
+        self._changed = asyncio.Event()
 
     @property
     def retries(self) -> int:
@@ -125,6 +161,21 @@ class ResilientRecognizer:
         self._sent.append((self._sent_s, audio))
         self._sent_s += audio.size / self._rate
         self._trim()
+        if self._owed_since is None and self._owes_progress():
+            self._owed_since = time.monotonic()
+            self._changed.set()
+
+    def _owes_progress(self) -> bool:
+        # Progress comes every ASR_PROGRESS_MS of audio, so the newest two intervals may be unreported.
+        return self._sent_s - self._base_s - 2 * ASR_PROGRESS_MS / 1000 > self._acked_s
+
+    def _due(self, waiting_since: float) -> float | None:
+        deadlines = []
+        if self._owed_since is not None:
+            deadlines.append(self._owed_since + self._config.stall_timeout_s)
+        if self._stopped_at is not None:
+            deadlines.append(self._stopped_at + self._config.response_timeout_s)
+        return min(deadlines, default=None)
 
     def _trim(self) -> None:
         # Keep the utterance in progress (from its start), else a short pre-roll for the VAD.
@@ -139,10 +190,14 @@ class ResilientRecognizer:
         """The stream's events, offsets and utterance ids continuous across re-opens."""
         while True:
             try:
-                async for event in self._call:
-                    yield self._shift(event)
+                async for event in answered_by(self._call, self._due, self._changed):
+                    if event.WhichOneof("event") == "progress":
+                        self._acked_s = event.progress.audio_s
+                        self._owed_since = time.monotonic() if self._owes_progress() else None
+                    else:
+                        yield self._shift(event)
                 return
-            except grpc.aio.AioRpcError as error:
+            except (grpc.aio.AioRpcError, StageTimeout) as error:
                 await self._budget.spend(error)
                 self._reopen()
 
@@ -155,8 +210,10 @@ class ResilientRecognizer:
             body.utterance_id += self._utterance_base
         if kind == "speech_started":
             self._speech_from = body.audio_offset_s
+        elif kind == "speech_stopped":
+            self._stopped_at = time.monotonic()
         elif kind == "final":
-            self._speech_from = None
+            self._speech_from = self._stopped_at = None
             self._next_utterance = max(self._next_utterance, body.utterance_id + 1)
         return event
 
@@ -167,6 +224,8 @@ class ResilientRecognizer:
         self._utterance_base = self._next_utterance
         for _, audio in self._sent:
             StageClients.audio(self._call, audio)
+        self._acked_s, self._stopped_at = 0.0, None
+        self._owed_since = time.monotonic() if self._owes_progress() else None
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -181,7 +240,7 @@ async def resilient_deltas(open_call: Callable[[], AsyncIterator], config: Resil
         call = open_call()
         skip = received
         try:
-            async for response in first_then_rest(call, config.first_response_timeout_s):
+            async for response in answered_by(call, lambda since: since + config.response_timeout_s):
                 if response.WhichOneof("event") != "delta":
                     continue
                 text = response.delta.text
@@ -200,38 +259,58 @@ async def resilient_deltas(open_call: Callable[[], AsyncIterator], config: Resil
 # -- TTS ---------------------------------------------------------------------------------------------
 
 class ResilientSpeech:
-    """A turn's TTS stream: segments in, audio chunks out, re-opened with the turn's text on failure."""
+    """A turn's TTS stream: segments in, audio chunks out, re-opened with the turn's text on failure.
+
+    Deadlines: the first audio is due `response_timeout_s` after the first text; once the text is
+    complete (`close`), every next chunk is due that long after the one before. While the reply
+    is still being written the stream may rightly be quiet (it has said everything it was given).
+    """
 
     def __init__(self, open_call: Callable[[], BidiCall], config: ResilienceConfig):
         self._open, self._config = open_call, config
         self._budget = RetryBudget("tts", config)
         self._call = open_call()
         self._segments: list[str] = []
-        self._has_text = asyncio.Event()  # the answer deadline runs from the first text, not the open
         self._closed = False
         self._received: dict[int, int] = {}  # samples received per segment id
+        # This attempt's clock: its first text, the end of its text, its latest answer.
+        self._text_at: float | None = None
+        self._closed_at: float | None = None
+        self._answered_at: float | None = None
+        self._changed = asyncio.Event()
 
     def send(self, text: str) -> None:
         self._segments.append(text)
-        self._has_text.set()
         StageClients.text(self._call, text)
         StageClients.flush(self._call)  # a segment is complete: speak it now
+        if self._text_at is None:
+            self._text_at = time.monotonic()
+            self._changed.set()
 
     def close(self) -> None:
-        self._closed = True
+        self._closed, self._closed_at = True, time.monotonic()
         self._call.close()
+        self._changed.set()
 
     def cancel(self) -> None:
         self._call.cancel()
+
+    def _due(self, waiting_since: float) -> float | None:
+        timeout = self._config.response_timeout_s
+        if self._answered_at is None:
+            asked_at = self._text_at or self._closed_at
+            return None if asked_at is None else asked_at + timeout
+        if self._closed_at is not None:
+            return max(self._answered_at, self._closed_at, waiting_since) + timeout
+        return None
 
     async def audio(self) -> AsyncIterator:
         """Audio chunks (SpeechAudio, pcm trimmed of what an earlier attempt already delivered)."""
         while True:
             skip = dict(self._received)
-            if not self._closed:
-                await self._has_text.wait()
             try:
-                async for response in first_then_rest(self._call, self._config.first_response_timeout_s):
+                async for response in answered_by(self._call, self._due, self._changed):
+                    self._answered_at = time.monotonic()
                     if response.WhichOneof("event") != "audio":
                         continue
                     chunk = response.audio
@@ -259,6 +338,10 @@ class ResilientSpeech:
             StageClients.flush(self._call)
         if self._closed:
             self._call.close()
+        now = time.monotonic()
+        self._text_at = now if self._segments else None
+        self._closed_at = now if self._closed else None
+        self._answered_at = None
 
 
 # -- the fallback line -------------------------------------------------------------------------------
@@ -274,6 +357,11 @@ class FallbackLine:
 
     def clip(self, voice: str, rate: int) -> np.ndarray | None:
         return self._clips.get((voice, rate))
+
+    @property
+    def clips(self) -> int:
+        """How many voice and rate pairs the line is ready in (an edge replica's stats)."""
+        return len(self._clips)
 
     def warm(self, stages: StageClients, voice: str, rate: int) -> None:
         """Start synthesizing the line in the background, if not done or under way."""

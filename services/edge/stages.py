@@ -16,6 +16,10 @@ from services.edge.config import StagesConfig
 from services.proto import (asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, moshi_pb2, moshi_pb2_grpc,
                             tts_pb2, tts_pb2_grpc)
 
+# The ASR stream reports its progress this often (in audio): how the edge tells a quiet caller
+# from a stalled stream.
+ASR_PROGRESS_MS = 500
+
 
 class BidiCall:
     """A bidi RPC whose requests are pushed one by one; iterate it for the responses."""
@@ -44,7 +48,8 @@ class StageClients:
         self._moshi = moshi_pb2_grpc.DuplexSpeechStub(self.channel)
 
     def recognize(self, sample_rate: int, min_silence_ms: int, metadata: Sequence[tuple[str, str]] = ()) -> BidiCall:
-        config = asr_pb2.RecognitionConfig(sample_rate_hz=sample_rate, min_silence_ms=min_silence_ms)
+        config = asr_pb2.RecognitionConfig(sample_rate_hz=sample_rate, min_silence_ms=min_silence_ms,
+                                           progress_interval_ms=ASR_PROGRESS_MS)
         return BidiCall(self._asr.Recognize, asr_pb2.RecognizeRequest(config=config), self.config.asr_application,
                         metadata)
 

@@ -18,34 +18,38 @@ class RecognizeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., audio: _Optional[_Union[_common_pb2.AudioChunk, _Mapping]] = ..., flush: _Optional[_Union[_common_pb2.Flush, _Mapping]] = ...) -> None: ...
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("sample_rate_hz", "language", "beam_size", "min_silence_ms", "partial_interval_ms", "word_timestamps")
+    __slots__ = ("sample_rate_hz", "language", "beam_size", "min_silence_ms", "partial_interval_ms", "word_timestamps", "progress_interval_ms")
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
     MIN_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     WORD_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     sample_rate_hz: int
     language: str
     beam_size: int
     min_silence_ms: int
     partial_interval_ms: int
     word_timestamps: bool
-    def __init__(self, sample_rate_hz: _Optional[int] = ..., language: _Optional[str] = ..., beam_size: _Optional[int] = ..., min_silence_ms: _Optional[int] = ..., partial_interval_ms: _Optional[int] = ..., word_timestamps: _Optional[bool] = ...) -> None: ...
+    progress_interval_ms: int
+    def __init__(self, sample_rate_hz: _Optional[int] = ..., language: _Optional[str] = ..., beam_size: _Optional[int] = ..., min_silence_ms: _Optional[int] = ..., partial_interval_ms: _Optional[int] = ..., word_timestamps: _Optional[bool] = ..., progress_interval_ms: _Optional[int] = ...) -> None: ...
 
 class RecognizeResponse(_message.Message):
-    __slots__ = ("speech_started", "speech_stopped", "partial", "final", "summary")
+    __slots__ = ("speech_started", "speech_stopped", "partial", "final", "summary", "progress")
     SPEECH_STARTED_FIELD_NUMBER: _ClassVar[int]
     SPEECH_STOPPED_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     speech_started: SpeechStarted
     speech_stopped: SpeechStopped
     partial: Transcript
     final: Transcript
     summary: StreamSummary
-    def __init__(self, speech_started: _Optional[_Union[SpeechStarted, _Mapping]] = ..., speech_stopped: _Optional[_Union[SpeechStopped, _Mapping]] = ..., partial: _Optional[_Union[Transcript, _Mapping]] = ..., final: _Optional[_Union[Transcript, _Mapping]] = ..., summary: _Optional[_Union[StreamSummary, _Mapping]] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, speech_started: _Optional[_Union[SpeechStarted, _Mapping]] = ..., speech_stopped: _Optional[_Union[SpeechStopped, _Mapping]] = ..., partial: _Optional[_Union[Transcript, _Mapping]] = ..., final: _Optional[_Union[Transcript, _Mapping]] = ..., summary: _Optional[_Union[StreamSummary, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
 
 class SpeechStarted(_message.Message):
     __slots__ = ("audio_offset_s", "utterance_id")
@@ -80,6 +84,12 @@ class Transcript(_message.Message):
     words: _containers.RepeatedCompositeFieldContainer[_common_pb2.WordTiming]
     decode_s: float
     def __init__(self, utterance_id: _Optional[int] = ..., text: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., language: _Optional[str] = ..., words: _Optional[_Iterable[_Union[_common_pb2.WordTiming, _Mapping]]] = ..., decode_s: _Optional[float] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("audio_s",)
+    AUDIO_S_FIELD_NUMBER: _ClassVar[int]
+    audio_s: float
+    def __init__(self, audio_s: _Optional[float] = ...) -> None: ...
 
 class StreamSummary(_message.Message):
     __slots__ = ("audio_s", "utterances")

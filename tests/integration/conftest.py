@@ -37,6 +37,7 @@ class ServeCluster:
     cluster: LocalCluster
     grpc_address: str
     gcs_address: str
+    config: Path  # the serve config deployed on it
 
 
 def fast_tracing_env(endpoint: str) -> dict[str, str]:
@@ -71,7 +72,7 @@ def serve_cluster(tmp_path_factory, otlp_receiver) -> ServeCluster:
     try:
         cluster.deploy(config)
         cluster.wait_running(application_names(config), timeout_s=600)
-        yield ServeCluster(cluster, f"127.0.0.1:{GRPC_PORT}", f"127.0.0.1:{GCS_PORT}")
+        yield ServeCluster(cluster, f"127.0.0.1:{GRPC_PORT}", f"127.0.0.1:{GCS_PORT}", config)
     finally:
         cluster.stop()
 

@@ -57,6 +57,15 @@ async def test_silence_yields_only_a_quiet_summary(channel):
     assert events[0].summary.utterances == 0 and events[0].summary.audio_s == pytest.approx(3.0)
 
 
+async def test_progress_reports_the_audio_heard_on_its_cadence(channel):
+    silence = np.zeros(16_000 * 3, np.float32)  # nothing to say: progress is the only sign of life
+    config = asr_pb2.RecognitionConfig(sample_rate_hz=16_000, progress_interval_ms=500)
+    events = await clients.recognize(channel, clients.audio_requests(silence, 16_000, 100, config=config))
+    heard = [event.progress.audio_s for event in events if event.WhichOneof("event") == "progress"]
+    assert kinds(events)[-1] == "summary"
+    assert heard == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.5, 3.0], abs=0.05)
+
+
 async def test_flush_forces_a_final_mid_utterance(channel):
     audio, rate = read_wav(SPEECH_WAV)
     mid = int(rate * 1.8)  # inside the speech
@@ -87,6 +96,8 @@ def config(rate: int = 16_000) -> asr_pb2.RecognizeRequest:
     ([config(), audio(b"\0\0\0")], grpc.StatusCode.INVALID_ARGUMENT, "even number"),
     ([config(), audio(b"\0" * 16_000 * 2 * 2)], grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit"),
     ([config(), config()], grpc.StatusCode.INVALID_ARGUMENT, "unexpected `config`"),
+    ([asr_pb2.RecognizeRequest(config=asr_pb2.RecognitionConfig(sample_rate_hz=16_000, progress_interval_ms=5))],
+     grpc.StatusCode.INVALID_ARGUMENT, "progress_interval_ms"),
 ])
 async def test_bad_input_gets_a_clear_status(channel, requests, code, words):
     with pytest.raises(grpc.aio.AioRpcError) as error:

@@ -17,24 +17,31 @@ from services.edge.resilience import (ResilientRecognizer, ResilientSpeech, Stag
 from services.edge.stages import StageClients
 from services.proto import asr_pb2, asr_pb2_grpc, llm_pb2, llm_pb2_grpc, tts_pb2, tts_pb2_grpc
 
-FAST = ResilienceConfig(retry_attempts=2, retry_backoff_ms=10, first_response_timeout_s=1.0)
+FAST = ResilienceConfig(retry_attempts=2, retry_backoff_ms=10, response_timeout_s=1.0, stall_timeout_s=1.0)
 RATE = 16000
 
 
 class Recognizer(asr_pb2_grpc.SpeechRecognitionServicer):
     """A stand-in VAD: speech is non-zero audio. Says where speech started (in its own stream's
-    time) and ends the utterance after 0.8 s of speech; the first stream dies after 0.4 s of it."""
+    time), reports progress as asked, and ends the utterance after 0.8 s of speech.
 
-    def __init__(self):
+    The first stream fails after 0.4 s of speech: it dies (`fault="die"`), stops answering
+    (`"stall"`), or, with `"no_final"`, says speech stopped and never gives the final."""
+
+    def __init__(self, fault: str = "die"):
+        self.fault = fault
         self.streams: list[float] = []  # audio seconds each stream received
         self.speech: list[float] = []  # speech seconds each stream received
 
     async def Recognize(self, requests, context):
         self.streams.append(0.0)
         self.speech.append(0.0)
-        first = len(self.streams) == 1
+        first, progress_s, reported = len(self.streams) == 1, 0.0, 0.0
         async for request in requests:
-            if request.WhichOneof("request") != "audio":
+            kind = request.WhichOneof("request")
+            if kind == "config":
+                progress_s = request.config.progress_interval_ms / 1000
+            if kind != "audio":
                 continue
             audio = pcm16_to_float(request.audio.pcm)
             if np.abs(audio).max() > 0:
@@ -44,36 +51,47 @@ class Recognizer(asr_pb2_grpc.SpeechRecognitionServicer):
                 self.speech[-1] += audio.size / RATE
             self.streams[-1] += audio.size / RATE
             if first and self.speech[-1] >= 0.4:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "replica died")
+                if self.fault == "die":
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "replica died")
+                if self.fault == "no_final":
+                    yield asr_pb2.RecognizeResponse(speech_stopped=asr_pb2.SpeechStopped(utterance_id=0))
+                await asyncio.sleep(30)  # says nothing more
+            if progress_s and self.streams[-1] - reported >= progress_s:
+                reported = self.streams[-1]
+                yield asr_pb2.RecognizeResponse(progress=asr_pb2.Progress(audio_s=reported))
             if self.speech[-1] >= 0.8:
                 yield asr_pb2.RecognizeResponse(final=asr_pb2.Transcript(utterance_id=0, text="hello"))
                 return
 
 
 class Model(llm_pb2_grpc.LanguageModelServicer):
-    """Greedy and deterministic: the reply is always the same words. The first call dies after two."""
+    """Greedy and deterministic: the reply is always the same words. The first call dies after two
+    (`fault="die"`) or goes quiet after two (`"stall"`); with `"silent"` no call ever answers."""
 
     WORDS = ["One ", "two ", "three ", "four."]
 
-    def __init__(self, fail_first: bool = True, stall: bool = False):
-        self.calls, self.fail_first, self.stall = 0, fail_first, stall
+    def __init__(self, fault: str = "die"):
+        self.calls, self.fault = 0, fault
 
     async def Generate(self, request, context):
         self.calls += 1
-        if self.stall:
+        if self.fault == "silent":
             await asyncio.sleep(30)
         for index, word in enumerate(self.WORDS):
-            if self.fail_first and self.calls == 1 and index == 2:
-                await context.abort(grpc.StatusCode.INTERNAL, "engine crashed")
+            if self.calls == 1 and index == 2:
+                if self.fault == "die":
+                    await context.abort(grpc.StatusCode.INTERNAL, "engine crashed")
+                await asyncio.sleep(30)
             yield llm_pb2.GenerateResponse(delta=llm_pb2.TextDelta(text=word))
         yield llm_pb2.GenerateResponse(done=llm_pb2.GenerationDone())
 
 
 class Synthesizer(tts_pb2_grpc.SpeechSynthesisServicer):
-    """Each segment is 0.3 s of a ramp, in three chunks; the first stream dies after 4 chunks."""
+    """Each segment is 0.3 s of a ramp, in three chunks. The first stream dies after 4 chunks
+    (`fault="die"`) or goes quiet after them (`"stall"`); `None`: no fault."""
 
-    def __init__(self):
-        self.streams = 0
+    def __init__(self, fault: str | None = "die"):
+        self.streams, self.fault = 0, fault
 
     async def Synthesize(self, requests, context):
         self.streams += 1
@@ -83,8 +101,10 @@ class Synthesizer(tts_pb2_grpc.SpeechSynthesisServicer):
                 continue
             audio = np.linspace(-0.5, 0.5, int(0.3 * RATE), dtype=np.float32) * (segment_id + 1) / 4
             for index, part in enumerate(np.array_split(audio, 3)):
-                if self.streams == 1 and sent == 4:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "replica died")
+                if self.fault and self.streams == 1 and sent == 4:
+                    if self.fault == "die":
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, "replica died")
+                    await asyncio.sleep(30)
                 sent += 1
                 yield tts_pb2.SynthesizeResponse(audio=tts_pb2.SpeechAudio(
                     pcm=float_to_pcm16(part), sample_rate_hz=RATE, text=request.text.text, segment_id=segment_id,
@@ -109,7 +129,8 @@ async def stage(request):
     await server.stop(None)
 
 
-@pytest.mark.parametrize("stage", [[Recognizer()]], indirect=True)
+@pytest.mark.parametrize("stage", [[Recognizer("die")], [Recognizer("stall")], [Recognizer("no_final")]],
+                         indirect=True, ids=["died", "stalled", "final-overdue"])
 async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage):
     clients, servicer = stage
     asr = ResilientRecognizer(lambda: clients.recognize(RATE, 300), RATE, FAST)
@@ -139,7 +160,7 @@ async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage):
     assert starts == [pytest.approx(1.0), pytest.approx(1.0)]
 
 
-@pytest.mark.parametrize("stage", [[Model()]], indirect=True)
+@pytest.mark.parametrize("stage", [[Model("die")], [Model("stall")]], indirect=True, ids=["died", "stalled"])
 async def test_llm_request_goes_again_and_the_caller_hears_each_word_once(stage):
     clients, servicer = stage
     text = [d async for d in resilient_deltas(
@@ -148,7 +169,7 @@ async def test_llm_request_goes_again_and_the_caller_hears_each_word_once(stage)
     assert servicer.calls == 2
 
 
-@pytest.mark.parametrize("stage", [[Model(stall=True)]], indirect=True)
+@pytest.mark.parametrize("stage", [[Model("silent")]], indirect=True)
 async def test_a_stalled_llm_is_given_up_within_the_budget(stage):
     clients, servicer = stage
     with pytest.raises(StageUnavailable) as error:
@@ -158,7 +179,8 @@ async def test_a_stalled_llm_is_given_up_within_the_budget(stage):
     assert servicer.calls == FAST.retry_attempts + 1
 
 
-@pytest.mark.parametrize("stage", [[Synthesizer()]], indirect=True)
+@pytest.mark.parametrize("stage", [[Synthesizer("die")], [Synthesizer("stall")]], indirect=True,
+                         ids=["died", "stalled"])
 async def test_tts_resends_the_turn_and_skips_audio_already_received(stage):
     clients, servicer = stage
     tts = ResilientSpeech(lambda: clients.synthesize("", RATE), FAST)
@@ -174,3 +196,37 @@ async def test_tts_resends_the_turn_and_skips_audio_already_received(stage):
         # Exactly the segment, once: no sample lost, none repeated across the re-open.
         np.testing.assert_allclose(np.concatenate(parts), expected, atol=1 / 32768 * 2)
     assert sorted(audio) == [0, 1]
+
+
+@pytest.mark.parametrize("stage", [[Synthesizer(None)]], indirect=True)
+async def test_tts_that_said_all_it_was_given_may_be_quiet_while_the_reply_is_written(stage):
+    clients, servicer = stage
+    tts = ResilientSpeech(lambda: clients.synthesize("", RATE), FAST)
+    chunks = []
+
+    async def read():
+        async for chunk in tts.audio():
+            chunks.append(chunk)
+
+    reader = asyncio.create_task(read())
+    tts.send("First.")
+    await asyncio.sleep(FAST.response_timeout_s * 2.5)  # a slow LLM: the next sentence comes late
+    tts.send("Second.")
+    tts.close()
+    await asyncio.wait_for(reader, 5)
+    assert servicer.streams == 1  # no deadline was missed: nothing was owed
+    assert sorted({chunk.segment_id for chunk in chunks}) == [0, 1]
+
+
+@pytest.mark.parametrize("stage", [[Recognizer()]], indirect=True)
+async def test_asr_is_not_reopened_while_the_caller_is_quiet(stage):
+    clients, servicer = stage
+    asr = ResilientRecognizer(lambda: clients.recognize(RATE, 300), RATE, FAST)
+    reader = asyncio.create_task(anext(asr.events()))
+    for _ in range(30):  # 3 s of silence in real time: only progress comes back
+        asr.send(np.zeros(RATE // 10, np.float32))
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(FAST.stall_timeout_s * 1.5)  # and then no audio at all (a muted client)
+    assert not reader.done() and asr.retries == 0 and len(servicer.streams) == 1
+    reader.cancel()
+    asr.cancel()
