@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
@@ -114,6 +115,38 @@ class LiveKitConfig(Config):
         return self
 
 
+class TwilioConfig(Config):
+    """Phone calls through Twilio (docs/resilience-and-security.md, "Twilio").
+
+    With the account's auth token in $auth_token_env the edge answers Twilio's incoming-call
+    webhook (`POST /v1/twilio/voice`) and, by default, refuses any Media Streams upgrade that
+    Twilio did not sign. Without it the webhook is off (404) and `/v1/twilio/media` takes any
+    caller holding an edge token, as a bridge other than Twilio would need.
+    """
+
+    # Name of the environment variable holding the account's auth token (never the value).
+    auth_token_env: str = "TWILIO_AUTH_TOKEN"
+    # The base URL Twilio calls, as set on the phone number (https://voice.example.com). Twilio
+    # signs that URL, which the edge behind a load balancer cannot see; the TwiML's stream URL is
+    # its wss:// form. Empty: rebuilt from each request (X-Forwarded-Proto/Host aware).
+    public_url: str = ""
+    # Media Streams upgrades must carry a valid X-Twilio-Signature. None (default): whenever the
+    # auth token is set; True: the edge refuses to start without the token; False: not checked
+    # (the edge token still is). The voice webhook always checks: it hands out edge tokens.
+    require_signature: bool | None = None
+    # Lifetime of the edge token the webhook mints for one call: Twilio opens the stream at once.
+    stream_token_ttl_s: float = Field(60.0, ge=5, le=3600)
+
+    @model_validator(mode="after")
+    def _public_url_is_a_base(self) -> TwilioConfig:
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+                raise ValueError("twilio.public_url must be an http(s):// base URL without query or fragment, "
+                                 f"got {self.public_url!r}")
+        return self
+
+
 class DuplexConfig(Config):
     # How calls are answered unless the caller's signed token says otherwise (claim `mode`):
     # "cascade" (ASR -> LLM -> TTS) or "duplex" (Moshi listens and speaks at once).
@@ -133,6 +166,7 @@ class EdgeConfig(Config):
     auth: AuthConfig = AuthConfig()
     resilience: ResilienceConfig = ResilienceConfig()
     livekit: LiveKitConfig = LiveKitConfig()
+    twilio: TwilioConfig = TwilioConfig()
     # Admission: live conversations per edge replica; more are refused with close code 4503.
     max_conversations: int = Field(100, ge=1)
     # A call is ended (close code 4408) after this long: a forgotten client or a stuck line would

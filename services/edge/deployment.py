@@ -4,7 +4,8 @@
 the real WebSocket type, not a string.)
 
 Routes: `/` the web page, `/healthz`, `/v1/conversation` (browser/app WebSocket protocol,
-docs/websocket-protocol.md), `/v1/twilio/media` (Twilio Media Streams), and with `livekit.enabled`
+docs/websocket-protocol.md), `/v1/twilio/media` (Twilio Media Streams) and `/v1/twilio/voice`
+(Twilio's incoming-call webhook, services/edge/twilio_ingress.py), and with `livekit.enabled`
 `/v1/livekit/dispatch` and `/v1/livekit/webhook` (docs/livekit.md).
 """
 
@@ -17,7 +18,7 @@ from importlib import resources
 
 import grpc
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve import Application
 
@@ -34,6 +35,7 @@ from services.edge.stages import StageClients
 from services.edge.tracing import ConversationTracing
 from services.edge.transport import CallerHungUp, ProtocolError
 from services.edge.transports.websocket import WebSocketTransport
+from services.edge.twilio_ingress import TwilioIngress
 
 logger = logging.getLogger("ray.serve")
 # No FastAPI spans: Serve's proxy and replica spans already cover each request (continuing a
@@ -57,6 +59,7 @@ class EdgeDeployment:
         telemetry.setup("parley-edge")
         self.tracer = telemetry.tracer("parley.edge")
         self.secret = load_secret(self.config.auth.secret_env)
+        self.twilio = TwilioIngress.from_env(self.config.twilio, self.secret)
         self.page = resources.files("services.edge.web").joinpath("index.html").read_text()
         self.conversations: dict[str, Conversation | DuplexConversation] = {}
         self.room_conversations: set[str] = set()  # those of self.conversations held in LiveKit rooms
@@ -94,8 +97,15 @@ class EdgeDeployment:
     async def twilio_media(self, websocket: WebSocket) -> None:
         from services.edge.transports.twilio import TwilioTransport
 
+        if not await self.twilio.admit_media(websocket):  # unsigned: refused before accept (HTTP 403)
+            return
         await websocket.accept()
         await self._hold(websocket, TwilioTransport, json_errors=False)
+
+    @app.post("/v1/twilio/voice")
+    async def twilio_voice(self, request: Request) -> Response:
+        """Twilio's incoming-call webhook: signed by Twilio, answered with TwiML (twilio_ingress.py)."""
+        return await self.twilio.voice(request)
 
     @app.post("/v1/livekit/dispatch")
     async def livekit_dispatch(self, request: Request) -> JSONResponse:

@@ -8,9 +8,12 @@ played or was cleared) and finally `stop`. We send `media` (base64 mu-law 8 kHz)
 
 The caller's token travels as a stream parameter:
 
-    <Connect><Stream url="wss://edge.example.com/v1/twilio">
+    <Connect><Stream url="wss://edge.example.com/v1/twilio/media">
       <Parameter name="token" value="..."/>
     </Stream></Connect>
+
+The edge's voice webhook (services/edge/twilio_ingress.py) writes that TwiML itself, with a token
+whose subject is `twilio:<CallSid>`: such a token opens the stream of that call and no other.
 
 Twilio has no channel for text events: of the conversation's events only `agent_audio_end`
 goes out, as a mark named `turn-<turn_id>-end`; its echo tells when the caller has heard the
@@ -36,6 +39,7 @@ from services.edge.transports import mulaw
 SAMPLE_RATE = 8000
 ENCODING = "audio/x-mulaw"
 TOKEN_PARAMETER = "token"
+CALL_SUBJECT_PREFIX = "twilio:"
 INBOUND_TRACK = "inbound"
 # Room for the JSON around a media payload, and for a `start` with its custom parameters.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
@@ -46,6 +50,11 @@ MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 123 byt
 
 # Exceptions that mean the socket is gone when we send on it.
 _SEND_FAILURES = (WebSocketDisconnect, RuntimeError, OSError)
+
+
+def call_subject(call_sid: str) -> str:
+    """The subject of an edge token minted for one Twilio call."""
+    return CALL_SUBJECT_PREFIX + call_sid
 
 
 def mark_name_for_turn(turn_id: Any) -> str:
@@ -129,8 +138,9 @@ class TwilioTransport(Transport):
                    max_frame_ms: int) -> TwilioTransport:
         """Read Twilio's `connected` and `start` from an accepted socket and check the caller's token.
 
-        Raises ProtocolError (4408 no start in time, 4401 bad token, 4400 anything malformed or a
-        media format other than mu-law 8 kHz mono, 4413 an oversized message) or CallerHungUp.
+        Raises ProtocolError (4408 no start in time, 4401 bad token or one minted for another call,
+        4400 anything malformed or a media format other than mu-law 8 kHz mono, 4413 an oversized
+        message) or CallerHungUp.
         The caller closes the socket with the error's code (`close_with`).
         """
         limit = 4 * -(-(SAMPLE_RATE * max_frame_ms // 1000) // 3) + MESSAGE_OVERHEAD_BYTES
@@ -149,13 +159,17 @@ class TwilioTransport(Transport):
             claims = verify_token(parameters.get(TOKEN_PARAMETER), secret)
         except AuthError as error:
             raise ProtocolError(str(error), 4401) from None
+        call_sid, account_sid = start.get("callSid", ""), start.get("accountSid", "")
+        subject = claims.get("sub")
+        if isinstance(subject, str) and subject.startswith(CALL_SUBJECT_PREFIX) and (
+                not isinstance(call_sid, str) or subject != call_subject(call_sid)):
+            raise ProtocolError("the token was issued for another call", 4401)
         media_format = start.get("mediaFormat")
         if not isinstance(media_format, dict) or (
                 media_format.get("encoding"), media_format.get("sampleRate"), media_format.get("channels")
         ) != (ENCODING, SAMPLE_RATE, 1):
             raise ProtocolError(
                 f"the stream's mediaFormat must be {ENCODING} at {SAMPLE_RATE} Hz, mono; got {media_format!r}", 4400)
-        call_sid, account_sid = start.get("callSid", ""), start.get("accountSid", "")
         return cls(
             websocket,
             stream_sid=stream_sid,
