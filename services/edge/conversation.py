@@ -30,7 +30,7 @@ from services.edge.config import EdgeConfig, PersonaConfig
 from services.edge.endpointing import EndOfTurnDetector, SilenceEndpointing
 from services.edge.history import ChatHistory
 from services.edge.metrics import TurnTimeline
-from services.edge.playout import Playout, Segment
+from services.edge.playout import Playout, Segment, play_alone
 from services.edge.resilience import (FallbackLine, ResilientRecognizer, ResilientSpeech, StageUnavailable,
                                       resilient_deltas)
 from services.edge.stages import StageClients
@@ -271,14 +271,8 @@ class Conversation:
         if turn is not None:
             self._playout.add_audio(turn.timeline.turn_id, clip, segment)
             return
-        playout = Playout(self.transport, self.config.playout_frame_ms, self.config.playout_lead_ms,
-                          self._on_first_audio, self._on_underrun)
-        async with asyncio.TaskGroup() as tasks:
-            clock = tasks.create_task(playout.run())
-            playout.add_audio(0, clip, segment)
-            playout.finish_turn(0)
-            await playout.wait_played(0)
-            clock.cancel()
+        await play_alone(self.transport, self.config.playout_frame_ms, self.config.playout_lead_ms, clip, segment,
+                         self._on_first_audio)
 
     async def _on_first_audio(self, turn_id: int) -> None:
         turn = self._turn

@@ -217,7 +217,8 @@ class EdgeDeployment:
             return Conversation(transport, self.stages, self.config, conversation_id, observers=observers,
                                 tracing=tracing, fallback=self.fallback)
 
-        conversation = (DuplexConversation(transport, self.stages, self.config, conversation_id, observers, tracing)
+        conversation = (DuplexConversation(transport, self.stages, self.config, conversation_id, observers, tracing,
+                                           fallback=self.fallback)
                         if mode == "duplex" else cascade())
         self.conversations[conversation_id] = conversation
         metrics.set_active_conversations(len(self.conversations))

@@ -24,10 +24,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import numpy as np
 
+from services.common import metrics
+from services.common.aio import first_leaf
 from services.common.audio import StreamResampler, pcm16_to_float
 from services.edge.config import DuplexConfig, EdgeConfig
 from services.edge.metrics import TurnTimeline
-from services.edge.playout import Playout, Segment
+from services.edge.playout import Playout, Segment, play_alone
+from services.edge.resilience import FallbackLine, RetryBudget, StageTimeout, StageUnavailable, answered_by
 from services.edge.stages import BidiCall, StageClients
 from services.edge.tracing import ConversationTracing
 from services.edge.transport import CallerHungUp, ProtocolError, Transport
@@ -97,47 +100,63 @@ def call_mode(config: DuplexConfig, claims: dict) -> str:
 class DuplexConversation:
     def __init__(self, transport: Transport, stages: StageClients, config: EdgeConfig, conversation_id: str,
                  observers: tuple[Callable[[TurnTimeline], None], ...] = (),
-                 tracing: ConversationTracing | None = None):
+                 tracing: ConversationTracing | None = None, fallback: FallbackLine | None = None):
         self.id = conversation_id
         self.transport, self.stages, self.config = transport, stages, config
         self.tracing = tracing or ConversationTracing(conversation_id)
         self.observers = observers  # see each inferred turn's timeline; they must not block
+        self.fallback = fallback or FallbackLine(config.resilience.fallback_text)
         self._started = time.monotonic()
         self._turns = InferredTurns(config.turn_taking.min_silence_ms / 1000)
         self._playout = Playout(_MeteredOutput(transport, self._on_agent_frame), config.playout_frame_ms,
                                 config.playout_lead_ms, self._on_first_audio, lambda turn_id: None)
         self._segment = Segment("")  # what the agent has said so far (its text stream)
+        self._budget = RetryBudget("moshi", config.resilience)
+        # The current duplex stream, and where its frames are counted from (reset when it is re-opened).
+        self._call: BidiCall | None = None
+        self._frames_sent, self._stream_started = 0, 0.0
 
     async def run(self) -> None:
         """Hold the call until the caller hangs up. Raises DuplexFull when no slot is free (nothing has
         been sent to the caller then, so the edge can still answer with the cascade)."""
         with self.tracing.conversation(), self.tracing.duplex_call() as metadata:
-            call, responses = await self._open(metadata)
+            settings = self.config.duplex
+            try:
+                responses = await self._open(metadata, settings.queue_timeout_s if settings.when_full == "queue" else 0.0)
+            except StageTimeout as error:
+                raise StageUnavailable("moshi", str(error)) from None
             try:
                 await self._emit("ready", conversation_id=self.id, mode="duplex",
                                  input_sample_rate=self.transport.input_sample_rate,
                                  output_sample_rate=self.transport.output_sample_rate)
+                self.fallback.warm(self.stages, self.config.persona.voice, self.transport.output_sample_rate)
                 async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._pump_caller_audio(call), name=f"{self.id}:caller")
-                    tasks.create_task(self._read_agent(responses), name=f"{self.id}:moshi")
+                    tasks.create_task(self._pump_caller_audio(), name=f"{self.id}:caller")
+                    tasks.create_task(self._read_agent(responses, metadata), name=f"{self.id}:moshi")
                     tasks.create_task(self._playout.run(), name=f"{self.id}:playout")
             except* CallerHungUp:
                 pass
+            except* StageUnavailable as group:
+                await self._say_fallback(first_leaf(group))  # then the call ends (close 1013)
+                raise
             finally:
-                call.cancel()
+                self._call.cancel()
 
-    async def _open(self, metadata) -> tuple[BidiCall, AsyncIterator]:
-        """Start the duplex stream and wait until it holds a slot (SessionStarted). With `when_full:
-        queue` a full stage is asked again until queue_timeout_s; caller audio sent meanwhile waits
-        in the transport and is mostly dropped once the call starts (see _pump_caller_audio)."""
-        settings = self.config.duplex
-        deadline = time.monotonic() + (settings.queue_timeout_s if settings.when_full == "queue" else 0.0)
+    async def _open(self, metadata, queue_timeout_s: float) -> AsyncIterator:
+        """Start a duplex stream and wait until it holds a slot (SessionStarted). A full stage is asked
+        again until `queue_timeout_s` (`when_full: queue`); caller audio sent meanwhile waits in the
+        transport and is mostly dropped once the call starts (see _pump_caller_audio)."""
+        deadline = time.monotonic() + queue_timeout_s
         while True:
             call = self.stages.converse(metadata)
             responses = aiter(call)
             try:
-                await anext(responses)
-                return call, responses
+                await asyncio.wait_for(anext(responses), self.config.resilience.response_timeout_s)
+                self._call, self._frames_sent, self._stream_started = call, 0, time.monotonic()
+                return responses
+            except TimeoutError:
+                call.cancel()
+                raise StageTimeout("no duplex session started in time") from None
             except grpc.aio.AioRpcError as error:
                 call.cancel()
                 if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -146,34 +165,61 @@ class DuplexConversation:
                     raise DuplexFull(error.details()) from None
             await asyncio.sleep(QUEUE_RETRY_S)
 
-    async def _pump_caller_audio(self, call: BidiCall) -> None:
+    async def _pump_caller_audio(self) -> None:
         """Caller audio to the stage in 80 ms frames, never more than AHEAD_FRAMES ahead of real time:
         a backlog (audio that queued up in the transport while the call waited for a slot, or a
         client's burst) is dropped, oldest first, instead of delaying the whole call."""
         resampler = StreamResampler(self.transport.input_sample_rate, MOSHI_RATE)
         pending = np.zeros(0, dtype=np.float32)
-        index, started = 0, time.monotonic()
         while True:
             audio = await self.transport.receive_audio()
             self._turns.caller_audio(audio, time.monotonic())
             pending = np.concatenate([pending, resampler.push(audio)])
             while pending.size >= MOSHI_FRAME:
                 frame, pending = pending[:MOSHI_FRAME], pending[MOSHI_FRAME:]
-                if index < (time.monotonic() - started) / MOSHI_FRAME_S + AHEAD_FRAMES:
-                    StageClients.duplex_frame(call, frame, index)
-                    index += 1
+                if self._frames_sent < (time.monotonic() - self._stream_started) / MOSHI_FRAME_S + AHEAD_FRAMES:
+                    StageClients.duplex_frame(self._call, frame, self._frames_sent)
+                    self._frames_sent += 1
 
-    async def _read_agent(self, responses) -> None:
+    async def _read_agent(self, responses: AsyncIterator, metadata) -> None:
+        """The agent's frames to the playout. The stage answers every 80 ms: a stream that breaks or
+        falls silent for `stall_timeout_s` is re-opened (a new session: the model's context of the
+        call so far is lost, the call goes on)."""
         resampler = StreamResampler(MOSHI_RATE, self.transport.output_sample_rate)
-        async for response in responses:
-            kind = response.WhichOneof("event")
-            if kind == "audio":
-                audio = resampler.push(pcm16_to_float(response.audio.pcm))
-                if audio.size:
-                    self._playout.add_audio(TURN_ID, audio, self._segment)
-            elif kind == "text":
-                self._segment.text += response.text.text
-                await self._emit("agent_text", turn_id=TURN_ID, text=response.text.text)
+        stall_s = self.config.resilience.stall_timeout_s
+        while True:
+            try:
+                async for response in answered_by(responses, lambda since: since + stall_s):
+                    kind = response.WhichOneof("event")
+                    if kind == "audio":
+                        audio = resampler.push(pcm16_to_float(response.audio.pcm))
+                        if audio.size:
+                            self._playout.add_audio(TURN_ID, audio, self._segment)
+                    elif kind == "text":
+                        self._segment.text += response.text.text
+                        await self._emit("agent_text", turn_id=TURN_ID, text=response.text.text)
+                return
+            except (grpc.aio.AioRpcError, StageTimeout) as error:
+                responses = await self._reopen(error, metadata)
+
+    async def _reopen(self, error: BaseException, metadata) -> AsyncIterator:
+        """A new duplex stream for the call, within the retry budget (full or failing stages spend it)."""
+        self._call.cancel()
+        while True:
+            await self._budget.spend(error)
+            try:
+                return await self._open(metadata, queue_timeout_s=0.0)
+            except (grpc.aio.AioRpcError, DuplexFull, StageTimeout) as failed:
+                error = failed
+
+    async def _say_fallback(self, error: StageUnavailable) -> None:
+        metrics.record_stage_error(error.stage, "UNAVAILABLE")
+        await self._emit("error", code="stage_unavailable", stage=error.stage, message=str(error))
+        clip = self.fallback.clip(self.config.persona.voice, self.transport.output_sample_rate)
+        if clip is not None:
+            await self._emit("agent_text", turn_id=TURN_ID, text=self.fallback.text, fallback=True)
+            await play_alone(self.transport, self.config.playout_frame_ms, self.config.playout_lead_ms, clip,
+                             Segment(self.fallback.text), self._on_first_audio)
 
     async def _on_agent_frame(self, frame: np.ndarray) -> None:
         turn = self._turns.agent_audio(frame, time.monotonic())

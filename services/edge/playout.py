@@ -145,3 +145,16 @@ class Playout:
         self.current_turn = None
         self._burst_start = None
         self._burst_frames = 0
+
+
+async def play_alone(transport: Transport, frame_ms: int, lead_ms: int, audio: np.ndarray, segment: Segment,
+                     on_first_audio: Callable[[int], Awaitable[None]]) -> None:
+    """Play one clip on a playout clock of its own and return once it is played (a call that is
+    ending, whose own clock has stopped)."""
+    playout = Playout(transport, frame_ms, lead_ms, on_first_audio, lambda turn_id: None)
+    async with asyncio.TaskGroup() as tasks:
+        clock = tasks.create_task(playout.run())
+        playout.add_audio(0, audio, segment)
+        playout.finish_turn(0)
+        await playout.wait_played(0)
+        clock.cancel()

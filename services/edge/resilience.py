@@ -132,8 +132,10 @@ class ResilientRecognizer:
     """The call's ASR stream, re-opened on failure with the unfinished utterance replayed.
 
     Deadlines: the stream reports its progress through the caller's audio every
-    `ASR_PROGRESS_MS` (stages.py); audio left unacknowledged for `stall_timeout_s` means a stalled
-    stream. After the end of speech the final is due within `response_timeout_s`.
+    `ASR_PROGRESS_MS` (stages.py). Audio left unacknowledged for `stall_timeout_s` by a stream
+    that has been answering means it stalled; a new stream (which may be waiting for a replica to
+    start) gets `response_timeout_s` to begin. After the end of speech the final is due within
+    `response_timeout_s`.
     """
 
     def __init__(self, open_call: Callable[[], BidiCall], sample_rate: int, config: ResilienceConfig):
@@ -146,7 +148,9 @@ class ResilientRecognizer:
         self._utterance_base = 0  # utterance ids of the current RPC start after this one
         self._next_utterance = 0  # the first not yet finished: a replay starts its ids here
         self._speech_from: float | None = None  # start of the utterance in progress
-        # This attempt's clock: audio it has acknowledged, since when it owes more, when speech ended.
+        # This attempt's clock: whether it has answered, audio it has acknowledged, since when it
+        # owes more, when speech ended.
+        self._answering = False
         self._acked_s = 0.0
         self._owed_since: float | None = None
         self._stopped_at: float | None = None
@@ -172,7 +176,8 @@ class ResilientRecognizer:
     def _due(self, waiting_since: float) -> float | None:
         deadlines = []
         if self._owed_since is not None:
-            deadlines.append(self._owed_since + self._config.stall_timeout_s)
+            config = self._config
+            deadlines.append(self._owed_since + (config.stall_timeout_s if self._answering else config.response_timeout_s))
         if self._stopped_at is not None:
             deadlines.append(self._stopped_at + self._config.response_timeout_s)
         return min(deadlines, default=None)
@@ -191,6 +196,7 @@ class ResilientRecognizer:
         while True:
             try:
                 async for event in answered_by(self._call, self._due, self._changed):
+                    self._answering = True
                     if event.WhichOneof("event") == "progress":
                         self._acked_s = event.progress.audio_s
                         self._owed_since = time.monotonic() if self._owes_progress() else None
@@ -224,7 +230,7 @@ class ResilientRecognizer:
         self._utterance_base = self._next_utterance
         for _, audio in self._sent:
             StageClients.audio(self._call, audio)
-        self._acked_s, self._stopped_at = 0.0, None
+        self._answering, self._acked_s, self._stopped_at = False, 0.0, None
         self._owed_since = time.monotonic() if self._owes_progress() else None
 
     def cancel(self) -> None:

@@ -122,3 +122,34 @@ async def test_edge_replica_killed_mid_call_ends_the_call_and_new_calls_go_on(ed
         await asyncio.sleep(0.5)
     assert again.of_type("ready")
     await wait_quiet(ray_client, timeout_s=60)
+
+
+async def test_moshi_replica_killed_mid_call_and_the_duplex_call_goes_on(edge_ws_url, edge_secret, ray_client,
+                                                                         serve_cluster):
+    from tests.integration.test_edge_duplex import token as claims_token
+
+    audio, rate = speech()
+    before = (await stage_stats(ray_client, "edge"))["stage_retries"].get("moshi", 0)
+    replica = await replica_actor(serve_cluster, "moshi", "DuplexSpeech")
+    result = caller.CallResult()
+    resumed = lambda r: len(r.agent_audio) > heard_before + 50  # noqa: E731 - a second of new frames
+    heard_before = 10**9
+    call = asyncio.create_task(caller.call(
+        edge_ws_url, claims_token(edge_secret, mode="duplex"), np.concatenate([audio, np.zeros(rate * 60, np.float32)]),
+        rate, tail_s=5, until=resumed, result=result))
+    while not result.of_type("agent_audio_start"):
+        assert not call.done(), result.events
+        await asyncio.sleep(0.02)
+    import ray
+
+    ray.kill(replica, no_restart=True)
+    heard_before = len(result.agent_audio)
+    await asyncio.wait_for(call, 120)
+    retries = (await stage_stats(ray_client, "edge"))["stage_retries"].get("moshi", 0) - before
+    # The duplex stream was opened again on the replacement replica and the agent spoke again.
+    assert not result.of_type("error"), result.of_type("error")
+    assert resumed(result) and retries >= 1
+    assert result.close_code == 1000
+    gap = max(b - a for a, b in zip(result.audio_arrivals, result.audio_arrivals[1:]))
+    print(f"\nmoshi replica killed mid-call: the caller heard nothing for {gap:.1f} s, {retries} re-open(s)")
+    await wait_quiet(ray_client, timeout_s=60)

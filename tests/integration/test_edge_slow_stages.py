@@ -85,13 +85,16 @@ async def replica_pid(serve_cluster, application: str, deployment: str) -> int:
     return await asyncio.to_thread(find)
 
 
-async def call_with_stage_paused(url: str, secret: str, pid: int, pause_on: str, audio: np.ndarray, rate: int,
+def cascade_token(secret: str) -> str:
+    return token(secret, greeting="", max_tokens=30, temperature=0.0)
+
+
+async def call_with_stage_paused(url: str, call_token: str, pid: int, pause_on: str, audio: np.ndarray, rate: int,
                                  until) -> tuple[caller.CallResult, float]:
     """Call; pause the replica `pid` when the caller sees the event `pause_on`, and resume it when the
     caller is told the stage is unavailable. Returns the call and how long the replica was paused."""
     result = caller.CallResult()
-    call = asyncio.create_task(caller.call(url, token(secret, greeting="", max_tokens=30, temperature=0.0),
-                                           audio, rate, tail_s=60, until=until, result=result))
+    call = asyncio.create_task(caller.call(url, call_token, audio, rate, tail_s=60, until=until, result=result))
     loop = asyncio.get_running_loop()
     paused_at = resumed_at = None
     try:
@@ -140,7 +143,8 @@ async def test_a_slow_stage_gets_the_fallback_line_and_the_call_goes_on(
     pid = await replica_pid(serve_cluster, application, deployment)
     # Paused when the caller's speech ends: before the turn's request reaches the stage.
     result, paused_s = await call_with_stage_paused(
-        strict_edges["edge_deadlines"], edge_secret, pid, "user_speech_stopped", *two_utterances(gap_s=15),
+        strict_edges["edge_deadlines"], cascade_token(edge_secret), pid, "user_speech_stopped",
+        *two_utterances(gap_s=15),
         until=lambda r: len(r.of_type("metrics")) >= 2)
 
     [error] = result.of_type("error")
@@ -172,7 +176,7 @@ async def test_a_stalled_asr_ends_the_call_with_the_fallback_line(strict_edges, 
     audio, rate = speech()
     # Paused mid-utterance: the stream stops acknowledging the caller's audio.
     result, _ = await call_with_stage_paused(
-        strict_edges["edge_deadlines"], edge_secret, pid, "user_speech_started",
+        strict_edges["edge_deadlines"], cascade_token(edge_secret), pid, "user_speech_started",
         np.concatenate([audio, np.zeros(rate * 20, np.float32)]), rate, until=lambda r: False)
     [error] = result.of_type("error")[:1]
     assert error["code"] == "stage_unavailable" and error["stage"] == "asr"
@@ -184,6 +188,32 @@ async def test_a_stalled_asr_ends_the_call_with_the_fallback_line(strict_edges, 
     assert result.close_code == 1013
     assert not result.of_type("metrics")  # no turn was taken on a transcript that never came
     await wait_quiet(ray_client, timeout_s=60)
+
+
+async def test_a_stalled_duplex_stage_ends_the_call_with_the_fallback_line(strict_edges, edge_secret, serve_cluster,
+                                                                         ray_client, channel):
+    from tests.integration.test_edge_duplex import token as claims_token
+
+    pid = await replica_pid(serve_cluster, "moshi", "DuplexSpeech")
+    audio, rate = speech()
+    # Paused once the duplex session is up: its 80 ms frames stop coming.
+    result, _ = await call_with_stage_paused(
+        strict_edges["edge_deadlines"], claims_token(edge_secret, mode="duplex"), pid, "agent_audio_start",
+        np.concatenate([audio, np.zeros(rate * 20, np.float32)]), rate, until=lambda r: False)
+    [error] = result.of_type("error")[:1]
+    assert error["code"] == "stage_unavailable" and error["stage"] == "moshi"
+    started = index_of(result, "agent_audio_start")
+    # A stall, then a re-open that got no session either (one retry), then the line and the end.
+    waited = error["t"] - result.events[started]["t"]
+    expected = DEADLINES["stall_timeout_s"] + DEADLINES["response_timeout_s"]
+    assert expected <= waited < expected + 4
+    failed = result.events.index(error)
+    assert result.events[failed + 1]["type"] == "agent_text" and result.events[failed + 1]["fallback"]
+    assert audio_between(result, result.event_arrivals[failed]) == pytest.approx(await fallback_line_s(channel),
+                                                                                 abs=0.1)
+    assert result.close_code == 1013
+    await wait_quiet(ray_client, timeout_s=60)
+    assert (await stage_stats(ray_client, "moshi"))["active_streams"] == 0
 
 
 async def test_a_call_ends_at_its_time_limit(strict_edges, edge_secret, ray_client):
