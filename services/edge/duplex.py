@@ -30,7 +30,7 @@ from services.common.audio import StreamResampler, pcm16_to_float
 from services.edge.config import DuplexConfig, EdgeConfig
 from services.edge.metrics import TurnTimeline
 from services.edge.playout import Playout, Segment, play_alone
-from services.edge.resilience import FallbackLine, RetryBudget, StageTimeout, StageUnavailable, answered_by
+from services.edge.resilience import FallbackLine, RetryBudget, StageTimeout, StageUnavailable, within
 from services.edge.stages import BidiCall, StageClients
 from services.edge.tracing import ConversationTracing
 from services.edge.transport import CallerHungUp, ProtocolError, Transport
@@ -186,10 +186,10 @@ class DuplexConversation:
         falls silent for `stall_timeout_s` is re-opened (a new session: the model's context of the
         call so far is lost, the call goes on)."""
         resampler = StreamResampler(MOSHI_RATE, self.transport.output_sample_rate)
-        stall_s = self.config.resilience.stall_timeout_s
+        stall = within(self.config.resilience.stall_timeout_s)
         while True:
             try:
-                async for response in answered_by(responses, lambda since: since + stall_s):
+                async for response in stall.read(responses):
                     kind = response.WhichOneof("event")
                     if kind == "audio":
                         audio = resampler.push(pcm16_to_float(response.audio.pcm))

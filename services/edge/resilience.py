@@ -86,44 +86,48 @@ def describe(error: BaseException) -> str:
     return type(error).__name__ if not str(error) else f"{type(error).__name__}: {error}"
 
 
-async def answered_by(stream: AsyncIterator, due: Callable[[float], float | None],
-                      changed: asyncio.Event | None = None) -> AsyncIterator:
-    """Iterate `stream`, failing with StageTimeout when an item is late.
+class Deadline:
+    """Reads a stream, failing with StageTimeout when an item is late.
 
     `due(waiting_since)` is the monotonic time by which the next item must arrive (None: no
-    deadline yet), asked again whenever `changed` is set. The pending read is never cancelled by
-    a deadline check: cancelling a read cancels a gRPC call, and this one may still be healthy.
+    deadline yet). The stream's owner calls `moved()` when what it owes changes (text sent, input
+    closed), and the wait in progress takes the new deadline at once. A read is cancelled only
+    when its deadline has passed, and then the stream is abandoned anyway.
     """
-    iterator = stream.__aiter__()
-    pending = asyncio.ensure_future(anext(iterator))
-    try:
+
+    def __init__(self, due: Callable[[float], float | None]):
+        self._due = due
+        self._timeout: asyncio.Timeout | None = None
+        self._waiting_since = 0.0
+
+    def moved(self) -> None:
+        if self._timeout is not None and not self._timeout.expired():  # expired: the read is being cancelled
+            self._timeout.reschedule(self._loop_time(self._due(self._waiting_since)))
+
+    @staticmethod
+    def _loop_time(when: float | None) -> float | None:
+        # The event loop keeps its own clock (uvloop's is not time.monotonic()).
+        return None if when is None else asyncio.get_running_loop().time() + when - time.monotonic()
+
+    async def read(self, stream: AsyncIterator) -> AsyncIterator:
+        iterator = stream.__aiter__()
         while True:
-            waiting_since = time.monotonic()
-            if changed is not None:
-                changed.clear()
-            while not pending.done():
-                deadline = due(waiting_since)
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise StageTimeout(f"no answer in time (waited {now - waiting_since:.1f} s)")
-                waiters = {pending}
-                if changed is not None:
-                    waiters.add(wake := asyncio.ensure_future(changed.wait()))
-                try:
-                    await asyncio.wait(waiters, timeout=None if deadline is None else deadline - now,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    if changed is not None:
-                        wake.cancel()
-                        changed.clear()
+            self._waiting_since = time.monotonic()
             try:
-                item = pending.result()
+                async with asyncio.timeout_at(self._loop_time(self._due(self._waiting_since))) as self._timeout:
+                    item = await anext(iterator)
             except StopAsyncIteration:
                 return
+            except TimeoutError:
+                raise StageTimeout(f"no answer in time (waited {time.monotonic() - self._waiting_since:.1f} s)") from None
+            finally:
+                self._timeout = None
             yield item
-            pending = asyncio.ensure_future(anext(iterator))
-    finally:
-        pending.cancel()
+
+
+def within(timeout_s: float) -> Deadline:
+    """Each next item of the stream is due `timeout_s` after it is asked for."""
+    return Deadline(lambda waiting_since: waiting_since + timeout_s)
 
 
 # -- ASR ---------------------------------------------------------------------------------------------
@@ -154,7 +158,7 @@ class ResilientRecognizer:
         self._acked_s = 0.0
         self._owed_since: float | None = None
         self._stopped_at: float | None = None
-        self._changed = asyncio.Event()
+        self._deadline = Deadline(self._due)
 
     @property
     def retries(self) -> int:
@@ -167,7 +171,7 @@ class ResilientRecognizer:
         self._trim()
         if self._owed_since is None and self._owes_progress():
             self._owed_since = time.monotonic()
-            self._changed.set()
+            self._deadline.moved()
 
     def _owes_progress(self) -> bool:
         # Progress comes every ASR_PROGRESS_MS of audio, so the newest two intervals may be unreported.
@@ -195,7 +199,7 @@ class ResilientRecognizer:
         """The stream's events, offsets and utterance ids continuous across re-opens."""
         while True:
             try:
-                async for event in answered_by(self._call, self._due, self._changed):
+                async for event in self._deadline.read(self._call):
                     self._answering = True
                     if event.WhichOneof("event") == "progress":
                         self._acked_s = event.progress.audio_s
@@ -246,7 +250,7 @@ async def resilient_deltas(open_call: Callable[[], AsyncIterator], config: Resil
         call = open_call()
         skip = received
         try:
-            async for response in answered_by(call, lambda since: since + config.response_timeout_s):
+            async for response in within(config.response_timeout_s).read(call):
                 if response.WhichOneof("event") != "delta":
                     continue
                 text = response.delta.text
@@ -283,7 +287,7 @@ class ResilientSpeech:
         self._text_at: float | None = None
         self._closed_at: float | None = None
         self._answered_at: float | None = None
-        self._changed = asyncio.Event()
+        self._deadline = Deadline(self._due)
 
     def send(self, text: str) -> None:
         self._segments.append(text)
@@ -291,12 +295,12 @@ class ResilientSpeech:
         StageClients.flush(self._call)  # a segment is complete: speak it now
         if self._text_at is None:
             self._text_at = time.monotonic()
-            self._changed.set()
+            self._deadline.moved()
 
     def close(self) -> None:
         self._closed, self._closed_at = True, time.monotonic()
         self._call.close()
-        self._changed.set()
+        self._deadline.moved()
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -315,7 +319,7 @@ class ResilientSpeech:
         while True:
             skip = dict(self._received)
             try:
-                async for response in answered_by(self._call, self._due, self._changed):
+                async for response in self._deadline.read(self._call):
                     self._answered_at = time.monotonic()
                     if response.WhichOneof("event") != "audio":
                         continue
