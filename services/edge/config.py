@@ -53,6 +53,10 @@ class ResilienceConfig(Config):
 
     # Re-opens of one stage RPC allowed within the window, with backoff doubling from retry_backoff_ms.
     retry_attempts: int = Field(4, ge=0, le=20)
+    # Of those, re-opens after a missed deadline (a hung replica; the new RPC may reach a live
+    # one). Each follows a whole deadline of silence, so a silent stage is given up after
+    # (timeout_retries + 1) deadlines.
+    timeout_retries: int = Field(1, ge=0, le=20)
     retry_window_s: float = Field(30.0, gt=0)
     retry_backoff_ms: int = Field(200, ge=0, le=10_000)
     # A slow stage is handled like a dead one. An LLM RPC whose next delta, a TTS stream whose

@@ -56,11 +56,14 @@ class StageTimeout(Exception):
 
 
 class RetryBudget:
-    """At most `attempts` re-opens within `window_s`, with exponential backoff between them."""
+    """At most `retry_attempts` re-opens within `retry_window_s`, with exponential backoff between
+    them; of those, at most `timeout_retries` after a missed deadline (each one cost the caller a
+    whole `response_timeout_s` of silence already)."""
 
     def __init__(self, stage: str, config: ResilienceConfig):
         self.stage, self.config = stage, config
         self._failures: deque[float] = deque()
+        self._timeouts: deque[float] = deque()
         self.retries = 0
 
     async def spend(self, error: BaseException) -> None:
@@ -68,11 +71,15 @@ class RetryBudget:
         if isinstance(error, grpc.aio.AioRpcError) and error.code() not in RETRYABLE:
             raise error
         now = time.monotonic()
-        while self._failures and now - self._failures[0] > self.config.retry_window_s:
-            self._failures.popleft()
-        if len(self._failures) >= self.config.retry_attempts:
+        for spent in (self._failures, self._timeouts):
+            while spent and now - spent[0] > self.config.retry_window_s:
+                spent.popleft()
+        if len(self._failures) >= self.config.retry_attempts or (
+                isinstance(error, StageTimeout) and len(self._timeouts) >= self.config.timeout_retries):
             raise StageUnavailable(self.stage, describe(error)) from error
         self._failures.append(now)
+        if isinstance(error, StageTimeout):
+            self._timeouts.append(now)
         self.retries += 1
         retries_by_stage[self.stage] += 1
         delay = self.config.retry_backoff_ms / 1000 * 2 ** (len(self._failures) - 1)

@@ -5,7 +5,7 @@ line instead of dead air, and the call must go on (or, without ASR, end cleanly)
 replica is resumed (SIGCONT) the next turn is answered as usual and nothing is left running.
 
 The session cluster's edge waits 15 s for a silent stage, as in production. These tests deploy
-two more edge applications beside it with short limits (a 2 s deadline and one retry; calls of
+two more edge applications beside it with short limits (2 s deadlines; calls of
 at most a few seconds), and remove them afterwards.
 """
 
@@ -27,7 +27,8 @@ from tests.integration.test_edge_websocket import speech, token, wait_quiet
 
 pytestmark = pytest.mark.cluster
 
-DEADLINES = {"response_timeout_s": 2.0, "stall_timeout_s": 2.0, "retry_attempts": 1, "retry_backoff_ms": 100}
+# Short deadlines; the retry policy is the default one (one re-open after a missed deadline).
+DEADLINES = {"response_timeout_s": 2.0, "stall_timeout_s": 2.0, "retry_backoff_ms": 100}
 SHORT_CALL_S = 3.0
 EXTRA_APPS = {
     # name: (route prefix, edge args on top of the session edge's)
