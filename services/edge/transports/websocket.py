@@ -17,7 +17,7 @@ from services.edge.transport import CallerHungUp, ProtocolError, Transport
 def _json(text: str) -> dict[str, Any]:
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays or objects nested too deep
         raise ProtocolError("messages must be JSON objects") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("messages must be JSON objects with a string `type`")
@@ -54,7 +54,7 @@ class WebSocketTransport(Transport):
         try:
             input_rate = check_sample_rate(int(start.get("input_sample_rate", 0)))
             output_rate = check_sample_rate(int(start.get("output_sample_rate", 24_000)))
-        except (AudioFormatError, TypeError, ValueError) as error:
+        except (AudioFormatError, TypeError, ValueError, OverflowError) as error:  # OverflowError: 1e999
             raise ProtocolError(f"bad sample rate: {error}") from None
         transport = cls(websocket, input_rate, output_rate, input_rate * max_frame_ms // 1000 * 2, start)
         transport.claims = claims
