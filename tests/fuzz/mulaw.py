@@ -4,6 +4,11 @@ The input is read three ways: as mu-law bytes from the caller (decode), as int16
 float32 samples (NaN, infinities and out-of-range values included) to encode. Checks: lengths
 are kept, decoded audio stays in [-1, 1], a decoded value re-encodes to itself, and float audio
 comes back within one quantisation step.
+
+The codec module is not instrumented: it has no branch that depends on the samples (numpy
+does the work), and atheris 3.0.0 leaks the result of every instrumented comparison that
+returns an array (`samples < 0`: a few KB per call, 870 MB after 120 s). Only this function is,
+so libFuzzer has coverage to start from; in effect this target is random property testing.
 """
 
 from __future__ import annotations
@@ -11,14 +16,14 @@ from __future__ import annotations
 import atheris
 import numpy as np
 
-with atheris.instrument_imports(include=["services"]):
-    from services.edge.transports import mulaw
+from services.edge.transports import mulaw
 
 # Largest gap between a sample in [-1, 1] and its decoded code: half the top segment's step
 # (1024/2 of 32768), or full scale against the largest code (32124).
 MAX_ERROR = (32768 - 32124) / 32768 + 1e-6
 
 
+@atheris.instrument_func
 def fuzz_mulaw(data: bytes) -> None:
     decoded = mulaw.decode(data)
     assert decoded.dtype == np.float32 and decoded.shape == (len(data),)
