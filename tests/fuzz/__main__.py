@@ -53,10 +53,13 @@ def dictionary_flag(name: str) -> list[str]:
     parts = DICTIONARIES.get(name)
     if not parts:
         return []
-    handle, path = tempfile.mkstemp(prefix=f"parley-fuzz-{name}-", suffix=".dict")
-    with open(handle, "w") as merged:
-        merged.write("\n".join((DICT_ROOT / f"{part}.dict").read_text() for part in parts))
-    return [f"-dict={path}"]
+    merged = Path(tempfile.gettempdir()) / f"parley-fuzz-{name}.dict"
+    merged.write_text("\n".join((DICT_ROOT / f"{part}.dict").read_text() for part in parts))
+    return [f"-dict={merged}"]
+
+
+def has_flag(args: list[str], flag: str) -> bool:
+    return any(arg.startswith(f"{flag}=") for arg in args)
 
 
 def main(argv: list[str]) -> None:
@@ -69,9 +72,11 @@ def main(argv: list[str]) -> None:
     import atheris
 
     test_one_input = load_target(name)
-    flags = [*(flag for flag in DEFAULT_FLAGS if not any(a.startswith(flag.split("=")[0] + "=") for a in rest)),
-             *([] if any(a.startswith("-dict=") for a in rest) else dictionary_flag(name)), *rest]
-    if not any(not arg.startswith("-") for arg in rest):
+    flags = [flag for flag in DEFAULT_FLAGS if not has_flag(rest, flag.split("=")[0])]
+    if not has_flag(rest, "-dict"):
+        flags += dictionary_flag(name)
+    flags += rest
+    if all(arg.startswith("-") for arg in rest):  # no corpus directory or input file given
         seeds = CORPUS_ROOT / name
         flags += [tempfile.mkdtemp(prefix=f"parley-fuzz-{name}-"), *([str(seeds)] if seeds.is_dir() else [])]
     atheris.Setup([f"{argv[0]} {name}", *flags], test_one_input)
