@@ -28,6 +28,7 @@ def asr_seeds() -> dict[str, bytes]:
         "odd-frame": framed(config, R(audio=common_pb2.AudioChunk(pcm=b"\x01\x02\x03"))),
         "audio-first": framed(audio, config),
         "second-config": framed(config, config),
+        "no-config": b"",
         "rate-too-high": framed(R(config=asr_pb2.RecognitionConfig(sample_rate_hz=96000))),
     }
 
@@ -43,6 +44,7 @@ def llm_seeds() -> dict[str, bytes]:
         "tool-answer": llm_pb2.GenerateRequest(messages=[*messages, llm_pb2.ChatMessage(
             role="tool", content="{}", tool_call_id="c1")]).SerializeToString(),
         "regression-deep-tools": llm_pb2.GenerateRequest(messages=messages, tools_json="[" * 3000).SerializeToString(),
+        "tools-not-objects": llm_pb2.GenerateRequest(messages=messages, tools_json="[1, []]").SerializeToString(),
         "bad-role": llm_pb2.GenerateRequest(messages=[llm_pb2.ChatMessage(role="root")]).SerializeToString(),
         "greedy-zero-tokens": llm_pb2.GenerateRequest(messages=messages, sampling=llm_pb2.SamplingParams(
             temperature=0.0, max_tokens=0)).SerializeToString(),

@@ -44,7 +44,12 @@ with atheris.instrument_imports(include=["services"]):
 from tests.fuzz import harness  # noqa: E402
 
 CALLER_ERRORS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED})
-ASR_CONFIG, LLM_CONFIG, TTS_CONFIG, MOSHI_CONFIG = ASRConfig(), LLMConfig(), TTSConfig(), MoshiConfig()
+# Size limits set low, so that inputs within libFuzzer's default 4 KB reach them (RESOURCE_EXHAUSTED);
+# the LLM's still lets a few thousand characters of tools_json through to the JSON decoder.
+ASR_CONFIG = ASRConfig(max_frame_ms=20)
+LLM_CONFIG = LLMConfig(max_messages=8, max_request_chars=3500)
+TTS_CONFIG = TTSConfig(max_chunk_chars=64, max_stream_chars=256)
+MOSHI_CONFIG = MoshiConfig()
 
 
 class VoiceCatalog(TTSEngine):
