@@ -68,6 +68,18 @@ class StreamSettings:
         )
 
 
+def frame_audio(request: asr_pb2.RecognizeRequest, settings: StreamSettings) -> np.ndarray | None:
+    """A message after the config: its audio as float32, or None for a flush; anything else is
+    the caller's error (INVALID_ARGUMENT, RESOURCE_EXHAUSTED for an oversized frame)."""
+    kind = request.WhichOneof("request")
+    if kind == "audio":
+        check_size(len(request.audio.pcm), settings.max_frame_bytes, "audio frame size in bytes")
+        return pcm16_to_float(request.audio.pcm)
+    if kind == "flush":
+        return None
+    raise invalid_argument(f"unexpected `{kind}` message after the config")
+
+
 @dataclass(frozen=True)
 class _Decode:
     utterance_id: int
@@ -115,14 +127,8 @@ class RecognitionSession:
         next_partial_at = 0.0
         next_progress_at = settings.progress_interval_s
         async for request in requests:
-            kind = request.WhichOneof("request")
-            if kind == "audio":
-                check_size(len(request.audio.pcm), settings.max_frame_bytes, "audio frame size in bytes")
-                events = segmenter.push(resampler.push(pcm16_to_float(request.audio.pcm)))
-            elif kind == "flush":
-                events = segmenter.flush()
-            else:
-                raise invalid_argument(f"unexpected `{kind}` message after the config")
+            audio = frame_audio(request, settings)
+            events = segmenter.flush() if audio is None else segmenter.push(resampler.push(audio))
             for event in events:
                 if isinstance(event, seg.SpeechStarted):
                     next_partial_at = event.offset_s + (settings.partial_interval_s or 0)

@@ -38,6 +38,8 @@ def mint_token(secret: str, ttl_s: float = 3600, subject: str = "caller") -> str
 def verify_token(token: object, secret: str) -> dict:
     if not isinstance(token, str) or not token:
         raise AuthError("a token is required")
+    if not token.isascii():  # a JWT is base64url and dots; PyJWT would fail to encode a lone surrogate
+        raise AuthError("invalid token: not ASCII")
     try:
         return jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp"]})
     except jwt.ExpiredSignatureError:

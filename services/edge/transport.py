@@ -7,6 +7,7 @@ clock) and JSON-able events. The conversation never sees protocol details.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -23,6 +24,17 @@ class ProtocolError(Exception):
     def __init__(self, message: str, close_code: int = 4400):
         super().__init__(message)
         self.close_code = close_code
+
+
+def json_message(text: str, kind: str) -> dict[str, Any]:
+    """A control message: a JSON object whose string field `kind` says what it is, else ProtocolError 4400."""
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: arrays or objects nested too deep
+        raise ProtocolError(f"messages must be JSON objects with a string `{kind}`") from None
+    if not isinstance(message, dict) or not isinstance(message.get(kind), str):
+        raise ProtocolError(f"messages must be JSON objects with a string `{kind}`")
+    return message
 
 
 class Transport(ABC):

@@ -56,7 +56,7 @@ def to_chat_request(request: llm_pb2.GenerateRequest, config: LLMConfig) -> Chat
         raise invalid_argument(f"max_tokens must be within [1, {config.max_tokens_limit}], got {max_tokens}")
     try:
         tools = tuple(json.loads(request.tools_json)) if request.tools_json else ()
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RecursionError) as error:  # RecursionError: nested too deep
         raise invalid_argument(f"tools_json is not a JSON array: {error}") from None
     if not all(isinstance(tool, dict) for tool in tools):
         raise invalid_argument("tools_json must be a JSON array of objects")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import numpy as np
 from opentelemetry import trace
 
 from services.common import attributes as attr
@@ -46,6 +47,17 @@ def check_config(request: moshi_pb2.DuplexConfig, config: MoshiConfig) -> None:
         raise invalid_argument("per-stream seeds are not supported: conversations in one batch share one generator")
 
 
+def frame_audio(request: moshi_pb2.ConverseRequest) -> np.ndarray:
+    """A message after the config: its frame as float32; anything but one 80 ms frame is INVALID_ARGUMENT."""
+    kind = request.WhichOneof("request")
+    if kind != "audio":
+        raise invalid_argument(f"expected `audio` after the config, got `{kind}`")
+    if len(request.audio.pcm) != FRAME_BYTES:
+        raise invalid_argument(f"an audio frame must be {FRAME_SAMPLES} samples of 24 kHz PCM s16le "
+                               f"({FRAME_BYTES} bytes), got {len(request.audio.pcm)} bytes")
+    return pcm16_to_float(request.audio.pcm)
+
+
 class DuplexSession:
     def __init__(self, ticker: DuplexTicker, config: MoshiConfig, span: trace.Span = trace.INVALID_SPAN):
         self._ticker, self._config, self._span = ticker, config, span
@@ -74,13 +86,7 @@ class DuplexSession:
 
     async def _read(self, requests: AsyncIterator[moshi_pb2.ConverseRequest], slot: Slot) -> None:
         async for request in requests:
-            kind = request.WhichOneof("request")
-            if kind != "audio":
-                raise invalid_argument(f"expected `audio` after the config, got `{kind}`")
-            if len(request.audio.pcm) != FRAME_BYTES:
-                raise invalid_argument(f"an audio frame must be {FRAME_SAMPLES} samples of 24 kHz PCM s16le "
-                                       f"({FRAME_BYTES} bytes), got {len(request.audio.pcm)} bytes")
-            slot.push(request.audio.index, pcm16_to_float(request.audio.pcm))
+            slot.push(request.audio.index, frame_audio(request))
         slot.end_input()
 
 

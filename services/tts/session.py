@@ -54,6 +54,19 @@ class VoiceSettings:
         return cls(voice, speed, rate)
 
 
+def check_message(request: tts_pb2.SynthesizeRequest, config: TTSConfig) -> str:
+    """A message after the config: its kind (`text`, `flush` or `end`) once it is checked; an empty
+    or oversized text chunk, or a second config, is the caller's error."""
+    kind = request.WhichOneof("request")
+    if kind == "text":
+        if not request.text.text:
+            raise invalid_argument("a text chunk must not be empty")
+        check_size(len(request.text.text), config.max_chunk_chars, "text chunk length")
+    elif kind not in ("flush", "end"):
+        raise invalid_argument(f"unexpected `{kind}` message after the config")
+    return kind
+
+
 class SynthesisSession:
     def __init__(self, engine: TTSEngine, worker: EngineWorker, config: TTSConfig,
                  span: trace.Span = trace.INVALID_SPAN):
@@ -78,21 +91,15 @@ class SynthesisSession:
         chunker = TextChunker(self._config.min_clause_words, self._config.max_segment_chars)
         total_chars = 0
         async for request in requests:
-            kind = request.WhichOneof("request")
-            if kind == "text":
-                text = request.text.text
-                if not text:
-                    raise invalid_argument("a text chunk must not be empty")
-                check_size(len(text), self._config.max_chunk_chars, "text chunk length")
-                total_chars += len(text)
-                check_size(total_chars, self._config.max_stream_chars, "text in this stream")
-                segments = chunker.push(text)
-            elif kind == "flush":
-                segments = chunker.flush()
-            elif kind == "end":
+            kind = check_message(request, self._config)
+            if kind == "end":
                 break
+            if kind == "text":
+                total_chars += len(request.text.text)
+                check_size(total_chars, self._config.max_stream_chars, "text in this stream")
+                segments = chunker.push(request.text.text)
             else:
-                raise invalid_argument(f"unexpected `{kind}` message after the config")
+                segments = chunker.flush()
             for segment in segments:
                 self._segments.put_nowait((segment, time.monotonic()))
         for segment in chunker.flush():

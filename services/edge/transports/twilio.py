@@ -33,7 +33,7 @@ import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from services.edge.auth import AuthError, verify_token
-from services.edge.transport import CallerHungUp, ProtocolError, Transport
+from services.edge.transport import CallerHungUp, ProtocolError, Transport, json_message
 from services.edge.transports import mulaw
 
 SAMPLE_RATE = 8000
@@ -92,13 +92,7 @@ async def _receive_message(websocket: WebSocket, max_bytes: int) -> dict[str, An
         raise ProtocolError("Twilio Media Streams messages are JSON text, got a binary message", 4400)
     if len(text) > max_bytes:
         raise ProtocolError(f"a message of {len(text)} characters is over the limit of {max_bytes}", 4413)
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise ProtocolError("a message is not valid JSON", 4400) from None
-    if not isinstance(data, dict) or not isinstance(data.get("event"), str):
-        raise ProtocolError("a message without an `event`", 4400)
-    return data
+    return json_message(text, "event")
 
 
 def _section(message: dict[str, Any], key: str) -> dict[str, Any]:

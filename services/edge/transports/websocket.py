@@ -11,17 +11,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.common.audio import AudioFormatError, check_sample_rate, float_to_pcm16, pcm16_to_float
 from services.edge.auth import AuthError, verify_token
-from services.edge.transport import CallerHungUp, ProtocolError, Transport
-
-
-def _json(text: str) -> dict[str, Any]:
-    try:
-        message = json.loads(text)
-    except ValueError:
-        raise ProtocolError("messages must be JSON objects") from None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ProtocolError("messages must be JSON objects with a string `type`")
-    return message
+from services.edge.transport import CallerHungUp, ProtocolError, Transport, json_message
 
 
 class WebSocketTransport(Transport):
@@ -44,7 +34,7 @@ class WebSocketTransport(Transport):
             raise CallerHungUp()
         if message.get("text") is None:
             raise ProtocolError("the first message must be the JSON `start` message, not audio")
-        start = _json(message["text"])
+        start = json_message(message["text"], "type")
         if start["type"] != "start":
             raise ProtocolError(f"the first message must be `start`, got `{start['type']}`")
         try:
@@ -54,7 +44,7 @@ class WebSocketTransport(Transport):
         try:
             input_rate = check_sample_rate(int(start.get("input_sample_rate", 0)))
             output_rate = check_sample_rate(int(start.get("output_sample_rate", 24_000)))
-        except (AudioFormatError, TypeError, ValueError) as error:
+        except (AudioFormatError, TypeError, ValueError, OverflowError) as error:  # OverflowError: 1e999
             raise ProtocolError(f"bad sample rate: {error}") from None
         transport = cls(websocket, input_rate, output_rate, input_rate * max_frame_ms // 1000 * 2, start)
         transport.claims = claims
@@ -78,7 +68,7 @@ class WebSocketTransport(Transport):
                     return pcm16_to_float(data)
                 except AudioFormatError as error:
                     raise ProtocolError(str(error)) from None
-            control = _json(message.get("text") or "")
+            control = json_message(message.get("text") or "", "type")
             if control["type"] == "stop":
                 raise CallerHungUp()
             raise ProtocolError(f"unexpected message type `{control['type']}`")

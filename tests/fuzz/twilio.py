@@ -1,0 +1,56 @@
+"""Target `twilio`: Twilio Media Streams messages (services/edge/transports/twilio.py).
+
+The input is a script of frames (tests/fuzz/harness.py): `connected`, `start` (with the caller's
+token among its customParameters), then `media` (base64 mu-law), `mark`, `dtmf`, `stop` and
+anything else. The real transport reads them from an in-memory socket: `open()` up to the start
+message, then `receive_audio()` until the script ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import atheris
+import numpy as np
+
+from tests.fuzz import harness
+
+with atheris.instrument_imports(include=["services"]):
+    from services.edge.transport import CallerHungUp, ProtocolError
+    from services.edge.transports.twilio import SAMPLE_RATE, TOKEN_PARAMETER, TwilioTransport
+
+CLOSE_CODES = frozenset({4400, 4401, 4408, 4413})
+MAX_FRAME_MS = 200
+MAX_MESSAGES = 64
+
+
+def _check_close_code(error: ProtocolError) -> None:
+    assert error.close_code in CLOSE_CODES, f"undocumented close code {error.close_code}"
+
+
+async def _session(socket: harness.ScriptedSocket) -> None:
+    try:
+        transport = await TwilioTransport.open(socket, harness.SECRET, start_timeout_s=harness.START_TIMEOUT_S,
+                                               max_frame_ms=MAX_FRAME_MS)
+    except ProtocolError as error:
+        return _check_close_code(error)
+    except CallerHungUp:
+        return
+    assert isinstance(transport.stream_sid, str) and transport.stream_sid
+    assert TOKEN_PARAMETER not in transport.custom_parameters, "the token leaked into the call's parameters"
+    assert transport.claims.get("sub") == "fuzz", "a caller got in without the valid token"
+    for _ in range(MAX_MESSAGES):
+        try:
+            audio = await asyncio.wait_for(transport.receive_audio(), harness.IDLE_TIMEOUT_S)
+        except ProtocolError as error:
+            return _check_close_code(error)
+        except (CallerHungUp, TimeoutError):  # TimeoutError: the script went quiet
+            return
+        assert isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.ndim == 1
+        assert 0 < audio.size <= SAMPLE_RATE * MAX_FRAME_MS // 1000
+        assert float(np.abs(audio).max()) <= 1.0
+        assert all(isinstance(name, str) for name in transport.played_marks)
+
+
+def fuzz_twilio(data: bytes) -> None:
+    harness.run(_session(harness.ScriptedSocket(harness.script(data))))

@@ -1,0 +1,52 @@
+"""Target `websocket`: the browser/app WebSocket protocol (services/edge/transports/websocket.py).
+
+The input is a script of frames (tests/fuzz/harness.py): the `start` message, then JSON control
+messages and binary audio frames of any size. The real transport reads them from an in-memory
+socket: `open()` checks the start message and the caller's token, then `receive_audio()` runs
+until the script ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import atheris
+import numpy as np
+
+from tests.fuzz import harness
+
+with atheris.instrument_imports(include=["services"]):
+    from services.edge.transport import CallerHungUp, ProtocolError
+    from services.edge.transports.websocket import WebSocketTransport
+
+CLOSE_CODES = frozenset({4400, 4401, 4408, 4413})  # docs/websocket-protocol.md
+MAX_FRAME_MS = 200
+MAX_FRAMES = 64
+
+
+async def _session(socket: harness.ScriptedSocket) -> None:
+    try:
+        transport = await WebSocketTransport.open(socket, harness.SECRET, start_timeout_s=harness.START_TIMEOUT_S,
+                                                  max_frame_ms=MAX_FRAME_MS)
+    except ProtocolError as error:
+        assert error.close_code in CLOSE_CODES, f"undocumented close code {error.close_code}"
+        return
+    except CallerHungUp:
+        return
+    assert 8000 <= transport.input_sample_rate <= 48000 and 8000 <= transport.output_sample_rate <= 48000
+    assert transport.claims.get("sub") == "fuzz", "a caller got in without the valid token"
+    for _ in range(MAX_FRAMES):
+        try:
+            audio = await asyncio.wait_for(transport.receive_audio(), harness.IDLE_TIMEOUT_S)
+        except ProtocolError as error:
+            assert error.close_code in CLOSE_CODES, f"undocumented close code {error.close_code}"
+            return
+        except (CallerHungUp, TimeoutError):  # TimeoutError: the script went quiet
+            return
+        assert isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.ndim == 1
+        assert audio.size * 2 <= transport.max_frame_bytes
+        assert audio.size == 0 or float(np.abs(audio).max()) <= 1.0
+
+
+def fuzz_websocket(data: bytes) -> None:
+    harness.run(_session(harness.ScriptedSocket(harness.script(data))))
