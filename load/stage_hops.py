@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.cluster import LocalCluster, render_config  # noqa: E402
+from services.common.aio import paced  # noqa: E402
 from services.common.audio import float_to_pcm16  # noqa: E402
 from services.common.clients import open_channel  # noqa: E402
 from services.common.rpc import stage_metadata  # noqa: E402
@@ -46,9 +47,7 @@ async def stream(channel, app: str, frame_ms: int, seconds: float, sends: dict |
 
     async def requests():
         yield asr_pb2.RecognizeRequest(config=asr_pb2.RecognitionConfig(sample_rate_hz=RATE))
-        start = time.perf_counter()
-        for index in range(frames):
-            await asyncio.sleep(max(0.0, start + index * frame_ms / 1000 - time.perf_counter()))
+        async for index in paced(range(frames), frame_ms / 1000):
             if sends is not None:
                 sends[index] = time.time()
             yield asr_pb2.RecognizeRequest(audio=common_pb2.AudioChunk(pcm=frame))

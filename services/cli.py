@@ -34,11 +34,9 @@ LOCAL_GRPC_TOKEN = "parley-local-grpc-token-not-for-production"
 
 
 def local_grpc_token() -> str:
-    import os
+    from services.common.rpc import grpc_token
 
-    from services.common.rpc import GRPC_TOKEN_ENV
-
-    return os.environ.get(GRPC_TOKEN_ENV) or LOCAL_GRPC_TOKEN
+    return grpc_token() or LOCAL_GRPC_TOKEN
 
 
 def _cluster(args: argparse.Namespace):

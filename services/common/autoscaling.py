@@ -1,8 +1,9 @@
 """Autoscaling that follows conversations: the signals stage replicas report and the policy that reads them.
 
 Serve's default policy scales on ongoing requests. For the stages that hold one stream per call
-(ASR, Moshi) and for the edge, ongoing requests *are* live conversations, and the default with a
-`target_ongoing_requests` of the sessions a replica holds comfortably is the right signal. For
+(ASR, Moshi), ongoing requests *are* live conversations, and the default with a
+`target_ongoing_requests` of the sessions a replica holds comfortably is the right signal. The
+edge uses `SessionAutoscalingPolicy` on its live calls, because a LiveKit room holds no request. For
 the compute-bound stages (TTS per agent turn, LLM per turn) a replica is full when work starts
 to wait for its engine, whatever the stream count, so `SessionAutoscalingPolicy` adds queue
 wait: scale up one replica at a time while the recent queue wait exceeds its bound, scale down

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from services.common.aio import paced
 from services.common.audio import float_to_pcm16, pcm16_to_float
 from services.common.rpc import DEFAULT_GRPC_ADDRESS, channel_options, stage_metadata
 from services.proto import (asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, moshi_pb2, moshi_pb2_grpc,
@@ -29,11 +30,9 @@ async def audio_requests(audio: np.ndarray, rate: int, frame_ms: int = 100, *, r
     """A config message, then the audio cut into frames (paced in real time if asked)."""
     yield asr_pb2.RecognizeRequest(config=config or asr_pb2.RecognitionConfig(sample_rate_hz=rate))
     step = rate * frame_ms // 1000
-    started = time.perf_counter()
-    for index, start in enumerate(range(0, audio.size, step)):
-        if realtime:
-            await asyncio.sleep(max(0.0, started + index * frame_ms / 1000 - time.perf_counter()))
-        yield asr_pb2.RecognizeRequest(audio=common_pb2.AudioChunk(pcm=float_to_pcm16(audio[start:start + step])))
+    frames = (audio[start:start + step] for start in range(0, audio.size, step))
+    async for frame in paced(frames, frame_ms / 1000 if realtime else 0.0):
+        yield asr_pb2.RecognizeRequest(audio=common_pb2.AudioChunk(pcm=float_to_pcm16(frame)))
 
 
 async def recognize(channel: grpc.aio.Channel, requests: AsyncIterator[asr_pb2.RecognizeRequest] | Iterable,
@@ -107,10 +106,10 @@ async def duplex_requests(frames: Iterable[bytes], *, pace_s: float = 0.08, samp
                           config: moshi_pb2.DuplexConfig | None = None) -> AsyncIterator[moshi_pb2.ConverseRequest]:
     """A DuplexConfig, then one PCM frame every pace_s (0.08 = real time; less runs ahead of the server)."""
     yield moshi_pb2.ConverseRequest(config=config or moshi_pb2.DuplexConfig(sample_rate_hz=sample_rate))
-    started = time.perf_counter()
-    for index, pcm in enumerate(frames):
-        await asyncio.sleep(max(0.0, started + index * pace_s - time.perf_counter()))
+    index = 0
+    async for pcm in paced(frames, pace_s):
         yield moshi_pb2.ConverseRequest(audio=moshi_pb2.AudioFrame(pcm=pcm, index=index))
+        index += 1
 
 
 @dataclass

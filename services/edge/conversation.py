@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.common import metrics
 from services.common.aio import first_leaf
 from services.common.audio import pcm16_to_float
 from services.common.text import TextChunker
@@ -259,17 +258,14 @@ class Conversation:
         """A stage stayed unavailable: tell the client, and say the cached fallback line (if any) in
         `turn`'s place, or, with no turn (the call is ending), on a playout clock of its own."""
         logger.warning("conversation %s: %s", self.id, error)
-        metrics.record_stage_error(error.stage, "UNAVAILABLE")
-        await self._emit("error", code="stage_unavailable", stage=error.stage, message=str(error))
-        rate = self.transport.output_sample_rate
-        clip = self.fallback.clip(self.persona.voice, rate)
+        turn_id = turn.timeline.turn_id if turn else 0
+        clip = await self.fallback.announce(error, self._emit, self.persona.voice, self.transport.output_sample_rate,
+                                            turn_id)
         if clip is None:
             return
         segment = Segment(self.fallback.text)
-        await self._emit("agent_text", turn_id=turn.timeline.turn_id if turn else 0, text=self.fallback.text,
-                         fallback=True)
         if turn is not None:
-            self._playout.add_audio(turn.timeline.turn_id, clip, segment)
+            self._playout.add_audio(turn_id, clip, segment)
             return
         await play_alone(self.transport, self.config.playout_frame_ms, self.config.playout_lead_ms, clip, segment,
                          self._on_first_audio)

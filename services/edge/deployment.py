@@ -11,9 +11,11 @@ docs/websocket-protocol.md), `/v1/twilio/media` (Twilio Media Streams) and `/v1/
 
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from importlib import resources
 
 import grpc
@@ -163,20 +165,28 @@ class EdgeDeployment:
         conversation = Conversation(transport, self.stages, self.config, conversation_id,
                                     observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing,
                                     fallback=self.fallback)
-        self.conversations[conversation_id] = conversation
-        self.room_conversations.add(conversation_id)
-        metrics.set_active_conversations(len(self.conversations))
         try:
-            async with asyncio.timeout(self.config.max_call_s):
+            async with self._live(conversation_id, conversation, in_room=True):
                 await conversation.run()
         except* TimeoutError:
             logger.info("conversation %s: the call reached its time limit; the agent leaves the room", conversation_id)
         except* grpc.aio.AioRpcError as group:
-            error = first_leaf(group)
-            logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
-            metrics.record_stage_error("edge", error.code())
+            _stage_failed(conversation_id, first_leaf(group))
         except* StageUnavailable as group:  # the fallback line was said; the agent leaves the room
             logger.warning("conversation %s: %s", conversation_id, first_leaf(group))
+
+    @contextlib.asynccontextmanager
+    async def _live(self, conversation_id: str, conversation: Conversation | DuplexConversation,
+                    in_room: bool = False) -> AsyncIterator[None]:
+        """Hold a call in this replica's live calls (admission, stats, autoscaling), at most
+        `max_call_s` long (TimeoutError then)."""
+        self.conversations[conversation_id] = conversation
+        if in_room:
+            self.room_conversations.add(conversation_id)
+        metrics.set_active_conversations(len(self.conversations))
+        try:
+            async with asyncio.timeout(self.config.max_call_s):
+                yield
         finally:
             del self.conversations[conversation_id]
             self.room_conversations.discard(conversation_id)
@@ -220,10 +230,8 @@ class EdgeDeployment:
         conversation = (DuplexConversation(transport, self.stages, self.config, conversation_id, observers, tracing,
                                            fallback=self.fallback)
                         if mode == "duplex" else cascade())
-        self.conversations[conversation_id] = conversation
-        metrics.set_active_conversations(len(self.conversations))
         try:
-            async with asyncio.timeout(self.config.max_call_s):
+            async with self._live(conversation_id, conversation):
                 try:
                     await conversation.run()
                 except DuplexFull:
@@ -246,15 +254,11 @@ class EdgeDeployment:
             await fail(1013, "stage_unavailable", f"the {error.stage} stage is unavailable; call again shortly")
         except* grpc.aio.AioRpcError as group:
             error = first_leaf(group)
-            logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
-            metrics.record_stage_error("edge", error.code())
+            _stage_failed(conversation_id, error)
             await fail(1011, "stage_error", f"a stage failed: {error.code().name}")
         except* Exception as group:
             logger.exception("conversation %s failed", conversation_id, exc_info=group)
             await fail(1011, "internal", "the conversation failed")
-        finally:
-            del self.conversations[conversation_id]
-            metrics.set_active_conversations(len(self.conversations))
 
     async def stats(self, turns: bool = False) -> dict:
         """Live conversations and asyncio tasks on this replica (the autoscaling signal; leak checks),
@@ -279,6 +283,12 @@ class EdgeDeployment:
         rooms = len(self.livekit or ())
         calls = rooms + len(self.conversations) - len(self.room_conversations)
         return {autoscaling.SESSIONS: calls, "active_rooms": rooms, "active_conversations": len(self.conversations)}
+
+
+def _stage_failed(conversation_id: str, error: grpc.aio.AioRpcError) -> None:
+    """A stage RPC failed with an error the edge does not retry: the call ends."""
+    logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
+    metrics.record_stage_error("edge", error.code())
 
 
 def build_app(args: EdgeConfig) -> Application:

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import numpy as np
 
-from services.common import metrics
 from services.common.aio import first_leaf
 from services.common.audio import StreamResampler, pcm16_to_float
 from services.edge.config import DuplexConfig, EdgeConfig
@@ -213,11 +212,9 @@ class DuplexConversation:
                 error = failed
 
     async def _say_fallback(self, error: StageUnavailable) -> None:
-        metrics.record_stage_error(error.stage, "UNAVAILABLE")
-        await self._emit("error", code="stage_unavailable", stage=error.stage, message=str(error))
-        clip = self.fallback.clip(self.config.persona.voice, self.transport.output_sample_rate)
+        clip = await self.fallback.announce(error, self._emit, self.config.persona.voice,
+                                            self.transport.output_sample_rate, TURN_ID)
         if clip is not None:
-            await self._emit("agent_text", turn_id=TURN_ID, text=self.fallback.text, fallback=True)
             await play_alone(self.transport, self.config.playout_frame_ms, self.config.playout_lead_ms, clip,
                              Segment(self.fallback.text), self._on_first_audio)
 

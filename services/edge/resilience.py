@@ -1,9 +1,9 @@
 """Stage streams that survive a replica dying under them.
 
 A voice call cannot be retried by the caller, so the edge retries for it. When a stage RPC
-breaks (the replica died, the proxy lost it, it is full) or is too slow to start answering, the
-conversation opens the RPC again, within a retry budget, and Serve routes the new one to a live
-replica:
+breaks (the replica died, the proxy lost it, it is full) or misses a deadline for what it owes
+(`Deadline`: a slow stage is handled as a dead one), the conversation opens the RPC again, within
+a retry budget, and Serve routes the new one to a live replica:
 
 - ASR (`ResilientRecognizer`): re-sends the config and the caller audio since the start of the
   unfinished utterance (a bounded buffer), and shifts the new stream's audio offsets and
@@ -13,7 +13,8 @@ replica:
   already received (synthesis of the same text has the same length).
 
 When the budget is spent the stage is `StageUnavailable`: the conversation plays a cached
-fallback line (`FallbackLine`) instead of dead air.
+fallback line (`FallbackLine`) instead of dead air. (Duplex calls re-open their Moshi stream the
+same way: services/edge/duplex.py.)
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import numpy as np
 
+from services.common import metrics
 from services.common.audio import pcm16_to_float
 from services.edge.config import ResilienceConfig
 from services.edge.stages import ASR_PROGRESS_MS, BidiCall, StageClients
@@ -52,7 +54,7 @@ class StageUnavailable(Exception):
 
 
 class StageTimeout(Exception):
-    """A stage accepted the RPC but did not start answering in time (a slow, not a dead, stage)."""
+    """A stage stream missed the deadline for what it owes (a slow, not a dead, stage)."""
 
 
 class RetryBudget:
@@ -288,9 +290,9 @@ class ResilientSpeech:
         self._budget = RetryBudget("tts", config)
         self._call = open_call()
         self._segments: list[str] = []
-        self._closed = False
         self._received: dict[int, int] = {}  # samples received per segment id
-        # This attempt's clock: its first text, the end of its text, its latest answer.
+        # This attempt's clock: its first text, the end of its text (set once the text is complete),
+        # its latest answer.
         self._text_at: float | None = None
         self._closed_at: float | None = None
         self._answered_at: float | None = None
@@ -305,7 +307,7 @@ class ResilientSpeech:
             self._deadline.moved()
 
     def close(self) -> None:
-        self._closed, self._closed_at = True, time.monotonic()
+        self._closed_at = time.monotonic()
         self._call.close()
         self._deadline.moved()
 
@@ -353,11 +355,11 @@ class ResilientSpeech:
         for text in self._segments:
             StageClients.text(self._call, text)
             StageClients.flush(self._call)
-        if self._closed:
-            self._call.close()
         now = time.monotonic()
+        if self._closed_at is not None:
+            self._call.close()
+            self._closed_at = now
         self._text_at = now if self._segments else None
-        self._closed_at = now if self._closed else None
         self._answered_at = None
 
 
@@ -379,6 +381,17 @@ class FallbackLine:
     def clips(self) -> int:
         """How many voice and rate pairs the line is ready in (an edge replica's stats)."""
         return len(self._clips)
+
+    async def announce(self, error: StageUnavailable, emit: Callable[..., Awaitable[None]], voice: str, rate: int,
+                       turn_id: int) -> np.ndarray | None:
+        """Tell the client a stage stayed unavailable (an `error` event, then the line's `agent_text`
+        when there is a clip to say it with). Returns the clip for the caller to play, or None."""
+        metrics.record_stage_error(error.stage, "UNAVAILABLE")
+        await emit("error", code="stage_unavailable", stage=error.stage, message=str(error))
+        clip = self.clip(voice, rate)
+        if clip is not None:
+            await emit("agent_text", turn_id=turn_id, text=self.text, fallback=True)
+        return clip
 
     def warm(self, stages: StageClients, voice: str, rate: int) -> None:
         """Start synthesizing the line in the background, if not done or under way."""

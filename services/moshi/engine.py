@@ -27,7 +27,6 @@ class StepResult:
 
 class DuplexEngine(ABC):
     slots: int
-    sample_rate: int = SAMPLE_RATE
     frame_samples: int = FRAME_SAMPLES
 
     @abstractmethod

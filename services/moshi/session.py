@@ -23,22 +23,17 @@ from services.proto import moshi_pb2
 
 FRAME_BYTES = FRAME_SAMPLES * BYTES_PER_SAMPLE
 
-# DuplexConfig sampling fields -> the deployment's setting they must match: one batched step
-# samples every slot alike, so a stream cannot choose its own.
-_SAMPLING_FIELDS = {
-    "text_temperature": "text_temperature",
-    "audio_temperature": "audio_temperature",
-    "text_top_k": "text_top_k",
-    "audio_top_k": "audio_top_k",
-}
+# DuplexConfig sampling fields, each of which must match the deployment's setting of the same
+# name: one batched step samples every slot alike, so a stream cannot choose its own.
+_SAMPLING_FIELDS = ("text_temperature", "audio_temperature", "text_top_k", "audio_top_k")
 
 
 def check_config(request: moshi_pb2.DuplexConfig, config: MoshiConfig) -> None:
     if request.sample_rate_hz != SAMPLE_RATE:
         raise invalid_argument(f"sample_rate_hz must be {SAMPLE_RATE} (Mimi's rate), got {request.sample_rate_hz}")
-    for name, setting in _SAMPLING_FIELDS.items():
+    for name in _SAMPLING_FIELDS:
         if request.HasField(name):
-            wanted, served = getattr(request, name), getattr(config.engine, setting)
+            wanted, served = getattr(request, name), getattr(config.engine, name)
             if abs(wanted - served) > 1e-6:
                 raise invalid_argument(
                     f"{name}={wanted:g} differs from this deployment's {served:g}: conversations in one batch "

@@ -82,10 +82,11 @@ class Slot:
         if not self.started:  # nothing was sent: there is nothing to answer
             self.finish()
 
-    def finish(self) -> None:
+    def finish(self, error: Exception | None = None) -> None:
+        """End the slot's output stream: cleanly (None), or with the error its reader raises."""
         if not self.finished:
             self.finished = True
-            self.outbox.put_nowait(None)
+            self.outbox.put_nowait(error)
 
     @property
     def running(self) -> bool:
@@ -184,9 +185,8 @@ class DuplexTicker:
         return self._engine.step(frames, active)
 
     def _fail(self, slot: Slot, error: Exception) -> None:
-        if self._slots[slot.index] is slot and not slot.finished:
-            slot.finished = True
-            slot.outbox.put_nowait(error)
+        if self._slots[slot.index] is slot:
+            slot.finish(error)
 
     def close(self) -> None:
         if self._task is not None:

@@ -194,24 +194,18 @@ def _fit_codebooks(mimi) -> None:
     generator = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
         latent = mimi._encode_to_unquantized_latent(_calibration_audio(generator))  # [N, D, frames]
-        _fit_residual_codebooks(mimi, latent, generator)
-
-
-def _fit_residual_codebooks(mimi, latent, generator) -> None:
-    import torch
-
-    for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
-        residual = rvq.input_proj(latent)
-        for layer in rvq.vq.layers:
-            codebook = layer._codebook
-            vectors = layer.project_in(residual.transpose(1, 2)).reshape(-1, codebook.embedding_sum.shape[1])
-            picks = torch.randint(len(vectors), (codebook.embedding_sum.shape[0],), generator=generator)
-            jitter = torch.randn(codebook.embedding_sum.shape, generator=generator) * vectors.std(dim=0) * 0.1
-            codebook.embedding_sum.copy_(vectors[picks] + jitter)
-            codebook.cluster_usage.fill_(1.0)
-            codebook._initialized.fill_(1.0)
-            codebook._embedding = None  # drop the cached centroids
-            residual = residual - layer.decode(layer.encode(residual))
+        for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
+            residual = rvq.input_proj(latent)
+            for layer in rvq.vq.layers:
+                codebook = layer._codebook
+                vectors = layer.project_in(residual.transpose(1, 2)).reshape(-1, codebook.embedding_sum.shape[1])
+                picks = torch.randint(len(vectors), (codebook.embedding_sum.shape[0],), generator=generator)
+                jitter = torch.randn(codebook.embedding_sum.shape, generator=generator) * vectors.std(dim=0) * 0.1
+                codebook.embedding_sum.copy_(vectors[picks] + jitter)
+                codebook.cluster_usage.fill_(1.0)
+                codebook._initialized.fill_(1.0)
+                codebook._embedding = None  # drop the cached centroids
+                residual = residual - layer.decode(layer.encode(residual))
 
 
 def build(out_dir: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
-from services.common.audio import StreamResampler, float_to_pcm16
+from services.common.audio import StreamResampler, float_to_pcm16, pcm16_to_float
 from services.edge.config import LiveKitConfig
 from services.edge.transport import CallerHungUp, Transport
 
@@ -148,8 +148,7 @@ class LiveKitTransport(Transport):
                 stream = self._stream
                 self._new_caller_track.clear()
                 async for event in stream:
-                    samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float32) / 32768.0
-                    audio = self._resampler.push(samples)
+                    audio = self._resampler.push(pcm16_to_float(event.frame.data.cast("B")))  # int16 view -> bytes
                     if audio.size:
                         self._audio.put_nowait(audio)
                 if self._stream is stream:  # the track ended: wait a little for the caller's next one
