@@ -25,6 +25,8 @@ from typing import Any
 import jwt
 
 SECRET = "fuzzing-secret-" + "k" * 32
+# The close codes a caller-protocol error may end with (docs/websocket-protocol.md).
+CLOSE_CODES = frozenset({4400, 4401, 4408, 4413})
 MAX_ZERO_FRAME = 1 << 20
 # The in-memory socket answers at once, so these only bound inputs that make the caller go quiet.
 START_TIMEOUT_S = 0.001
@@ -35,6 +37,11 @@ _loop = asyncio.new_event_loop()
 
 def _token(expires_at: int) -> str:
     return jwt.encode({"sub": "fuzz", "exp": expires_at}, SECRET, algorithm="HS256")
+
+
+def check_close_code(error) -> None:
+    """A ProtocolError must close with a documented code."""
+    assert error.close_code in CLOSE_CODES, f"undocumented close code {error.close_code}"
 
 
 VALID_TOKEN = _token(int(time.time()) + 30 * 24 * 3600)

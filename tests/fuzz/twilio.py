@@ -19,13 +19,8 @@ with atheris.instrument_imports(include=["services"]):
     from services.edge.transport import CallerHungUp, ProtocolError
     from services.edge.transports.twilio import SAMPLE_RATE, TOKEN_PARAMETER, TwilioTransport
 
-CLOSE_CODES = frozenset({4400, 4401, 4408, 4413})
 MAX_FRAME_MS = 200
 MAX_MESSAGES = 64
-
-
-def _check_close_code(error: ProtocolError) -> None:
-    assert error.close_code in CLOSE_CODES, f"undocumented close code {error.close_code}"
 
 
 async def _session(socket: harness.ScriptedSocket) -> None:
@@ -33,7 +28,7 @@ async def _session(socket: harness.ScriptedSocket) -> None:
         transport = await TwilioTransport.open(socket, harness.SECRET, start_timeout_s=harness.START_TIMEOUT_S,
                                                max_frame_ms=MAX_FRAME_MS)
     except ProtocolError as error:
-        return _check_close_code(error)
+        return harness.check_close_code(error)
     except CallerHungUp:
         return
     assert isinstance(transport.stream_sid, str) and transport.stream_sid
@@ -43,7 +38,7 @@ async def _session(socket: harness.ScriptedSocket) -> None:
         try:
             audio = await asyncio.wait_for(transport.receive_audio(), harness.IDLE_TIMEOUT_S)
         except ProtocolError as error:
-            return _check_close_code(error)
+            return harness.check_close_code(error)
         except (CallerHungUp, TimeoutError):  # TimeoutError: the script went quiet
             return
         assert isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.ndim == 1

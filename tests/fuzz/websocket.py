@@ -19,7 +19,6 @@ with atheris.instrument_imports(include=["services"]):
     from services.edge.transport import CallerHungUp, ProtocolError
     from services.edge.transports.websocket import WebSocketTransport
 
-CLOSE_CODES = frozenset({4400, 4401, 4408, 4413})  # docs/websocket-protocol.md
 MAX_FRAME_MS = 200
 MAX_FRAMES = 64
 
@@ -29,7 +28,7 @@ async def _session(socket: harness.ScriptedSocket) -> None:
         transport = await WebSocketTransport.open(socket, harness.SECRET, start_timeout_s=harness.START_TIMEOUT_S,
                                                   max_frame_ms=MAX_FRAME_MS)
     except ProtocolError as error:
-        assert error.close_code in CLOSE_CODES, f"undocumented close code {error.close_code}"
+        harness.check_close_code(error)
         return
     except CallerHungUp:
         return
@@ -39,7 +38,7 @@ async def _session(socket: harness.ScriptedSocket) -> None:
         try:
             audio = await asyncio.wait_for(transport.receive_audio(), harness.IDLE_TIMEOUT_S)
         except ProtocolError as error:
-            assert error.close_code in CLOSE_CODES, f"undocumented close code {error.close_code}"
+            harness.check_close_code(error)
             return
         except (CallerHungUp, TimeoutError):  # TimeoutError: the script went quiet
             return

@@ -12,16 +12,21 @@ proxies through RAY_SERVE_TRACING_* (Serve does not hand `tracing_config` to its
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from services.common.audio import read_wav
 from services.cluster import LocalCluster, application_names, render_config, tracing_env
 from services.common.rpc import GRPC_TOKEN_ENV
 from services.common.clients import open_channel
 from services.models import ensure_tiny
+from tests.conftest import SPEECH_WAV
 from tests.otlp_receiver import OTLPReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +64,7 @@ GRPC_TOKEN = "parley-test-grpc-token"
 
 @pytest.fixture(scope="session")
 def serve_cluster(tmp_path_factory, otlp_receiver) -> ServeCluster:
-    ensure_tiny(ROOT / "models" / "tiny", ["whisper", "llm", "kokoro", "moshi"])
+    ensure_tiny(ROOT / "models" / "tiny")  # every model the CPU config loads
     os.environ[GRPC_TOKEN_ENV] = GRPC_TOKEN
     cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, num_gpus=1, workdir=ROOT,
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0",
@@ -99,6 +104,55 @@ async def stage_stats(ray_client, application: str) -> dict:
     from ray import serve
 
     return await serve.get_app_handle(application).stats.remote()
+
+
+def speech() -> tuple[np.ndarray, int]:
+    audio, rate = read_wav(SPEECH_WAV)  # speech from ~0.5 s to ~3.3 s
+    return audio, rate
+
+
+def two_utterances(gap_s: float) -> tuple[np.ndarray, int]:
+    """The speech twice, `gap_s` of silence between: two turns when the gap outlasts the first reply."""
+    audio, rate = speech()
+    return np.concatenate([audio, np.zeros(int(rate * gap_s), np.float32), audio]), rate
+
+
+CASCADE = ("asr", "llm", "tts")
+
+
+def _quiet(stats: dict, edge: str, stages: tuple[str, ...]) -> bool:
+    return (stats[edge]["active_conversations"] == 0 and stats[edge]["active_rooms"] == 0
+            and all(stats[app]["active_streams"] == 0 for app in stages))
+
+
+async def wait_quiet(ray_client, timeout_s: float = 15.0, edge: str = "edge", stages: tuple[str, ...] = CASCADE) -> dict:
+    """Wait until no call, room or stage stream is left (or `timeout_s`); the last stats, by application."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = {app: await stage_stats(ray_client, app) for app in (edge, *stages)}
+        if _quiet(stats, edge, stages) or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.2)
+
+
+async def assert_quiet(ray_client, timeout_s: float = 60.0, edge: str = "edge",
+                       stages: tuple[str, ...] = CASCADE) -> None:
+    """Nothing leaked: every call, room and stage stream ends within `timeout_s`."""
+    stats = await wait_quiet(ray_client, timeout_s, edge, stages)
+    assert _quiet(stats, edge, stages), stats
+
+
+async def replica_of(serve_cluster: ServeCluster, application: str, deployment: str):
+    """The Ray actor state (name, pid) of a deployment's only live replica."""
+    from ray.util.state import list_actors
+
+    def find():
+        [actor] = list_actors(address=serve_cluster.cluster.dashboard,
+                              filters=[("class_name", "=", f"ServeReplica:{application}:{deployment}"),
+                                       ("state", "=", "ALIVE")])
+        return actor
+
+    return await asyncio.to_thread(find)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@ to the `moshi` stage (tiny checkpoint) and its frames come back through the play
 
 from __future__ import annotations
 
-import asyncio
-import time
 
 import grpc
 import jwt
@@ -14,7 +12,7 @@ from services.common.audio import read_wav
 from services.edge.auth import ALGORITHM, mint_token
 from services.edge.caller import call
 from tests.conftest import SPEECH_WAV
-from tests.integration.conftest import stage_stats
+from tests.integration.conftest import stage_stats, wait_quiet
 
 pytestmark = pytest.mark.cluster
 
@@ -22,15 +20,6 @@ pytestmark = pytest.mark.cluster
 def token(secret: str, **claims) -> str:
     base = jwt.decode(mint_token(secret, ttl_s=600), secret, algorithms=[ALGORITHM])
     return jwt.encode({**base, **claims}, secret, algorithm=ALGORITHM)
-
-
-async def wait_quiet(ray_client, timeout_s: float = 15.0) -> tuple[dict, dict]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        edge, moshi = await stage_stats(ray_client, "edge"), await stage_stats(ray_client, "moshi")
-        if (edge["active_conversations"] == 0 and moshi["active_streams"] == 0) or time.monotonic() > deadline:
-            return edge, moshi
-        await asyncio.sleep(0.2)
 
 
 async def test_a_duplex_call_streams_both_ways(edge_ws_url, edge_secret, ray_client):
@@ -53,7 +42,8 @@ async def test_a_duplex_call_streams_both_ways(edge_ws_url, edge_secret, ray_cli
     [metrics] = result.of_type("metrics")
     assert metrics["ttfat_ms"] is not None and metrics["ttfat_ms"] >= 300  # at least the silence threshold
     assert metrics["asr_final_ms"] is None and metrics["llm_ttft_ms"] is None
-    edge, moshi = await wait_quiet(ray_client)
+    stats = await wait_quiet(ray_client, stages=("moshi",))
+    edge, moshi = stats["edge"], stats["moshi"]
     assert edge["active_conversations"] == 0 and moshi["ticker"]["occupied_slots"] == 0
 
 

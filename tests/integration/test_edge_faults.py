@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from services.edge import caller
-from tests.integration.conftest import stage_stats
-from tests.integration.test_edge_websocket import speech, token, wait_quiet
+from tests.integration.conftest import assert_quiet, replica_of, speech, stage_stats, two_utterances
+from tests.integration.test_edge_websocket import token
 
 pytestmark = pytest.mark.cluster
 
@@ -20,22 +20,9 @@ pytestmark = pytest.mark.cluster
 async def replica_actor(serve_cluster, application: str, deployment: str):
     """The handle of the stage's only replica actor, looked up ahead so the kill itself is instant."""
     import ray
-    from ray.util.state import list_actors
 
-    def find():
-        [actor] = list_actors(address=serve_cluster.cluster.dashboard,
-                              filters=[("class_name", "=", f"ServeReplica:{application}:{deployment}"),
-                                       ("state", "=", "ALIVE")])
-        return ray.get_actor(actor.name, namespace="serve")
-
-    return await asyncio.to_thread(find)
-
-
-def two_utterances() -> tuple[np.ndarray, int]:
-    audio, rate = speech()
-    # Long enough between them for the first reply to end, a replacement replica's start-up
-    # included (one replica per stage here: the re-opened stream waits for it): a new turn, not a barge-in.
-    return np.concatenate([audio, np.zeros(rate * 35, np.float32), audio]), rate
+    replica = await replica_of(serve_cluster, application, deployment)
+    return ray.get_actor(replica.name, namespace="serve")
 
 
 def longest_gap_s(result: caller.CallResult, frame_s: float = 0.02) -> float:
@@ -45,7 +32,9 @@ def longest_gap_s(result: caller.CallResult, frame_s: float = 0.02) -> float:
 
 
 async def run_with_kill(edge_ws_url, edge_secret, ray_client, serve_cluster, application, deployment, trigger) -> tuple:
-    audio, rate = two_utterances()
+    # Long enough between them for the first reply to end, a replacement replica's start-up
+    # included (one replica per stage here: the re-opened stream waits for it): a new turn, not a barge-in.
+    audio, rate = two_utterances(gap_s=35)
     before = (await stage_stats(ray_client, "edge"))["stage_retries"].get(application, 0)
     replica = await replica_actor(serve_cluster, application, deployment)
     result = caller.CallResult()
@@ -74,7 +63,7 @@ async def test_tts_replica_killed_mid_reply(edge_ws_url, edge_secret, ray_client
     ttfat = [m["ttfat_ms"] for m in metrics]
     print(f"\nTTS replica killed mid-reply: TTFAT of that turn {ttfat[0]:.0f} ms (the next: {ttfat[1]:.0f} ms), "
           f"longest gap inside the reply {longest_gap_s(result):.2f} s, {retries} re-open(s)")
-    await wait_quiet(ray_client, timeout_s=60)
+    await assert_quiet(ray_client)
 
 
 async def test_asr_replica_killed_mid_utterance(edge_ws_url, edge_secret, ray_client, serve_cluster):
@@ -87,7 +76,7 @@ async def test_asr_replica_killed_mid_utterance(edge_ws_url, edge_secret, ray_cl
     assert len(finals) == 2 and len(metrics) == 2
     assert retries >= 1
     assert result.close_code == 1000
-    await wait_quiet(ray_client, timeout_s=60)
+    await assert_quiet(ray_client)
 
 
 async def test_edge_replica_killed_mid_call_ends_the_call_and_new_calls_go_on(edge_ws_url, edge_secret, ray_client,
@@ -121,7 +110,7 @@ async def test_edge_replica_killed_mid_call_ends_the_call_and_new_calls_go_on(ed
             pass
         await asyncio.sleep(0.5)
     assert again.of_type("ready")
-    await wait_quiet(ray_client, timeout_s=60)
+    await assert_quiet(ray_client)
 
 
 async def test_moshi_replica_killed_mid_call_and_the_duplex_call_goes_on(edge_ws_url, edge_secret, ray_client,
@@ -152,4 +141,4 @@ async def test_moshi_replica_killed_mid_call_and_the_duplex_call_goes_on(edge_ws
     assert result.close_code == 1000
     gap = max(b - a for a, b in zip(result.audio_arrivals, result.audio_arrivals[1:]))
     print(f"\nmoshi replica killed mid-call: the caller heard nothing for {gap:.1f} s, {retries} re-open(s)")
-    await wait_quiet(ray_client, timeout_s=60)
+    await assert_quiet(ray_client, stages=("moshi",))

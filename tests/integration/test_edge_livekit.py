@@ -22,7 +22,6 @@ import uuid
 
 import aiohttp
 import jwt
-import numpy as np
 import pytest
 import yaml
 from livekit import api
@@ -31,7 +30,7 @@ from services.common.audio import read_wav
 from services.edge.auth import ALGORITHM, mint_token
 from services.edge.config import LiveKitConfig
 from tests.conftest import SPEECH_WAV
-from tests.integration.conftest import LIVEKIT_PORT, ROOT, stage_stats
+from tests.integration.conftest import LIVEKIT_PORT, ROOT, assert_quiet, stage_stats, wait_quiet
 from tests.livekit_standin.human import Human, room_token
 from tests.livekit_standin.server import StandInServer
 
@@ -82,23 +81,6 @@ async def join(standin: StandInServer, keys: tuple[str, str], room: str, identit
     return await Human(standin.url, room_token(*keys, room, identity)).join()
 
 
-async def wait_quiet(ray_client, timeout_s: float = 20.0) -> dict:
-    """No room, conversation or stage stream is left on the cluster."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = {app: await stage_stats(ray_client, app) for app in ("edge", "asr", "llm", "tts")}
-        quiet = (stats["edge"]["active_rooms"] == 0 and stats["edge"]["active_conversations"] == 0
-                 and all(stats[app]["active_streams"] == 0 for app in ("asr", "llm", "tts")))
-        if quiet or time.monotonic() > deadline:
-            return stats
-        await asyncio.sleep(0.2)
-
-
-def voiced_seconds(human: Human) -> float:
-    audio = human.audio_heard()
-    return float(np.count_nonzero(np.abs(audio) > 0.01)) / 48_000
-
-
 def agent_track_sid(human: Human) -> str:
     agent = next(p for p in human.room.remote_participants.values() if p.identity == AGENT)
     return next(iter(agent.track_publications))
@@ -132,10 +114,10 @@ async def test_http_dispatch_runs_a_turn_with_captions_metrics_and_agent_audio(
         assert [c.text for c in agent_captions] == [e["text"] for e in human.of_type("agent_text")]
         assert all(c.track_sid == agent_track_sid(human) for c in agent_captions)
         # The agent's voice reached the human through the room (tiny TTS: noise, but not silence).
-        assert voiced_seconds(human) > 0.3
+        assert human.voiced_seconds_between(0.0, float("inf")) > 0.3
     finally:
         await human.leave()
-    stats = await wait_quiet(ray_client)
+    stats = await wait_quiet(ray_client, timeout_s=20)
     assert stats["edge"]["active_rooms"] == 0 and stats["edge"]["active_conversations"] == 0
 
 
@@ -154,7 +136,7 @@ async def test_signed_webhook_dispatches_and_deleting_the_room_ends_the_call(
         await asyncio.wait_for(human.disconnected.wait(), 10)
     finally:
         await human.leave()
-    stats = await wait_quiet(ray_client)
+    stats = await wait_quiet(ray_client, timeout_s=20)
     assert stats["edge"]["active_rooms"] == 0
 
 
@@ -207,7 +189,7 @@ async def test_forged_webhooks_and_bad_dispatches_are_refused_and_start_nothing(
     ]:
         status, answer = await dispatch(edge_http_url, token, room_name)
         assert status == expected, answer
-    stats = await wait_quiet(ray_client)
+    stats = await wait_quiet(ray_client, timeout_s=20)
     assert stats["edge"]["active_rooms"] == 0
 
 
@@ -225,7 +207,7 @@ async def test_room_closing_mid_turn_ends_the_conversation_and_every_stage_strea
         await standin.delete_room(room)
     finally:
         await human.leave()
-    stats = await wait_quiet(ray_client)
+    stats = await wait_quiet(ray_client, timeout_s=20)
     assert stats["edge"]["active_rooms"] == 0 and stats["edge"]["active_conversations"] == 0
     assert all(stats[app]["active_streams"] == 0 for app in ("asr", "llm", "tts"))
 
@@ -264,4 +246,4 @@ async def test_barge_in_in_a_room_stops_the_agent_and_keeps_what_was_heard(
         assert human.voiced_seconds_between(interruption["received"] + 0.3, next_start) < 0.1
     finally:
         await human.leave()
-    await wait_quiet(ray_client)
+    await assert_quiet(ray_client)

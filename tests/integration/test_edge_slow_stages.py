@@ -22,8 +22,8 @@ import yaml
 
 from services.common import clients
 from services.edge import caller
-from tests.integration.conftest import HTTP_PORT, stage_stats
-from tests.integration.test_edge_websocket import speech, token, wait_quiet
+from tests.integration.conftest import HTTP_PORT, assert_quiet, replica_of, speech, stage_stats, two_utterances
+from tests.integration.test_edge_websocket import token
 
 pytestmark = pytest.mark.cluster
 
@@ -74,18 +74,6 @@ async def _warm_fallback_line(application: str, url: str, secret: str, ray_clien
     raise AssertionError(f"{application} never synthesized its fallback line")
 
 
-async def replica_pid(serve_cluster, application: str, deployment: str) -> int:
-    from ray.util.state import list_actors
-
-    def find() -> int:
-        [actor] = list_actors(address=serve_cluster.cluster.dashboard,
-                              filters=[("class_name", "=", f"ServeReplica:{application}:{deployment}"),
-                                       ("state", "=", "ALIVE")])
-        return actor.pid
-
-    return await asyncio.to_thread(find)
-
-
 def cascade_token(secret: str) -> str:
     return token(secret, greeting="", max_tokens=30, temperature=0.0)
 
@@ -133,15 +121,10 @@ async def fallback_line_s(channel) -> float:
     return speech.audio.size / 24_000
 
 
-def two_utterances(gap_s: float) -> tuple[np.ndarray, int]:
-    audio, rate = speech()
-    return np.concatenate([audio, np.zeros(int(rate * gap_s), np.float32), audio]), rate
-
-
 @pytest.mark.parametrize(("application", "deployment"), [("llm", "LanguageModel"), ("tts", "SpeechSynthesis")])
 async def test_a_slow_stage_gets_the_fallback_line_and_the_call_goes_on(
         strict_edges, edge_secret, serve_cluster, ray_client, channel, application, deployment):
-    pid = await replica_pid(serve_cluster, application, deployment)
+    pid = (await replica_of(serve_cluster, application, deployment)).pid
     # Paused when the caller's speech ends: before the turn's request reaches the stage.
     result, paused_s = await call_with_stage_paused(
         strict_edges["edge_deadlines"], cascade_token(edge_secret), pid, "user_speech_stopped",
@@ -167,13 +150,12 @@ async def test_a_slow_stage_gets_the_fallback_line_and_the_call_goes_on(
     assert result.close_code == 1000
     print(f"\n{application} paused {paused_s:.1f} s: the caller was told after {waited:.1f} s and heard a "
           f"{fallback_s:.1f} s fallback line; next turn's TTFAT {metrics[1]['ttfat_ms']:.0f} ms")
-    await wait_quiet(ray_client, timeout_s=60)
-    assert (await stage_stats(ray_client, "edge_deadlines"))["active_conversations"] == 0
+    await assert_quiet(ray_client, edge="edge_deadlines")
 
 
 async def test_a_stalled_asr_ends_the_call_with_the_fallback_line(strict_edges, edge_secret, serve_cluster,
                                                                    ray_client, channel):
-    pid = await replica_pid(serve_cluster, "asr", "SpeechRecognition")
+    pid = (await replica_of(serve_cluster, "asr", "SpeechRecognition")).pid
     audio, rate = speech()
     # Paused mid-utterance: the stream stops acknowledging the caller's audio.
     result, _ = await call_with_stage_paused(
@@ -188,14 +170,14 @@ async def test_a_stalled_asr_ends_the_call_with_the_fallback_line(strict_edges, 
                                                                                  abs=0.1)
     assert result.close_code == 1013
     assert not result.of_type("metrics")  # no turn was taken on a transcript that never came
-    await wait_quiet(ray_client, timeout_s=60)
+    await assert_quiet(ray_client, edge="edge_deadlines")
 
 
 async def test_a_stalled_duplex_stage_ends_the_call_with_the_fallback_line(strict_edges, edge_secret, serve_cluster,
                                                                          ray_client, channel):
     from tests.integration.test_edge_duplex import token as claims_token
 
-    pid = await replica_pid(serve_cluster, "moshi", "DuplexSpeech")
+    pid = (await replica_of(serve_cluster, "moshi", "DuplexSpeech")).pid
     audio, rate = speech()
     # Paused once the duplex session is up: its 80 ms frames stop coming.
     result, _ = await call_with_stage_paused(
@@ -213,8 +195,7 @@ async def test_a_stalled_duplex_stage_ends_the_call_with_the_fallback_line(stric
     assert audio_between(result, result.event_arrivals[failed]) == pytest.approx(await fallback_line_s(channel),
                                                                                  abs=0.1)
     assert result.close_code == 1013
-    await wait_quiet(ray_client, timeout_s=60)
-    assert (await stage_stats(ray_client, "moshi"))["active_streams"] == 0
+    await assert_quiet(ray_client, edge="edge_deadlines", stages=("moshi",))
 
 
 async def test_a_call_ends_at_its_time_limit(strict_edges, edge_secret, ray_client):
@@ -226,5 +207,4 @@ async def test_a_call_ends_at_its_time_limit(strict_edges, edge_secret, ray_clie
     assert result.close_code == 4408 and "time limit" in result.close_reason
     assert result.of_type("error")[-1]["code"] == "call_time_limit"
     assert SHORT_CALL_S <= lasted < SHORT_CALL_S + 5  # ended by the limit, not by the caller hanging up
-    await wait_quiet(ray_client, timeout_s=60)
-    assert (await stage_stats(ray_client, "edge_short_calls"))["active_conversations"] == 0
+    await assert_quiet(ray_client, edge="edge_short_calls")

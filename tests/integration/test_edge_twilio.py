@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import time
-from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
@@ -29,12 +28,12 @@ import yaml
 from services.common.audio import read_wav, resample
 from services.edge.transports import mulaw
 from tests.conftest import SPEECH_WAV
-from tests.integration.test_edge_websocket import token, wait_quiet
+from tests.integration.conftest import ROOT, assert_quiet, wait_quiet
+from tests.integration.test_edge_websocket import token
 
 pytestmark = pytest.mark.cluster
 SID = "MZ00000000000000000000000000000001"
 CALL_SID = "CA00000000000000000000000000000001"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +144,7 @@ async def test_a_call_through_the_voice_webhook_gets_an_answer_in_mulaw(
     agent = np.concatenate(inbound)
     assert agent.size > 8000 * 0.5 and float(np.abs(agent).max()) > 0.01
     assert all(chunk.size == 160 for chunk in inbound)  # 20 ms frames of 8 kHz mu-law
-    await wait_quiet(ray_client)
+    await assert_quiet(ray_client)
 
 
 async def test_the_voice_webhook_refuses_forged_and_missing_signatures(edge_http_url, twilio_auth_token):

@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 import websockets
 
-from services.common.audio import float_to_pcm16, read_wav
+from services.common.audio import float_to_pcm16
 from services.edge.auth import mint_token
 from services.edge.caller import FRAME_MS, call, settled
-from tests.conftest import SPEECH_WAV
-from tests.integration.conftest import stage_stats
+from tests.integration.conftest import speech, stage_stats, wait_quiet
 
 pytestmark = pytest.mark.cluster
-
-
-def speech() -> tuple[np.ndarray, int]:
-    audio, rate = read_wav(SPEECH_WAV)  # speech from ~0.5 s to ~3.3 s
-    return audio, rate
 
 
 def token(secret: str, **persona) -> str:
@@ -30,18 +24,6 @@ def token(secret: str, **persona) -> str:
 
     claims = jwt.decode(mint_token(secret, ttl_s=600), secret, algorithms=[ALGORITHM])
     return jwt.encode({**claims, "persona": persona}, secret, algorithm=ALGORITHM)
-
-
-async def wait_quiet(ray_client, timeout_s: float = 15.0) -> dict:
-    """Every conversation and stage stream is gone: nothing leaked."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = {app: await stage_stats(ray_client, app) for app in ("edge", "asr", "llm", "tts")}
-        quiet = (stats["edge"]["active_conversations"] == 0
-                 and all(stats[app]["active_streams"] == 0 for app in ("asr", "llm", "tts")))
-        if quiet or time.monotonic() > deadline:
-            return stats
-        await asyncio.sleep(0.2)
 
 
 async def test_a_turn_completes_with_consistent_metrics(edge_ws_url, edge_secret, ray_client):

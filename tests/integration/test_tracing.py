@@ -18,7 +18,8 @@ from services.common import attributes as attr
 from services.common.rpc import stage_metadata
 from services.edge.caller import call, settled
 from services.proto import llm_pb2, llm_pb2_grpc, tts_pb2, tts_pb2_grpc
-from tests.integration.test_edge_websocket import speech, token, wait_quiet
+from tests.integration.conftest import speech, wait_quiet
+from tests.integration.test_edge_websocket import token
 from tests.otlp_receiver import ReceivedSpan
 
 pytestmark = pytest.mark.cluster

@@ -169,7 +169,7 @@ def test_each_plan_renders_a_valid_serve_config(name):
     assert llm["deployments"][0]["ray_actor_options"]["num_gpus"] == plan.stages["llm"].num_gpus
 
 
-def test_render_script_writes_a_manifest_for_another_plan(tmp_path):
+def test_render_script_renders_a_manifest_for_another_plan():
     plan = load_plans()["h200"]
     manifest = next(yaml.safe_load_all(render_rayservice.render("h200")))
     assert yaml.safe_load(manifest["spec"]["serveConfigV2"]) == apply_plan(serve_config(), plan)

@@ -25,9 +25,9 @@ from services.edge.auth import mint_token
 from services.edge.transport import CallerHungUp, ProtocolError
 from services.edge.transports.twilio import TwilioTransport
 from services.edge.transports.websocket import WebSocketTransport
+from tests.fuzz.harness import CLOSE_CODES
 
 SECRET = "fuzz-secret-" + "x" * 32
-CLOSE_CODES = {4400, 4401, 4408, 4413}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
