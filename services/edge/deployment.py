@@ -53,6 +53,14 @@ async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
         pass
 
 
+# Helpers the class uses are defined above it: Serve captures the class by value when it is
+# decorated, and a module-level name defined later does not exist in the replica.
+def _stage_failed(conversation_id: str, error: grpc.aio.AioRpcError) -> None:
+    """A stage RPC failed with an error the edge does not retry: the call ends."""
+    logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
+    metrics.record_stage_error("edge", error.code())
+
+
 @serve.deployment(name="Edge", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=200)
 @serve.ingress(app)
 class EdgeDeployment:
@@ -283,12 +291,6 @@ class EdgeDeployment:
         rooms = len(self.livekit or ())
         calls = rooms + len(self.conversations) - len(self.room_conversations)
         return {autoscaling.SESSIONS: calls, "active_rooms": rooms, "active_conversations": len(self.conversations)}
-
-
-def _stage_failed(conversation_id: str, error: grpc.aio.AioRpcError) -> None:
-    """A stage RPC failed with an error the edge does not retry: the call ends."""
-    logger.warning("conversation %s: stage error %s %s", conversation_id, error.code(), error.details())
-    metrics.record_stage_error("edge", error.code())
 
 
 def build_app(args: EdgeConfig) -> Application:
