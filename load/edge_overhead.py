@@ -369,7 +369,8 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def tables(results: dict) -> str:
     hop50, hop95 = results["hop_ms"]["p50"], results["hop_ms"]["p95"]
     lines = ["| callers | turns | (a) edge dispatch | (b) TTS send | (c) playout pick-up | (d) edge -> caller "
-             f"| a+b+c+d | total (+ 2 gRPC hops: {2 * hop50:.1f} / {2 * hop95:.1f}) | underruns (gaps heard at the caller) | failed or unsettled / refused |",
+             f"| a+b+c+d | total (+ 2 gRPC hops: {2 * hop50:.1f} / {2 * hop95:.1f}) "
+             "| underruns (gaps heard at the caller) | failed or unsettled / refused |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for level in results["levels"]:
         o = level["overhead_ms"]

@@ -79,7 +79,7 @@ async def websocket_call(url: str, token: str, audio: np.ndarray, rate: int, tai
     except websockets.InvalidStatus as error:
         status = error.response.status_code
         return {"outcome": "refused" if status == 503 else "error", "error": f"HTTP {status} at connect"}
-    except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as error:
+    except (TimeoutError, OSError, websockets.WebSocketException) as error:
         return {"outcome": "error", "error": f"{type(error).__name__}: {error}"[:200]}
     turns = [{"t": event["t"], **{m: event.get(m) for m in TURN_METRICS}, "interrupted": event["interrupted"],
               "underruns": event["underruns"]} for event in result.of_type("metrics")]
@@ -144,7 +144,7 @@ async def grpc_call(channel, stage: str, audio: np.ndarray, rate: int, prompt: s
 @dataclass
 class RunConfig:
     profile: Profile
-    place_call: Callable[[int, np.ndarray, int], "asyncio.Future[dict]"]  # (slot, audio, rate) -> record fields
+    place_call: Callable[[int, np.ndarray, int], asyncio.Future[dict]]  # (slot, audio, rate) -> record fields
     inputs: list[tuple[np.ndarray, int]]
     out: Path
     think_s: float = 1.0
@@ -217,7 +217,7 @@ async def run(config: RunConfig, log=print) -> RunStats:
                 f"calls {total.calls_started}  " + " ".join(f"{k} {v}" for k, v in sorted(total.outcomes.items())))
             try:
                 await asyncio.wait_for(stop.wait(), 5.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     background = [asyncio.create_task(progress())]

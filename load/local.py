@@ -15,13 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def cpu_cluster(gcs_port: int, dashboard_port: int, http_port: int, grpc_port: int, *,
-                env: dict[str, str] | None = None, tracing: bool = False, quiet: bool = False) -> Iterator[LocalCluster]:
-    """serve_config.cpu.yaml deployed on its own ports and running; the cluster is stopped after."""
+                env: dict[str, str] | None = None, tracing: bool = False, quiet: bool = False,
+                workdir: Path = ROOT) -> Iterator[LocalCluster]:
+    """serve_config.cpu.yaml deployed on its own ports and running; the cluster is stopped after.
+    `workdir` is the checkout the cluster runs in (its relative model paths resolve there)."""
     from services.models import ensure_tiny
 
     log = (lambda *_: None) if quiet else print
     ensure_tiny(ROOT / "models" / "tiny", log=log)  # every model the CPU config loads
-    cluster = LocalCluster(gcs_port=gcs_port, dashboard_port=dashboard_port, num_cpus=4, workdir=ROOT,
+    cluster = LocalCluster(gcs_port=gcs_port, dashboard_port=dashboard_port, num_cpus=4, workdir=workdir,
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0", **(env or {})})
     with tempfile.TemporaryDirectory() as tmp:
         config = render_config(ROOT / "serve_config.cpu.yaml", Path(tmp) / "serve.yaml", http_port=http_port,

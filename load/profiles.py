@@ -36,7 +36,7 @@ class Profile(Config):
     spike_s: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
-    def _complete(self) -> "Profile":
+    def _complete(self) -> Profile:
         if self.kind == "spike" and (self.peak is None or self.peak <= self.callers):
             raise ValueError("a spike profile needs peak > callers")
         if self.kind == "spike" and self.spike_at_s >= self.duration_s:
@@ -93,7 +93,7 @@ def schedule(profile: Profile) -> list[SlotWindow]:
     open_since: dict[int, float] = {}
     steps = levels(profile)
     previous = 0
-    for index, (at, target) in enumerate(steps):
+    for at, target in steps:
         if target > previous:
             joining = target - previous
             for k, slot in enumerate(range(previous, target)):

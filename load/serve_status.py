@@ -50,5 +50,5 @@ async def poll_replicas(dashboard: str, on_sample: Callable[[float, dict[str, di
                 on_error(f"serve status poll failed ({dashboard}): {error}")
         try:
             await asyncio.wait_for(stop.wait(), period_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

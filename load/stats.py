@@ -38,7 +38,7 @@ class LogHistogram:
         self.total += value
         self.max = max(self.max, value)
 
-    def merge(self, other: "LogHistogram") -> None:
+    def merge(self, other: LogHistogram) -> None:
         for index, n in other.buckets.items():
             self.buckets[index] = self.buckets.get(index, 0) + n
         self.count += other.count

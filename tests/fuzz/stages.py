@@ -28,14 +28,16 @@ from google.protobuf.message import DecodeError
 
 with atheris.instrument_imports(include=["services"]):
     from services.asr.config import ASRConfig
-    from services.asr.session import StreamSettings, frame_audio as asr_frame_audio
+    from services.asr.session import StreamSettings
+    from services.asr.session import frame_audio as asr_frame_audio
     from services.common.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioFormatError
     from services.common.rpc import StageError, first_message
     from services.llm.config import LLMConfig
     from services.llm.deployment import to_chat_request
     from services.moshi.config import MoshiConfig
     from services.moshi.engine import FRAME_SAMPLES
-    from services.moshi.session import check_config, frame_audio as moshi_frame_audio
+    from services.moshi.session import check_config
+    from services.moshi.session import frame_audio as moshi_frame_audio
     from services.proto import asr_pb2, llm_pb2, moshi_pb2, tts_pb2
     from services.tts.config import TTSConfig
     from services.tts.engine import Speech, TTSEngine

@@ -17,8 +17,17 @@ from hypothesis import strategies as st
 
 from services.common import clients
 from services.common.rpc import stage_metadata
-from services.proto import (asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, moshi_pb2, moshi_pb2_grpc, tts_pb2,
-                            tts_pb2_grpc)
+from services.proto import (
+    asr_pb2,
+    asr_pb2_grpc,
+    common_pb2,
+    llm_pb2,
+    llm_pb2_grpc,
+    moshi_pb2,
+    moshi_pb2_grpc,
+    tts_pb2,
+    tts_pb2_grpc,
+)
 from tests.integration.conftest import stage_stats
 
 pytestmark = pytest.mark.cluster

@@ -43,7 +43,8 @@ from aiortc.sdp import candidate_from_sdp
 from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.api import access_token
-from livekit.protocol import models, rtc as signal, webhook
+from livekit.protocol import models, webhook
+from livekit.protocol import rtc as signal
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Response
