@@ -6,7 +6,7 @@ from ray import serve
 from ray.serve import Application
 
 from services.asr.config import ASRConfig
-from services.asr.engine import load_engine
+from services.asr.engines import load_engine
 from services.asr.session import RecognitionSession
 from services.common import attributes as attr
 from services.common.rpc import grpc_stream

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.asr.config import ASREngineConfig
-
 SAMPLE_RATE = 16_000
 
 
@@ -45,12 +43,3 @@ class ASREngine(ABC):
 
     def close(self) -> None:
         """Release engine resources."""
-
-
-def load_engine(config: ASREngineConfig) -> ASREngine:
-    # Engines import heavy libraries, so they are imported only when selected.
-    if config.kind == "faster_whisper":
-        from services.asr.engines.faster_whisper import FasterWhisperEngine
-
-        return FasterWhisperEngine(config)
-    raise ValueError(f"unknown ASR engine {config.kind!r}")

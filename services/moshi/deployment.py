@@ -20,7 +20,7 @@ from services.common import attributes as attr
 from services.common.rpc import grpc_stream
 from services.common.stage import StageDeployment
 from services.moshi.config import MoshiConfig
-from services.moshi.engine import load_engine
+from services.moshi.engines import load_engine
 from services.moshi.session import DuplexSession
 from services.moshi.ticker import DuplexTicker
 

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.moshi.config import MoshiEngineConfig
-
 SAMPLE_RATE = 24_000
 FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one Mimi frame (12.5 Hz)
 
@@ -40,12 +38,3 @@ class DuplexEngine(ABC):
 
     def close(self) -> None:
         """Release engine resources."""
-
-
-def load_engine(config: MoshiEngineConfig) -> DuplexEngine:
-    # Engines import heavy libraries, so they are imported only when selected.
-    if config.kind == "moshi":
-        from services.moshi.engines.moshi import MoshiEngine
-
-        return MoshiEngine.load(config)
-    raise ValueError(f"unknown duplex engine {config.kind!r}")

@@ -12,7 +12,8 @@ import pytest
 
 from services.asr import tiny
 from services.asr.config import FasterWhisperConfig
-from services.asr.engine import DecodeOptions, Transcription, Word, load_engine
+from services.asr.engine import DecodeOptions, Transcription, Word
+from services.asr.engines import load_engine
 from services.asr.engines.faster_whisper import (
     FasterWhisperEngine,
     resolve_compute_type,

@@ -14,7 +14,8 @@ import pytest
 pytest.importorskip("moshi.models.loaders", reason="moshi is not installed (see the Makefile)")
 
 from services.moshi.config import MoshiEngineConfig  # noqa: E402
-from services.moshi.engine import FRAME_SAMPLES, load_engine  # noqa: E402
+from services.moshi.engine import FRAME_SAMPLES  # noqa: E402
+from services.moshi.engines import load_engine  # noqa: E402
 
 SLOTS = 3
 

@@ -16,7 +16,8 @@ from services.common.audio import float_to_pcm16, pcm16_to_float  # noqa: E402
 from services.common.rpc import StageError  # noqa: E402
 from services.common.workers import EngineWorker  # noqa: E402
 from services.moshi.config import MoshiConfig  # noqa: E402
-from services.moshi.engine import FRAME_SAMPLES, load_engine  # noqa: E402
+from services.moshi.engine import FRAME_SAMPLES  # noqa: E402
+from services.moshi.engines import load_engine  # noqa: E402
 from services.moshi.session import DuplexSession  # noqa: E402
 from services.moshi.ticker import SILENCE_INDEX, DuplexTicker  # noqa: E402
 from services.proto import moshi_pb2  # noqa: E402
