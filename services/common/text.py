@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n+")
+# A sentence end at the very end of the text (it may be the end of a chunk).
+_FINAL_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*$")
 _CLAUSE_END = re.compile(r"[,;:—–]+(?=\s)")
 # Tokens ending in a period that do not end a sentence.
 _ABBREVIATIONS = frozenset(
@@ -41,14 +43,32 @@ class TextChunker:
     def pending(self) -> str:
         return self._buffer
 
-    def push(self, text: str) -> list[str]:
+    def push(self, text: str, chunk_end: bool = False) -> list[str]:
+        """Add text; return the segments it completes.
+
+        With `chunk_end`, the text ends a unit the sender chose (a TTS text chunk): a sentence end
+        at its very end is a boundary too, unless it could still grow (a period after a digit may
+        be a decimal point, one after an abbreviation is not an end). Without it (token deltas),
+        a sentence end needs the whitespace after it.
+        """
         self._buffer += text
         segments = []
         while (cut := self._next_cut()) is not None:
             segment, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:].lstrip()
             if segment:
                 segments.append(segment)
+        if chunk_end and self._ends_sentence():
+            segments += self.flush()
         return segments
+
+    def _ends_sentence(self) -> bool:
+        text = self._buffer.rstrip()
+        match = _FINAL_SENTENCE_END.search(text)
+        if match is None or not text[: match.start()].strip():
+            return False
+        before = text[match.start() - 1]
+        return not (before.isdigit() and text[match.start()] == ".") and not _ends_at_abbreviation_or_number(
+            text, match.end())
 
     def flush(self) -> list[str]:
         segment, self._buffer = self._buffer.strip(), ""

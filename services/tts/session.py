@@ -77,7 +77,7 @@ class SynthesisSession:
 
     async def run(self, requests: AsyncIterator[tts_pb2.SynthesizeRequest]) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         request = await first_message(requests, "config")
-        voice = VoiceSettings.from_request(request, self._engine, self._config.engine.default_voice)
+        voice = VoiceSettings.from_request(request, self._engine, self._engine.default_voice)
         if self._span.is_recording():
             self._span.set_attributes({attr.MODEL: self._config.engine.model, attr.TTS_VOICE: voice.voice,
                                        attr.AUDIO_SAMPLE_RATE: voice.sample_rate})
@@ -97,7 +97,7 @@ class SynthesisSession:
             if kind == "text":
                 total_chars += len(request.text.text)
                 check_size(total_chars, self._config.max_stream_chars, "text in this stream")
-                segments = chunker.push(request.text.text)
+                segments = chunker.push(request.text.text, chunk_end=True)
             else:
                 segments = chunker.flush()
             for segment in segments:
