@@ -9,7 +9,7 @@ from services.common import attributes as attr
 from services.common.rpc import grpc_stream
 from services.common.stage import StageDeployment
 from services.tts.config import TTSConfig
-from services.tts.engine import load_engine
+from services.tts.engines import load_engine
 from services.tts.session import SynthesisSession
 
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.tts.config import TTSEngineConfig
-
 
 class UnknownVoiceError(ValueError):
     pass
@@ -33,6 +31,7 @@ class Speech:
 
 class TTSEngine(ABC):
     sample_rate: int
+    default_voice: str  # what a stream that names no voice gets (see pick_default_voice)
 
     @abstractmethod
     def voices(self) -> list[str]:
@@ -46,10 +45,7 @@ class TTSEngine(ABC):
         """Release engine resources."""
 
 
-def load_engine(config: TTSEngineConfig) -> TTSEngine:
-    # Engines import heavy libraries, so they are imported only when selected.
-    if config.kind == "kokoro":
-        from services.tts.engines.kokoro import KokoroEngine
-
-        return KokoroEngine(config)
-    raise ValueError(f"unknown TTS engine {config.kind!r}")
+def pick_default_voice(voices: list[str], configured: str, preferred: str | None) -> str:
+    """The preferred voice (an English one, such as af_heart) wherever the model has it, else the
+    configured default: one config serves both a pulled English voice set and a fallback set."""
+    return preferred if preferred and preferred in voices else configured

@@ -12,9 +12,11 @@ import pytest
 
 pytest.importorskip("kokoro")
 
+from services.tts import g2p, pieces  # noqa: E402
 from services.tts.config import KokoroConfig  # noqa: E402
-from services.tts.engine import UnknownVoiceError, load_engine  # noqa: E402
+from services.tts.engine import UnknownVoiceError  # noqa: E402
 from services.tts.engines import kokoro as kokoro_engine  # noqa: E402
+from services.tts.engines import load_engine  # noqa: E402
 
 SAMPLE_RATE = 24_000
 TWO_WORDS = "Hello there."
@@ -146,13 +148,13 @@ def test_long_text_is_split_into_pieces(engine):
 
 def test_auto_g2p_choice_never_downloads(monkeypatch):
     _offline(monkeypatch, spacy_model_installed=False)
-    assert kokoro_engine.choose_g2p("auto") == "espeak"
+    assert g2p.choose_g2p("auto") == "espeak"
     with pytest.raises(RuntimeError, match="en_core_web_sm"):
-        kokoro_engine._MisakiG2P(british=False)  # refused, not downloaded
+        g2p.MisakiG2P(british=False)  # refused, not downloaded
     monkeypatch.undo()
     _offline(monkeypatch, spacy_model_installed=True)
-    assert kokoro_engine.choose_g2p("auto") == "misaki"
-    assert kokoro_engine.choose_g2p("espeak") == "espeak"
+    assert g2p.choose_g2p("auto") == "misaki"
+    assert g2p.choose_g2p("espeak") == "espeak"
 
 
 def test_misaki_g2p_with_word_timings(engine, monkeypatch):
@@ -162,7 +164,7 @@ def test_misaki_g2p_with_word_timings(engine, monkeypatch):
 
     _offline(monkeypatch, spacy_model_installed=True)
     monkeypatch.setattr(spacy, "load", lambda name, **kwargs: spacy.blank("en"))
-    monkeypatch.setattr(engine, "_g2p", kokoro_engine._MisakiG2P(british=False))
+    monkeypatch.setattr(engine, "_g2p", g2p.MisakiG2P(british=False))
     speech = engine.synthesize("Hello there, my old friend!", "af_heart", 1.0)
     assert speech.audio.size > 0
     assert [w.word for w in speech.words] == ["Hello", "there", "my", "old", "friend"]
@@ -173,7 +175,7 @@ def test_align_words():
     # espeak joins weak words ("in the" -> "ɪnðə") and uses weak forms ("a" -> "ɐ").
     phonemes = "bˈɔːt ɐ lˈOf ɪnðə mˈɔːɹnɪŋ."
     references = ["bˈɔːt", "ˈA", "lˈOf", "ˈɪn", "ðə", "mˈɔːɹnɪŋ"]
-    owners = kokoro_engine.align_words(phonemes, references)
+    owners = g2p.align_words(phonemes, references)
     spelled: dict[int, str] = {}
     for symbol, owner in zip(phonemes, owners):
         if owner is not None:
@@ -182,7 +184,7 @@ def test_align_words():
 
 
 def test_split_ids():
-    split = kokoro_engine.split_ids
+    split = pieces.split_ids
     assert split(list("ab cd. ef gh, ij kl mn"), 8) == [(0, 6), (7, 13), (14, 22)]
     assert split(list("abcdefghijklmnopqrst"), 8) == [(0, 8), (8, 16), (16, 20)]
     assert split(list("  ab  cd  "), 8) == [(2, 8)]
