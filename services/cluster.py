@@ -176,11 +176,16 @@ TRACING_CONFIG = {"enabled": True, "exporter_import_path": "services.common.tele
 
 def render_config(source: Path, target: Path, *, http_port: int | None = None, grpc_port: int | None = None,
                   applications: list[str] | None = None, tracing: bool = False,
-                  livekit_url: str | None = None) -> Path:
+                  livekit_url: str | None = None, models: str | None = None) -> Path:
     """Write a copy of a serve config with other ports, a subset of its applications, Serve's
-    tracing switched on (every trace sampled; spans go to $OTEL_EXPORTER_OTLP_ENDPOINT), or the
-    edge pointed at another LiveKit server."""
+    tracing switched on (every trace sampled; spans go to $OTEL_EXPORTER_OTLP_ENDPOINT), the
+    edge pointed at another LiveKit server, or the stages pointed at another model set of the
+    manifest (`models="tiny"`: the random-weight set; see services/models/overlay.py)."""
     config = yaml.safe_load(Path(source).read_text())
+    if models is not None:
+        from services.models.overlay import apply_set
+
+        config = apply_set(config, models)
     if tracing:
         config["tracing_config"] = dict(TRACING_CONFIG)
     if http_port is not None:

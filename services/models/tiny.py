@@ -1,4 +1,4 @@
-"""Model resolution and the tiny random-weight models used offline (tests, CI, the embedded default).
+"""The tiny random-weight models used offline (tests, CI, and the fallback when no registry answers).
 
 Each stage's `tiny.py` builds a small model in its engine's real on-disk format, so the engines
 load it through exactly the code path a real checkpoint takes. Random weights speak and write

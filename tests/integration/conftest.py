@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.common.audio import read_wav
 from services.cluster import LocalCluster, application_names, render_config, tracing_env
-from services.common.rpc import GRPC_TOKEN_ENV
+from services.common.audio import read_wav
 from services.common.clients import open_channel
+from services.common.rpc import GRPC_TOKEN_ENV
 from services.models import ensure_tiny
 from tests.conftest import SPEECH_WAV
 from tests.otlp_receiver import OTLPReceiver
@@ -64,14 +64,14 @@ GRPC_TOKEN = "parley-test-grpc-token"
 
 @pytest.fixture(scope="session")
 def serve_cluster(tmp_path_factory, otlp_receiver) -> ServeCluster:
-    ensure_tiny(ROOT / "models" / "tiny")  # every model the CPU config loads
+    ensure_tiny(ROOT / "models" / "tiny")  # the plumbing tests need only the tiny random-weight set
     os.environ[GRPC_TOKEN_ENV] = GRPC_TOKEN
     cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, num_gpus=1, workdir=ROOT,
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0",
                                 **fast_tracing_env(otlp_receiver.endpoint)})
     config = render_config(ROOT / "serve_config.cpu.yaml", tmp_path_factory.mktemp("serve") / "serve.yaml",
                            http_port=HTTP_PORT, grpc_port=GRPC_PORT, tracing=True,
-                           livekit_url=f"ws://127.0.0.1:{LIVEKIT_PORT}")
+                           livekit_url=f"ws://127.0.0.1:{LIVEKIT_PORT}", models="tiny")
     cluster.stop()  # a cluster left behind by an interrupted run
     cluster.start()
     try:
