@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -44,7 +44,7 @@ class OpenAIConfig(Config):
     timeout_s: float = Field(30.0, gt=0)
 
 
-LLMEngineConfig = Annotated[Union[TransformersConfig, VLLMConfig, OpenAIConfig], Field(discriminator="kind")]
+LLMEngineConfig = Annotated[TransformersConfig | VLLMConfig | OpenAIConfig, Field(discriminator="kind")]
 
 
 class LLMConfig(Config):

@@ -24,7 +24,8 @@ from services.common import metrics, telemetry
 from services.common.rpc import check_size, grpc_stream, invalid_argument
 from services.common.stage import StageDeployment
 from services.llm.config import LLMConfig
-from services.llm.engine import ChatRequest, ChatTurn, Delta, Sampling, load_engine
+from services.llm.engine import ChatRequest, ChatTurn, Delta, Sampling
+from services.llm.engines import load_engine
 from services.proto import llm_pb2
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})

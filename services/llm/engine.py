@@ -8,11 +8,9 @@ count the abort in `stats`, so a barge-in frees the GPU.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from services.llm.config import LLMEngineConfig
 
 
 @dataclass(frozen=True)
@@ -114,18 +112,72 @@ class LLMEngine(ABC):
         """Release engine resources."""
 
 
-def load_engine(config: LLMEngineConfig) -> LLMEngine:
-    # Engines import heavy libraries, so they are imported only when selected.
-    if config.kind == "transformers":
-        from services.llm.engines.transformers import TransformersEngine
+# -- chat messages for templates --------------------------------------------------------------------
 
-        return TransformersEngine(config)
-    if config.kind == "vllm":
-        from services.llm.engines.vllm import VLLMEngine
+# Distinct words a template is unlikely to write itself: finding them in a rendering proves it kept them.
+_PROBE_SYSTEM, _PROBE_USER, _PROBE_ASSISTANT = "parley-probe-system", "parley-probe-user", "parley-probe-assistant"
 
-        return VLLMEngine(config)
-    if config.kind == "openai":
-        from services.llm.engines.openai import OpenAIEngine
 
-        return OpenAIEngine(config)
-    raise ValueError(f"unknown LLM engine {config.kind!r}")
+@dataclass(frozen=True)
+class TemplateTraits:
+    """What a chat template accepts, found by rendering it (templates do not declare it).
+
+    system: it renders a system message (Gemma's and older Mistral templates raise on one or drop it).
+    assistant_first: it accepts a chat that opens with the assistant (strict-alternation templates
+    demand user first; a call's greeting opens the chat).
+    """
+
+    system: bool = True
+    assistant_first: bool = True
+
+    @classmethod
+    def probe(cls, render: Callable[[list[dict[str, Any]]], str]) -> TemplateTraits:
+        """Render two small chats with `render` (messages -> prompt text) and see what survives."""
+        def keeps(messages: list[dict[str, Any]], marker: str) -> bool:
+            try:
+                return marker in render(messages)
+            except Exception:  # noqa: BLE001 - templates reject what they do not support by raising
+                return False
+
+        user = {"role": "user", "content": _PROBE_USER}
+        system = keeps([{"role": "system", "content": _PROBE_SYSTEM}, user], _PROBE_SYSTEM)
+        assistant_first = keeps([{"role": "assistant", "content": _PROBE_ASSISTANT}, user], _PROBE_ASSISTANT)
+        return cls(system=system, assistant_first=assistant_first)
+
+
+def chat_messages(request: ChatRequest, traits: TemplateTraits = TemplateTraits()) -> list[dict[str, Any]]:
+    """The request's turns as the message dicts chat templates (and OpenAI servers) expect.
+
+    Consecutive turns of one role are merged (a caller who spoke twice while the reply was cut
+    off): strict-alternation templates reject them. For a template without a system role the
+    system text opens the first user turn (a new one when the chat opens with the assistant, as a
+    call does with its greeting); for a template that needs the user first, a chat opening with
+    the assistant gets a user turn before it (holding the system text, if any).
+    """
+    system = "\n\n".join(t.content for t in request.messages if t.role == "system" and t.content)
+    messages: list[dict[str, Any]] = []
+    for turn in request.messages:
+        if turn.role == "system" and not traits.system:
+            continue
+        if messages and turn.role != "tool" and messages[-1]["role"] == turn.role:
+            messages[-1]["content"] = _join(messages[-1]["content"], turn.content)
+            continue
+        message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+        if turn.role == "tool" and turn.tool_call_id:
+            message["tool_call_id"] = turn.tool_call_id
+        messages.append(message)
+    if not traits.system and system:
+        # The instructions stay ahead of everything: in the opening user turn, or in a new one
+        # before a chat that opens with the assistant.
+        if messages and messages[0]["role"] == "user":
+            messages[0]["content"] = _join(system, messages[0]["content"], "\n\n")
+        else:
+            messages.insert(0, {"role": "user", "content": system})
+    first = next((m for m in messages if m["role"] != "system"), None)
+    if first is not None and first["role"] == "assistant" and not traits.assistant_first:
+        messages.insert(messages.index(first), {"role": "user", "content": ""})
+    return messages
+
+
+def _join(first: str, second: str, separator: str = "\n") -> str:
+    return separator.join(part for part in (first, second) if part)

@@ -109,7 +109,7 @@ async def test_cancelling_the_consumer_aborts(engine):
     first_delta = asyncio.Event()
 
     async def consume():
-        async for item in engine.generate(chat(max_tokens=2000, request_id="cancel-1")):
+        async for _item in engine.generate(chat(max_tokens=2000, request_id="cancel-1")):
             first_delta.set()
 
     task = asyncio.create_task(consume())
@@ -400,7 +400,7 @@ def test_openai_missing_api_key_env_is_named(monkeypatch):
 
 
 async def test_load_engine_selects_the_openai_engine(server, monkeypatch):
-    from services.llm.engine import load_engine
+    from services.llm.engines import load_engine
     from services.llm.engines.openai import OpenAIEngine
 
     monkeypatch.setenv(API_KEY_ENV, "k")

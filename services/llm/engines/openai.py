@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from services.llm.config import OpenAIConfig
-from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine
-from services.llm.engines.transformers import chat_messages
+from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine, chat_messages
 
 
 class OpenAIEngineError(RuntimeError):

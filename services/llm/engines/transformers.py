@@ -22,20 +22,9 @@ from typing import Any
 
 from services.common.config import is_local_path, require_path, resolve_device
 from services.llm.config import TransformersConfig
-from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine, Sampling
+from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine, Sampling, TemplateTraits, chat_messages
 
 _REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
-
-
-def chat_messages(request: ChatRequest) -> list[dict[str, Any]]:
-    """The request's turns as the message dicts chat templates (and OpenAI servers) expect."""
-    messages = []
-    for turn in request.messages:
-        message: dict[str, Any] = {"role": turn.role, "content": turn.content}
-        if turn.role == "tool" and turn.tool_call_id:
-            message["tool_call_id"] = turn.tool_call_id
-        messages.append(message)
-    return messages
 
 
 class IncrementalDetokenizer:
@@ -205,6 +194,8 @@ class TransformersEngine(LLMEngine):
         self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"the tokenizer at {source} has no chat_template; use a chat (instruct) model")
+        # What the template accepts (system role, chats opening with the assistant), found once by rendering.
+        self.template = TemplateTraits.probe(self._render)
         self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, local_files_only=local)
         self.model.to(self.device).eval()
 
@@ -229,14 +220,12 @@ class TransformersEngine(LLMEngine):
 
     # -- prompt -----------------------------------------------------------------------------------
 
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+
     def render_prompt(self, request: ChatRequest) -> str:
         """The chat rendered by the model's chat template, ready for the assistant's reply."""
-        return self.tokenizer.apply_chat_template(
-            chat_messages(request),
-            tools=list(request.tools) or None,
-            add_generation_prompt=True,
-            tokenize=False,
-        )
+        return self._render(chat_messages(request, self.template), list(request.tools) or None)
 
     def encode_prompt(self, request: ChatRequest) -> list[int]:
         # The template already wrote any BOS/special tokens the model wants: add none here.

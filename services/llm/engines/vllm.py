@@ -15,8 +15,7 @@ from typing import Any
 
 from services.common.config import is_local_path, require_path
 from services.llm.config import VLLMConfig
-from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine, Sampling
-from services.llm.engines.transformers import chat_messages
+from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine, Sampling, TemplateTraits, chat_messages
 
 
 def _import_vllm():
@@ -70,6 +69,7 @@ class VLLMEngine(LLMEngine):
         )
         self.engine = AsyncLLMEngine.from_engine_args(args)
         self._tokenizer: Any = None
+        self._template: TemplateTraits | None = None
 
     async def tokenizer(self) -> Any:
         if self._tokenizer is None:
@@ -77,12 +77,15 @@ class VLLMEngine(LLMEngine):
             if inspect.isawaitable(tokenizer):
                 tokenizer = await tokenizer
             self._tokenizer = tokenizer
+            # What the template accepts (system role, chats opening with the assistant), found once.
+            self._template = TemplateTraits.probe(
+                lambda messages: tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         return self._tokenizer
 
     async def encode_prompt(self, request: ChatRequest) -> list[int]:
         tokenizer = await self.tokenizer()
         text = tokenizer.apply_chat_template(
-            chat_messages(request),
+            chat_messages(request, self._template or TemplateTraits()),
             tools=list(request.tools) or None,
             add_generation_prompt=True,
             tokenize=False,
