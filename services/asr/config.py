@@ -19,8 +19,18 @@ class FasterWhisperConfig(Config):
     cpu_threads: int = Field(1, ge=0)
     # Parallel decodes inside one replica (CTranslate2 workers).
     num_workers: int = Field(1, ge=1)
-    # Random-weight test models loop to max_length; real models stop on their own.
-    max_new_tokens: int = Field(96, ge=1, le=440)
+    # Decoding quality controls, defaulting to faster-whisper's own: temperature fallback (a decode
+    # that repeats itself or is unsure is retried hotter) and the thresholds that judge it, and
+    # no_speech_threshold, which drops a segment the model thinks is not speech. A random-weight
+    # test model fails every check, so its overlay turns them off (services.asr.tiny.DECODING):
+    # else each decode runs six times.
+    temperature: float | tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    log_prob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    # A cap on tokens per decode (None: the model's own limit). Random-weight models never stop on
+    # their own; real ones do, and a cap would cut long utterances short.
+    max_new_tokens: int | None = Field(None, ge=1, le=440)
 
 
 ASREngineConfig = FasterWhisperConfig

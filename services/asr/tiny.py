@@ -20,6 +20,16 @@ import tempfile
 from pathlib import Path
 
 SEED = 0
+# The engine settings a random-weight model needs (its serve-config overlay): no temperature
+# fallback and no quality thresholds (it fails them all, so each decode would run six times), and
+# a token cap (it never stops on its own).
+DECODING = {
+    "temperature": 0.0,
+    "compression_ratio_threshold": None,
+    "log_prob_threshold": None,
+    "no_speech_threshold": None,
+    "max_new_tokens": 96,
+}
 SAMPLE_RATE = 16_000
 N_MELS = 80
 

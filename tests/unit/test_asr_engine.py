@@ -28,7 +28,7 @@ HELLO = Path(__file__).resolve().parents[2] / "services" / "assets" / "hello.wav
 @pytest.fixture(scope="module")
 def engine(tiny_whisper) -> FasterWhisperEngine:
     eng = FasterWhisperEngine(FasterWhisperConfig(model=str(tiny_whisper), device="cpu",
-                                                  max_new_tokens=32))
+                                                  **{**tiny.DECODING, "max_new_tokens": 32}))
     yield eng
     eng.close()
 
@@ -120,7 +120,8 @@ def test_concurrent_calls_from_worker_threads_agree(engine, speech):
 
 
 def test_load_engine_selects_faster_whisper(tiny_whisper):
-    eng = load_engine(FasterWhisperConfig(model=str(tiny_whisper), device="cpu", max_new_tokens=8))
+    eng = load_engine(FasterWhisperConfig(model=str(tiny_whisper), device="cpu",
+                                          **{**tiny.DECODING, "max_new_tokens": 8}))
     try:
         assert isinstance(eng, FasterWhisperEngine)
     finally:
@@ -138,3 +139,62 @@ def test_path_and_compute_type_resolution():
     assert resolve_compute_type("auto", "cpu") == "int8"
     assert resolve_compute_type("auto", "cuda") == "float16"
     assert resolve_compute_type("int8_float16", "cuda") == "int8_float16"
+
+
+def test_defaults_are_faster_whispers_own_and_the_tiny_overlay_turns_them_off():
+    import inspect
+
+    from faster_whisper import WhisperModel
+
+    defaults = {name: p.default for name, p in inspect.signature(WhisperModel.transcribe).parameters.items()}
+    config = FasterWhisperConfig()
+    assert tuple(defaults["temperature"]) == config.temperature
+    for key in ("compression_ratio_threshold", "log_prob_threshold", "no_speech_threshold", "max_new_tokens"):
+        assert getattr(config, key) == defaults[key], key
+    tiny_config = FasterWhisperConfig(**tiny.DECODING)
+    assert tiny_config.temperature == 0.0 and tiny_config.no_speech_threshold is None
+    assert tiny_config.max_new_tokens == 96
+
+
+def test_a_local_model_is_loaded_without_the_hub(tiny_whisper, monkeypatch):
+    import faster_whisper.transcribe
+    import faster_whisper.utils
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"tried the hub: {args} {kwargs}")
+
+    seen = {}
+    real = faster_whisper.transcribe.ctranslate2.models.Whisper
+
+    def whisper(path, *args, **kwargs):
+        seen["path"] = path
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(faster_whisper.utils, "download_model", no_hub)
+    monkeypatch.setattr(faster_whisper.transcribe, "download_model", no_hub)
+    monkeypatch.setattr(faster_whisper.transcribe.ctranslate2.models, "Whisper", whisper)
+    monkeypatch.setattr(faster_whisper.transcribe.tokenizers.Tokenizer, "from_pretrained", no_hub)
+    eng = FasterWhisperEngine(FasterWhisperConfig(model=str(tiny_whisper), device="cpu", **tiny.DECODING))
+    try:
+        assert seen["path"] == str(tiny_whisper)
+    finally:
+        eng.close()
+    # A model id is looked up in the local cache only, never downloaded.
+    asked = {}
+
+    def lookup(name, **kwargs):
+        asked.update(kwargs, name=name)
+        raise FileNotFoundError("not in the local cache")
+
+    monkeypatch.setattr(faster_whisper.transcribe, "download_model", lookup)
+    with pytest.raises(FileNotFoundError, match="local cache"):
+        FasterWhisperEngine(FasterWhisperConfig(model="base.en", device="cpu"))
+    assert asked["name"] == "base.en" and asked["local_files_only"] is True
+
+
+def test_a_model_directory_without_its_tokenizer_is_refused(tiny_whisper, tmp_path):
+    for item in tiny_whisper.iterdir():
+        if item.name != "tokenizer.json":
+            (tmp_path / item.name).symlink_to(item)
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        FasterWhisperEngine(FasterWhisperConfig(model=str(tmp_path), device="cpu"))

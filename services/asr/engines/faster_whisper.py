@@ -1,8 +1,9 @@
 """faster-whisper (CTranslate2) behind the ASREngine interface.
 
-Decoding is one greedy/beam pass per buffer: no temperature fallback, no quality thresholds, no
-conditioning on previous text and no built-in VAD (the stage segments the stream itself). Those
-features cost repeated decodes, and the stage's partial/final cadence already bounds the work.
+Each buffer is one utterance (the stage segments the stream itself), so there is no built-in VAD
+and no conditioning on previous text. Temperature fallback and the quality thresholds are
+faster-whisper's defaults, from config (the tiny random-weight model's overlay turns them off).
+Models load with local_files_only: nothing is fetched at serve time (pull checkpoints ahead).
 
 `transcribe` is reentrant (faster-whisper keeps no per-call state on the model object and
 CTranslate2 serialises or parallelises generate calls across its `num_workers` workers), so it
@@ -45,7 +46,10 @@ class FasterWhisperEngine(ASREngine):
         self.config = config
         model = config.model
         if is_local_path(model):
-            model = str(require_path(model, "Whisper model (CTranslate2 directory)"))
+            path = require_path(model, "Whisper model (CTranslate2 directory)")
+            # Without it faster-whisper fetches a tokenizer from the hub.
+            require_path(path / "tokenizer.json", "Whisper tokenizer.json")
+            model = str(path)
         self.device = resolve_device(config.device)
         self.compute_type = resolve_compute_type(config.compute_type, self.device)
         self.model = WhisperModel(
@@ -54,6 +58,7 @@ class FasterWhisperEngine(ASREngine):
             compute_type=self.compute_type,
             cpu_threads=config.cpu_threads,
             num_workers=config.num_workers,
+            local_files_only=True,  # a model id resolves from the local cache only: never fetched at serve time
         )
         self._slots = threading.BoundedSemaphore(config.num_workers)
         log.info("faster-whisper %s loaded on %s (%s)", model, self.device, self.compute_type)
@@ -72,10 +77,10 @@ class FasterWhisperEngine(ASREngine):
                 without_timestamps=not options.word_timestamps,
                 vad_filter=False,
                 condition_on_previous_text=False,
-                temperature=0.0,
-                compression_ratio_threshold=None,
-                log_prob_threshold=None,
-                no_speech_threshold=None,
+                temperature=self.config.temperature,
+                compression_ratio_threshold=self.config.compression_ratio_threshold,
+                log_prob_threshold=self.config.log_prob_threshold,
+                no_speech_threshold=self.config.no_speech_threshold,
                 max_new_tokens=self.config.max_new_tokens,
             )
             texts: list[str] = []
