@@ -20,7 +20,6 @@ UtteranceEnded.start_s/end_s bound exactly the samples in UtteranceEnded.audio.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -49,7 +48,7 @@ class UtteranceEnded:
     end_s: float = 0.0  # stream time just after audio[-1]
 
 
-SegmenterEvent = Union[SpeechStarted, SpeechStopped, UtteranceEnded]
+SegmenterEvent = SpeechStarted | SpeechStopped | UtteranceEnded
 
 _SILENCE, _CANDIDATE, _SPEECH = "silence", "candidate", "speech"
 

@@ -106,8 +106,7 @@ def _fillers(taken: set[str]):
 
 def build_tokenizer():
     """A byte-level BPE tokenizer with Whisper's special tokens at their real ids."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     trainer_tokenizer = Tokenizer(models.BPE())
     trainer_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -44,7 +44,7 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def checkpoint_info(model_dir: Path) -> "CheckpointInfo":
+def checkpoint_info(model_dir: Path) -> CheckpointInfo:
     """moshi's CheckpointInfo for a local checkpoint directory, without touching the hub."""
     from moshi.models import loaders
 
@@ -85,8 +85,8 @@ def checkpoint_info(model_dir: Path) -> "CheckpointInfo":
 
 
 def load_moshi(
-    model_dir: Path, device: str, *, dtype: "torch.dtype | None" = None
-) -> tuple["MimiModel", "LMModel", "sentencepiece.SentencePieceProcessor", "CheckpointInfo"]:
+    model_dir: Path, device: str, *, dtype: torch.dtype | None = None
+) -> tuple[MimiModel, LMModel, sentencepiece.SentencePieceProcessor, CheckpointInfo]:
     """(mimi, lm, text_tokenizer, checkpoint_info) for the checkpoint in model_dir.
 
     The LM runs in bfloat16 on CUDA and float32 on CPU unless dtype says otherwise; Mimi stays in

@@ -35,6 +35,10 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: torch is heavy
+    import torch
 
 MOSHI_NAME = "model.safetensors"
 MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -173,7 +177,7 @@ def _train_tokenizer(path: Path) -> int:
     return size
 
 
-def _calibration_audio(generator: "torch.Generator") -> "torch.Tensor":
+def _calibration_audio(generator: torch.Generator) -> torch.Tensor:
     """Two seconds each of noise, tones and chirps at several levels: [N, 1, samples] at 24 kHz."""
     import torch
 

@@ -44,8 +44,8 @@ _TEXT_PADDING_IDS = (0, 3)
 
 
 class MoshiEngine(DuplexEngine):
-    def __init__(self, config: MoshiEngineConfig, mimi: "MimiModel", lm: "LMModel",
-                 tokenizer: "sentencepiece.SentencePieceProcessor"):
+    def __init__(self, config: MoshiEngineConfig, mimi: MimiModel, lm: LMModel,
+                 tokenizer: sentencepiece.SentencePieceProcessor):
         """Serve `config.slots` conversations with models already built (see `load`)."""
         from moshi.models.lm import LMGen
 
@@ -68,7 +68,7 @@ class MoshiEngine(DuplexEngine):
                     mimi.num_codebooks)
 
     @classmethod
-    def load(cls, config: MoshiEngineConfig) -> "MoshiEngine":
+    def load(cls, config: MoshiEngineConfig) -> MoshiEngine:
         """The checkpoint in config.model, through moshi's own loaders."""
         torch.set_num_threads(config.torch_threads)
         if config.seed is not None:
