@@ -69,7 +69,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from services.models.hub import HubClient, pull_set
+    from services.models.hub import HubClient
+    from services.models.pull import pull_set
 
     set_name = PULL_SETS[args.target]
     client = HubClient(args.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co",
