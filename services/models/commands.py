@@ -82,7 +82,11 @@ def _verify(args: argparse.Namespace) -> int:
     from services.models import verify_set
 
     print(f"verifying the {args.set_name} set (sha256 of every file)")
-    return _guard(lambda: print(f"all {verify_set(args.set_name, args.root)} files verified"))
+    def run() -> None:
+        if count := verify_set(args.set_name, args.root):
+            print(f"all {count} files verified")
+
+    return _guard(run)
 
 
 def _list(args: argparse.Namespace) -> int:

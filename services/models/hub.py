@@ -90,6 +90,9 @@ class HubClient:
                 status, headers = response.status, response.headers
             except urllib.error.HTTPError as error:
                 status, headers = error.code, error.headers
+            except OSError as error:  # refused, unreachable, timed out
+                raise ModelError(f"cannot reach {self.endpoint} ({getattr(error, 'reason', error)}): check the "
+                                 "network, or set $HF_ENDPOINT to a hub mirror that is reachable") from error
             if status in (401, 403, 404):
                 raise ModelError(f"{url}: HTTP {status} ({'not found' if status == 404 else 'not allowed'}); "
                                  "check the repo and revision, or set $HF_TOKEN for a gated repo")
