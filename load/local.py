@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def cpu_cluster(gcs_port: int, dashboard_port: int, http_port: int, grpc_port: int, *,
                 env: dict[str, str] | None = None, tracing: bool = False, quiet: bool = False,
                 workdir: Path = ROOT) -> Iterator[LocalCluster]:
-    """serve_config.cpu.yaml deployed on its own ports and running; the cluster is stopped after.
+    """serve_config.cpu.yaml on the tiny model set, deployed on its own ports and running; the
+cluster is stopped after.
     `workdir` is the checkout the cluster runs in (its relative model paths resolve there)."""
     from services.models import ensure_tiny
 
@@ -27,7 +28,7 @@ def cpu_cluster(gcs_port: int, dashboard_port: int, http_port: int, grpc_port: i
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0", **(env or {})})
     with tempfile.TemporaryDirectory() as tmp:
         config = render_config(ROOT / "serve_config.cpu.yaml", Path(tmp) / "serve.yaml", http_port=http_port,
-                               grpc_port=grpc_port, tracing=tracing)
+                               grpc_port=grpc_port, tracing=tracing, models="tiny")
         cluster.stop()  # a cluster of ours left behind by an interrupted run
         cluster.start(log=log)
         try:

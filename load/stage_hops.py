@@ -113,7 +113,7 @@ def main() -> int:
                            env={"RAY_AUTH_MODE": "disabled"})
     with tempfile.TemporaryDirectory() as tmp:
         config = render_config(ROOT / "serve_config.cpu.yaml", Path(tmp) / "serve.yaml", http_port=18200,
-                               grpc_port=GRPC_PORT, applications=["asr"])
+                               grpc_port=GRPC_PORT, applications=["asr"], models="tiny")
         data = yaml.safe_load(config.read_text())
         data["applications"].append({"name": "probe", "route_prefix": "/probe",
                                      "import_path": "services.common.probe:build_app"})
