@@ -18,8 +18,8 @@ def cpu_cluster(gcs_port: int, dashboard_port: int, http_port: int, grpc_port: i
                 env: dict[str, str] | None = None, tracing: bool = False, quiet: bool = False,
                 workdir: Path = ROOT) -> Iterator[LocalCluster]:
     """serve_config.cpu.yaml on the tiny model set, deployed on its own ports and running; the
-cluster is stopped after.
-    `workdir` is the checkout the cluster runs in (its relative model paths resolve there)."""
+    cluster is stopped after. `workdir` is the checkout the cluster runs in (its relative model
+    paths resolve there)."""
     from services.models import ensure_tiny
 
     log = (lambda *_: None) if quiet else print
