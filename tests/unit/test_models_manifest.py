@@ -79,3 +79,17 @@ def test_an_unfetched_set_fails_verification_with_the_fix(tmp_path):
 @pytest.mark.skipif(not (ROOT / "models/cpu").exists(), reason="the cpu set is not fetched (`parley models cpu`)")
 def test_the_fetched_cpu_set_verifies():
     assert verify_set("cpu", ROOT / "models/cpu", log=lambda *_: None) >= 13
+
+
+def test_up_refuses_a_config_whose_models_are_missing_before_starting_ray(tmp_path, monkeypatch, capsys):
+    from services.cli import main
+
+    (tmp_path / "serve.yaml").write_text((ROOT / "serve_config.cpu.yaml").read_text())
+    monkeypatch.chdir(tmp_path)  # nothing fetched here
+    assert main(["up", "--config", "serve.yaml", "--gcs-port", "6998", "--dashboard-port", "8998"]) == 1
+    error = capsys.readouterr().err
+    assert "models/cpu/whisper-base" in error and "run `parley models cpu` and `parley models tiny`" in error
+    assert main(["up", "--config", "serve.yaml", "--models", "tiny", "--gcs-port", "6998",
+                 "--dashboard-port", "8998"]) == 1
+    assert "run `parley models tiny`" in capsys.readouterr().err
+    assert (tmp_path / "out" / "serve_config.tiny.yaml").exists()
