@@ -128,7 +128,7 @@ async def _demo(args: argparse.Namespace) -> int:
     print(f"asr    {finals[0].decode_s * 1000 if finals else 0:8.0f} ms  {asr_s * 1000:7.0f} ms  (final decode / stream)")
     print(f"llm    {(done.time_to_first_token_s if done else 0) * 1000:8.0f} ms  {llm_s * 1000:7.0f} ms  (time to first token)")
     print(f"tts    {(speech.first_audio_s or 0) * 1000:8.0f} ms  {tts_s * 1000:7.0f} ms  (time to first audio)")
-    print("\nTiny random-weight models speak and write gibberish; see README 'Real models'.")
+    print("\nWhich models answered: `parley models list`; the sets and how to change them: docs/models.md.")
     return 0
 
 

@@ -37,7 +37,7 @@ FRAME = float_to_pcm16(np.zeros(1600, np.float32))  # 100 ms of silence at 16 kH
 
 def scaling_config(target) -> None:
     render_config(ROOT / "serve_config.cpu.yaml", target, http_port=HTTP_PORT, grpc_port=GRPC_PORT,
-                  applications=["asr"])
+                  applications=["asr"], models="tiny")
     config = yaml.safe_load(target.read_text())
     config["applications"][0]["deployments"] = [{
         "name": "SpeechRecognition",
