@@ -14,14 +14,17 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from services.tts.engine import Speech, Word
-from services.tts.g2p import CLAUSE_ENDS, MODIFIERS, NON_SPEECH, SENTENCE_ENDS, SPACE, Phonemes
+from services.tts.g2p import CLAUSE_ENDS, NON_SPEECH, SENTENCE_ENDS, SPACE, Phonemes
 
 MAX_IDS = 510  # per forward pass: the 512 positions less the two boundary tokens
 
-# Rough relative durations of symbols, for a model that reports none: vowels are held longer than
-# consonants, stress marks take no time, punctuation is a pause. Only the ratios matter.
-_VOWELS = frozenset("aeiouæɐɑɒɔəɘɚɛɜɝɞɨɪʊʌʏøœɤɯɵɶyAEIOUWYQ")
-_WEIGHTS = {SPACE: 0.4, "ː": 0.6, **dict.fromkeys(CLAUSE_ENDS, 2.5), **dict.fromkeys(SENTENCE_ENDS, 3.0)}
+# Typical durations in frames, for a model that reports none: the means of kokoro-v1.0's own
+# predictions over English sentences. Every symbol, stress marks included, takes ~2.6 frames; the
+# sound before a sentence end is drawn out (~21) and before a clause mark less so (~7); the marks
+# themselves are pauses; the leading boundary token is the silence before speech.
+_LEAD, _TAIL, _SYMBOL = 12.0, 1.0, 2.6
+_WEIGHTS = {SPACE: 2.0, "ː": 1.8, **dict.fromkeys(CLAUSE_ENDS, 2.3), **dict.fromkeys(SENTENCE_ENDS, 7.0)}
+_BEFORE = {**dict.fromkeys(CLAUSE_ENDS, 7.0), **dict.fromkeys(SENTENCE_ENDS, 21.0)}
 
 # An engine's forward pass: ids of one piece (no boundary tokens) -> (audio, per-token durations
 # including the two boundary tokens, or None when the model does not report them).
@@ -77,15 +80,12 @@ def split_ids(symbols: list[str], limit: int = MAX_IDS) -> list[tuple[int, int]]
 
 
 def estimated_durations(symbols: list[str]) -> np.ndarray:
-    """Relative durations of a piece's tokens (boundary tokens included) when the model gives none."""
-    def weight(symbol: str) -> float:
-        if symbol in _WEIGHTS:
-            return _WEIGHTS[symbol]
-        if symbol in MODIFIERS or symbol in NON_SPEECH:
-            return 0.0
-        return 1.6 if symbol in _VOWELS else 1.0
-
-    return np.array([1.0, *(weight(s) for s in symbols), 1.0])
+    """Typical durations of a piece's tokens (boundary tokens included) when the model gives none."""
+    weights = [_WEIGHTS.get(s, _SYMBOL) for s in symbols]
+    for k in range(len(symbols) - 1):
+        if symbols[k] not in _WEIGHTS and symbols[k + 1] in _BEFORE:
+            weights[k] = _BEFORE[symbols[k + 1]]
+    return np.array([_LEAD, *weights, _TAIL])
 
 
 def speak(phonemes: Phonemes, vocab: Mapping[str, int], max_ids: int, run: RunPiece) -> Speech:

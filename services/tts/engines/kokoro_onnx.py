@@ -12,10 +12,12 @@ package depends on `phonemizer` (GPL-3.0), and the graph's interface is three in
 with the boundary token 0 at both ends, the voice's style row for that length, the speed) and the
 waveform out.
 
-Word timings: the kokoro-v1.0 export outputs audio only, so each word's span is estimated from
-its phonemes (relative symbol durations scaled to the piece's audio; services.tts.pieces): good
-to a few tens of ms inside a sentence, looser around pauses. An export that also outputs the
-predicted durations (an output named like "duration") gets exact spans, as with the PyTorch engine.
+Word timings: the kokoro-v1.0 export outputs audio only, but its graph computes the duration of
+every token (in 600-sample frames) on the way: with the `onnx` package present that tensor is made
+a graph output when the session is built, and words get exact spans, as with the PyTorch engine.
+An export that outputs durations itself (an output named like "duration") needs no change; any
+other gets spans estimated from its phonemes (services.tts.pieces.estimated_durations; on
+kokoro-v1.0 the estimated word starts fall within ~50 ms of the model's, median).
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from services.common.config import require_path
 from services.tts import pieces
 from services.tts.config import KokoroOnnxConfig
 from services.tts.engine import Speech, TTSEngine, UnknownVoiceError, pick_default_voice
-from services.tts.g2p import make_g2p
+from services.tts.g2p import Phonemes, make_g2p
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24_000
+# kokoro-v1.0's predicted durations after rounding and clipping to >= 1 frame: int64 [1, tokens].
+DURATIONS_TENSOR = "/encoder/Cast_output_0"
 VOICE_FILES = ("voices.npz", "voices-v1.0.bin")  # the first one present is used
 STYLE_WIDTH = 256
 
@@ -66,6 +70,25 @@ def load_voices(path: Path) -> dict[str, np.ndarray]:
     return voices
 
 
+def graph_with_durations(path: Path) -> bytes | None:
+    """The model with its internal durations tensor made an output, or None (no `onnx` package,
+    or a graph without that tensor, or one that outputs durations already)."""
+    try:
+        import onnx
+    except ImportError:
+        log.info("the onnx package is not installed: Kokoro word timings are estimated")
+        return None
+    model = onnx.load(str(path))
+    outputs = [output.name for output in model.graph.output]
+    if any("duration" in name for name in outputs[1:]):
+        return None
+    if not any(DURATIONS_TENSOR in node.output for node in model.graph.node):
+        log.info("%s has no %s tensor: Kokoro word timings are estimated", path, DURATIONS_TENSOR)
+        return None
+    model.graph.output.append(onnx.helper.make_tensor_value_info(DURATIONS_TENSOR, onnx.TensorProto.INT64, None))
+    return model.SerializeToString()
+
+
 class KokoroOnnxEngine(TTSEngine):
     """Kokoro on onnxruntime (CPU)."""
 
@@ -87,7 +110,8 @@ class KokoroOnnxEngine(TTSEngine):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
-        self._session = onnxruntime.InferenceSession(str(self.model_path), options,
+        graph = graph_with_durations(self.model_path)
+        self._session = onnxruntime.InferenceSession(graph or str(self.model_path), options,
                                                      providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in self._session.get_inputs()}
         self._ids_input = "input_ids" if "input_ids" in inputs else "tokens"  # newer exports rename it
@@ -96,8 +120,10 @@ class KokoroOnnxEngine(TTSEngine):
             raise ValueError(f"{self.model_path} is not a Kokoro export: inputs {sorted(inputs)} lack {sorted(missing)}")
         self._speed_dtype = np.int32 if "int" in inputs["speed"].type else np.float32
         outputs = [o.name for o in self._session.get_outputs()]
-        self._durations_output = next((name for name in outputs[1:] if "duration" in name), None)
+        self._durations_output = next((name for name in outputs[1:] if "duration" in name or name == DURATIONS_TENSOR),
+                                      None)
         self._outputs = [outputs[0], *([self._durations_output] if self._durations_output else [])]
+        self.exact_timings = self._durations_output is not None  # else estimated from the phonemes
 
         self._g2p = make_g2p(config.g2p, british=config.lang == "en-gb")
         self.g2p_name = self._g2p.name
@@ -108,20 +134,20 @@ class KokoroOnnxEngine(TTSEngine):
         self._lock = threading.Lock()
         log.info("Kokoro ONNX %s: %d voices (default %s), g2p %s (%s), word timings %s", self.model_path,
                  len(self._voices), self.default_voice, self.g2p_name, config.lang,
-                 "from the model" if self._durations_output else "estimated")
+                 "from the model" if self.exact_timings else "estimated")
 
     def voices(self) -> list[str]:
         return sorted(self._voices)
 
-    def synthesize(self, text: str, voice: str, speed: float) -> Speech:
-        speed = float(speed)
-        if not (math.isfinite(speed) and speed > 0):
-            raise ValueError(f"speed must be a positive number, got {speed!r}")
+    def phonemize(self, text: str) -> Phonemes:
+        """Text -> phoneme symbols tied to words, with the configured G2P."""
+        return self._g2p(text)
+
+    def run_piece(self, voice: str, speed: float) -> pieces.RunPiece:
+        """One forward pass of the graph for `voice` and `speed`: ids -> (audio, durations or None)."""
         pack = self._voices.get(voice)
         if pack is None:
             raise UnknownVoiceError(f"unknown voice {voice!r}; known voices: {', '.join(self.voices())}")
-        if not text.strip():
-            return Speech(audio=np.zeros(0, dtype=np.float32))
 
         def run(ids: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
             feed = {
@@ -132,10 +158,19 @@ class KokoroOnnxEngine(TTSEngine):
             results = self._session.run(self._outputs, feed)
             return results[0], (results[1] if len(results) > 1 else None)
 
+        return run
+
+    def synthesize(self, text: str, voice: str, speed: float) -> Speech:
+        speed = float(speed)
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a positive number, got {speed!r}")
+        run = self.run_piece(voice, speed)
+        if not text.strip():
+            return Speech(audio=np.zeros(0, dtype=np.float32))
         with self._lock:
             if self._session is None:
                 raise RuntimeError("the Kokoro ONNX engine is closed")
-            return pieces.speak(self._g2p(text), self.vocab, pieces.MAX_IDS, run)
+            return pieces.speak(self.phonemize(text), self.vocab, pieces.MAX_IDS, run)
 
     def close(self) -> None:
         with self._lock:
