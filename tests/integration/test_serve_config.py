@@ -54,8 +54,8 @@ def gpu_plan() -> list[tuple[str, float, int]]:
     for app in load(ROOT / "serve_config.yaml")["applications"]:
         for deployment in app["deployments"]:
             num_gpus = deployment["ray_actor_options"].get("num_gpus")
-            if not num_gpus or num_gpus >= 1:
-                continue  # CPU-only (the edge), or whole GPUs of its own (moshi): not packed
+            if not num_gpus or num_gpus >= 1 or deployment["ray_actor_options"].get("resources"):
+                continue  # CPU-only (the edge), or on a worker group of its own (moshi): not packed here
             replicas = deployment.get("autoscaling_config", {}).get("min_replicas", deployment.get("num_replicas", 1))
             plan.append((app["name"], deployment["ray_actor_options"]["num_gpus"], replicas))
     return plan

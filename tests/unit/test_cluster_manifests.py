@@ -24,6 +24,7 @@ LAUNCHER = CLUSTER / "launcher" / "parley-cluster.yaml"
 MANIFESTS = [RAYSERVICE, LAUNCHER, CLUSTER / "gpu-plans.yaml"]
 
 sys.path.insert(0, str(ROOT / "scripts"))
+import check_deployable  # noqa: E402
 import render_rayservice  # noqa: E402
 
 
@@ -120,10 +121,11 @@ def test_manifests_use_only_images_built_here():
     assert images
     for image in images:
         assert image.split(":")[0] in _image_names(), image
-    # The GPU pods run the image with vLLM, since the llm application lands there.
+    # Every GPU pod runs an image with vLLM: the llm application may land on any of them.
     for group in _groups().values():
         if _gpus(group):
-            assert group["template"]["spec"]["containers"][0]["image"].startswith("parley-llm:")
+            image = group["template"]["spec"]["containers"][0]["image"]
+            assert "llm-vllm" in check_deployable.image_extras(image), image
 
 
 # -- Ray cluster launcher ---------------------------------------------------------------------------
@@ -181,8 +183,11 @@ def test_render_script_renders_a_manifest_for_another_plan():
 def test_plan_checks_catch_oversubscription_and_loose_caps():
     h100 = load_plans()["h100"].model_dump()
     crowded = copy.deepcopy(h100)
-    crowded["stages"]["llm"]["replicas_per_gpu"] = 2
-    assert any("add up to 1.40" in p for p in PackingPlan.model_validate(crowded).problems())
+    crowded["gpus"]["gpu"]["llm"] = 2
+    assert any("group gpu: shares add up to 1.40" in p for p in PackingPlan.model_validate(crowded).problems())
+    unplaced = copy.deepcopy(h100)
+    del unplaced["gpus"]["moshi"]
+    assert any("moshi has a share but no GPU holds it" in p for p in PackingPlan.model_validate(unplaced).problems())
     loose = copy.deepcopy(h100)
     loose["stages"]["llm"]["gpu_memory_utilization"] = 0.7
     assert any("exceeds its share" in p for p in PackingPlan.model_validate(loose).problems())
@@ -206,11 +211,13 @@ def test_gpu_packing_doc_lists_every_plan():
     for name, plan in load_plans().items():
         row = next((line for line in doc.splitlines() if line.startswith(f"| {name} |")), None)
         assert row is not None, f"docs/gpu-packing.md has no table row for the {name} plan"
-        for stage in ("asr", "llm", "tts"):
+        for stage in ("asr", "llm", "tts", "moshi"):
             share = plan.stages[stage]
             assert f"{share.num_gpus:.2f}" in row, (name, stage)
             if share.gpu_memory_utilization is not None:
                 assert f"{share.gpu_memory_utilization:.2f}" in row, (name, stage)
+            if share.slots is not None:
+                assert f"{share.slots} slots" in row, (name, stage)
 
 
 # -- container images -------------------------------------------------------------------------------
