@@ -4,7 +4,7 @@
 
 The schemas (scripts/validate_manifests.py) say a manifest is well formed; this says it is
 deployable as shipped:
-- every application has a worker group whose resources fit its deployments (GPUs, custom
+- every application has a worker group (and a launcher node type) whose resources fit its deployments (GPUs, custom
   resources such as parley_moshi) and whose image installs the extras the application imports;
 - every pod gets, through `envFrom` Secrets, the variables the edge and the stages read (edge
   token secret, gRPC token, LiveKit settings when LiveKit is on; Twilio's may be optional), and
@@ -20,12 +20,16 @@ import importlib
 import inspect
 import re
 import sys
+from functools import cache
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from validate_manifests import manifest_files  # noqa: E402
 
 CLUSTER = ROOT / "cluster"
 IMAGES = CLUSTER / "images"
@@ -72,22 +76,21 @@ def group_resources(group: dict) -> dict[str, float]:
     return found
 
 
+@cache
+def _cluster_documents() -> tuple[dict, ...]:
+    """Every manifest under cluster/ (not the vendored schemas), parsed once."""
+    return tuple(doc for path in manifest_files() for doc in yaml.safe_load_all(path.read_text())
+                 if isinstance(doc, dict) and "kind" in doc)
+
+
 def _example_secrets() -> dict[str, set[str]]:
-    secrets = {}
-    for path in CLUSTER.rglob("*.yaml"):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "Secret":
-                secrets[doc["metadata"]["name"]] = set(doc.get("stringData") or {}) | set(doc.get("data") or {})
-    return secrets
+    return {doc["metadata"]["name"]: set(doc.get("stringData") or {}) | set(doc.get("data") or {})
+            for doc in _cluster_documents() if doc["kind"] == "Secret"}
 
 
 def _services() -> dict[str, set[int]]:
-    services = {}
-    for path in CLUSTER.rglob("*.yaml"):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "Service":
-                services[doc["metadata"]["name"]] = {p["port"] for p in doc["spec"].get("ports", [])}
-    return services
+    return {doc["metadata"]["name"]: {p["port"] for p in doc["spec"].get("ports", [])}
+            for doc in _cluster_documents() if doc["kind"] == "Service"}
 
 
 def required_env(serve_config: dict) -> tuple[set[str], set[str]]:
@@ -168,10 +171,39 @@ def _upgrade_problems(spec: dict, serve_config: dict) -> list[str]:
               for app in serve_config["applications"] for d in app.get("deployments", [])]
     strategy = (spec.get("upgradeStrategy") or {}).get("type", "NewCluster")
     delay = spec.get("rayClusterDeletionDelaySeconds", 60)  # KubeRay's default
-    if strategy == "None":
-        problems.append("upgradeStrategy None: a changed cluster spec is never rolled out")
+    if strategy not in ("NewCluster", "NewClusterWithIncrementalUpgrade"):
+        # The operator refuses unknown types; None never rolls out a changed cluster spec.
+        problems.append(f"upgradeStrategy {strategy}: a changed cluster spec would not be rolled out to a new cluster")
     elif delay < max(drains):
         problems.append(f"rayClusterDeletionDelaySeconds {delay} is shorter than the longest drain ({max(drains)} s)")
+    return problems
+
+
+def launcher_problems(launcher: dict, serve_config: dict) -> list[str]:
+    """The same placement and environment checks for the Ray cluster launcher's node types."""
+    problems = []
+    default_image = launcher["docker"]["image"]
+    types = {name: t for name, t in launcher["available_node_types"].items()
+             if name != launcher["head_node_type"] and t.get("max_workers", 0) > 0}
+    for app in serve_config["applications"]:
+        needs = needed_extras(app)
+        for deployment in app.get("deployments", []):
+            options = deployment.get("ray_actor_options") or {}
+            asks = {"GPU": float(options.get("num_gpus") or 0)}
+            asks.update({k: float(v) for k, v in (options.get("resources") or {}).items()})
+            if not any(all(float(t["resources"].get(k, 0)) >= v for k, v in asks.items() if v > 0)
+                       and needs <= (image_extras((t.get("docker") or {}).get("worker_image", default_image)) or set())
+                       for t in types.values()):
+                problems.append(f"launcher: {app['name']}: no node type has {asks} and an image with {sorted(needs)}")
+    passed = {}
+    for option in launcher["docker"].get("run_options", []):
+        name, _, value = option.removeprefix("-e ").partition("=")
+        if option.startswith("-e "):
+            passed[name] = value or None
+    required, optional = required_env(serve_config)
+    problems += [f"launcher: {var} is not passed into the containers" for var in sorted((required | optional) - set(passed))]
+    problems += [f"launcher: {var} is {passed.get(var)!r}, not {value!r}"
+                 for var, value in PUSH_INTERVALS.items() if passed.get(var) != value]
     return problems
 
 
@@ -187,9 +219,11 @@ def main() -> int:
     path = CLUSTER / "kuberay" / "rayservice.yaml"
     manifest = next(d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "RayService")
     problems = deployability_problems(manifest, yaml.safe_load(manifest["spec"]["serveConfigV2"]))
+    launcher = CLUSTER / "launcher" / "parley-cluster.yaml"
+    problems += launcher_problems(yaml.safe_load(launcher.read_text()), yaml.safe_load((ROOT / "serve_config.yaml").read_text()))
     for problem in problems:
         print(problem, file=sys.stderr)
-    print(f"{path.relative_to(ROOT)}: {'NOT deployable' if problems else 'deployable'}")
+    print(f"{path.relative_to(ROOT)}, {launcher.relative_to(ROOT)}: {'NOT deployable' if problems else 'deployable'}")
     return 1 if problems else 0
 
 

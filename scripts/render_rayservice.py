@@ -1,7 +1,8 @@
 """Keep the RayService manifest's serve config equal to the repo's serve_config.yaml.
 
     python scripts/render_rayservice.py            rewrite cluster/kuberay/rayservice.yaml in place
-    python scripts/render_rayservice.py --check    exit 1 if it has drifted (CI, tests)
+    python scripts/render_rayservice.py --check    exit 1 if it has drifted or is not deployable
+                                                   (scripts/check_deployable.py; CI, tests)
     python scripts/render_rayservice.py --plan l4 --out rayservice-l4.yaml
                                                    a manifest whose serve config carries another
                                                    packing plan from cluster/gpu-plans.yaml
@@ -23,6 +24,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from check_deployable import deployability_problems  # noqa: E402
 
 from services.packing import apply_plan, config_problems, load_plans  # noqa: E402
 
@@ -71,6 +75,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=MANIFEST)
     args = parser.parse_args()
     text = render(args.plan)
+    # The rendered manifest must be able to run its serve config (groups, images, secrets, env).
+    manifest = next(d for d in yaml.safe_load_all(text) if d and d.get("kind") == "RayService")
+    problems = deployability_problems(manifest, yaml.safe_load(manifest["spec"]["serveConfigV2"]))
+    if problems:
+        print("the rendered RayService is not deployable:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
     if args.check:
         if args.out.read_text() != text:
             print(f"{args.out} differs from serve_config.yaml: run python scripts/render_rayservice.py",
