@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from services.common.audio import resample
 
@@ -63,6 +62,8 @@ def wer(pairs: list[tuple[str, str]]) -> float:
 
 def _missing(reason: str) -> None:
     """Skip locally; in CI (CI set) a missing prerequisite of the real-speech tier is a failure."""
+    import pytest  # here, not above: the benchmarks use this module without pytest
+
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set: the real-speech tests must run)")
     pytest.skip(reason)

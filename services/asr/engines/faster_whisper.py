@@ -61,6 +61,9 @@ class FasterWhisperEngine(ASREngine):
             local_files_only=True,  # a model id resolves from the local cache only: never fetched at serve time
         )
         self._slots = threading.BoundedSemaphore(config.num_workers)
+        # The first decode sets up CTranslate2's buffers (seconds for a real model on a small CPU):
+        # done here, so the first caller's turn does not wait for it.
+        self.transcribe(np.zeros(SAMPLE_RATE, np.float32), DecodeOptions())
         log.info("faster-whisper %s loaded on %s (%s)", model, self.device, self.compute_type)
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Transcription:

@@ -208,6 +208,18 @@ class TransformersEngine(LLMEngine):
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-llm")
         self._jobs: set[_Job] = set()
         self.tokens_generated = 0  # all completion tokens computed by this engine, aborted ones included
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One short generation outside the stats: the first forward pass sets up kernels and
+        buffers, which must not happen inside the first caller's turn."""
+        import torch
+
+        ids = self.tokenizer.encode(self._render([{"role": "user", "content": "Hi"}]), add_special_tokens=False)
+        with torch.inference_mode():
+            self.model.generate(input_ids=torch.tensor([ids], device=self.device),
+                                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                                max_new_tokens=2, do_sample=False, pad_token_id=self._pad_id)
 
     def _collect_eos_ids(self) -> set[int]:
         ids: set[int] = set()

@@ -74,6 +74,7 @@ class KokoroEngine(TTSEngine):
         self.g2p_name = self._g2p.name
         self.default_voice = pick_default_voice(self.voices(), config.default_voice, config.preferred_voice)
         self._pack(self.default_voice)  # fail fast on a missing default voice, and cache it
+        self.synthesize("Hello.", self.default_voice, 1.0)  # first-run set-up here, not in the first call
         log.info("Kokoro %s loaded on %s: %d voices, g2p %s (%s)", self.weights_path, self.device,
                  len(self._voice_files), self.g2p_name, "en-gb" if british else "en-us")
 

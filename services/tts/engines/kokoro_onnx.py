@@ -132,6 +132,9 @@ class KokoroOnnxEngine(TTSEngine):
             raise UnknownVoiceError(f"default voice {self.default_voice!r} is not in {voices_path.name}; "
                                     f"it has {', '.join(self.voices())}")
         self._lock = threading.Lock()
+        # onnxruntime plans and allocates on the first run (the first sentence takes twice as long):
+        # done here, so the first caller's turn does not wait for it.
+        self.synthesize("Hello.", self.default_voice, 1.0)
         log.info("Kokoro ONNX %s: %d voices (default %s), g2p %s (%s), word timings %s", self.model_path,
                  len(self._voices), self.default_voice, self.g2p_name, config.lang,
                  "from the model" if self.exact_timings else "estimated")
