@@ -23,6 +23,7 @@ from services.common import clients
 from services.common.audio import resample
 from services.common.rpc import stage_metadata
 from services.edge import caller
+from services.edge.config import PersonaConfig
 from services.proto import llm_pb2, llm_pb2_grpc
 from tests.integration.conftest import HTTP_PORT, assert_quiet, stage_stats
 from tests.integration.test_edge_websocket import token
@@ -86,38 +87,47 @@ def whisper():
     engine.close()
 
 
-CHAT = [("system", "You are a helpful, concise voice assistant."), ("user", "What is the capital of France?")]
+# The edge's default system prompt: SmolLM2-135M answers this question well under it (and in French
+# nonsense under some other wordings; it is a small model).
+CHAT = [("system", PersonaConfig().system_prompt), ("user", "What is the capital of France?")]
 
 
 async def test_a_real_chat_turn_through_the_llm_stage(real_apps, channel):
     reply = await clients.generate(channel, CHAT, application=STAGES["llm"], max_tokens=32, temperature=0.0)
     print(f"\nSmolLM2: {reply.text!r} ({reply.done.completion_tokens} tokens, first token "
           f"{reply.done.time_to_first_token_s * 1000:.0f} ms)")
-    assert reply.text.strip() and any(c.isalpha() for c in reply.text)
+    assert "paris" in reply.text.lower()
     assert 0 < reply.done.completion_tokens <= 32 and reply.done.prompt_tokens > 10
 
 
 async def test_cancelling_a_real_generation_aborts_it(real_apps, channel, ray_client):
+    # Seen here: the first RPC on a fresh channel sometimes is not cancelled through Serve's proxy
+    # (its generation runs on), later ones are, within ~0.3 s. A generation that outran its cancel
+    # is retried; 200 tokens keep a lost one short (it holds the model for the next test).
     llm = STAGES["llm"]
     story = [("user", "Tell me a very long story about a dragon who learns to cook. Use many details.")]
-    for attempt in range(3):  # a reply that ends before the cancel arrives is retried
+    for attempt in range(3):
         request_id = f"real-cancel-{attempt}"
         before = (await stage_stats(ray_client, llm))["engine"]
         request = llm_pb2.GenerateRequest(
             messages=[llm_pb2.ChatMessage(role=r, content=c) for r, c in story],
-            sampling=llm_pb2.SamplingParams(max_tokens=1000, temperature=0.7, seed=attempt), request_id=request_id)
+            sampling=llm_pb2.SamplingParams(max_tokens=200, temperature=0.7, seed=attempt), request_id=request_id)
         call = llm_pb2_grpc.LanguageModelStub(channel).Generate(request, metadata=stage_metadata(llm))
         first = await call.read()
         assert first.WhichOneof("event") == "delta"
         call.cancel()
-        for _ in range(300):
+        cancelled_at = asyncio.get_running_loop().time()
+        for _ in range(600):
             stats = (await stage_stats(ray_client, llm))["engine"]
             if stats["aborted"] + stats["finished"] > before["aborted"] + before["finished"] and stats["active"] == 0:
                 break
             await asyncio.sleep(0.1)
+        ended_s = asyncio.get_running_loop().time() - cancelled_at
         if stats["finished"] > before["finished"]:
+            print(f"\nattempt {attempt}: the generation outran its cancel and ended after {ended_s:.1f} s")
             continue
         assert stats["aborted"] == before["aborted"] + 1 and request_id in stats["recent_aborts"]
+        assert ended_s < 5, f"the abort took {ended_s:.1f} s"
         return
     pytest.fail("three cancelled generations all ran to completion: the cancel never reached the engine")
 
