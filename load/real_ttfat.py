@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "real_ttfat.json")
     parser.add_argument("--skip-engines", action="store_true", help="only the calls, no in-process engine timings")
     parser.add_argument("--own-cluster", action="store_true", help="start a private cluster (see the ports above)")
+    parser.add_argument("--engines-only", action="store_true", help="no calls: only the in-process engine timings")
+    parser.add_argument("--engine-threads", type=int, help="override every engine's thread count in-process")
     args = parser.parse_args(argv)
 
     import jwt
@@ -215,11 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} "
           f"({os.cpu_count()} CPUs)")
-    with own_cluster(args.config) if args.own_cluster else contextlib.nullcontext(args.url) as url:
-        rows = asyncio.run(run_turns(url, token, args.turns))
+    rows: list[dict] = []
+    if not args.engines_only:
+        with own_cluster(args.config) if args.own_cluster else contextlib.nullcontext(args.url) as url:
+            rows = asyncio.run(run_turns(url, token, args.turns))
     load_after = os.getloadavg()
     print(f"\n{table(rows)}\n\nload average after the calls: {load_after[0]:.2f} {load_after[1]:.2f}")
-    engines = {} if args.skip_engines else measure_engines(engine_configs(args.config))
+    configs = engine_configs(args.config)
+    if args.engine_threads:
+        threads = {"asr": "cpu_threads", "llm": "torch_threads", "tts": "threads"}
+        for stage, key in threads.items():
+            configs[stage][key] = args.engine_threads
+    engines = {} if args.skip_engines else measure_engines(configs)
     for name, value in engines.items():
         print(f"{name}: {value:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
