@@ -15,6 +15,7 @@ import numpy as np
 import websockets
 
 from services.common.audio import float_to_pcm16, pcm16_to_float
+from services.common.timeline import COMPONENTS
 
 FRAME_MS = 20
 
@@ -91,7 +92,8 @@ def settled(result: CallResult) -> bool:
 
 
 def turn_table(metrics: list[dict]) -> str:
-    columns = ("endpointing_ms", "asr_final_ms", "llm_ttft_ms", "first_sentence_ms", "tts_ttfb_ms", "ttfat_ms")
+    """The per-turn latency table of `metrics` events (columns: the turn timeline's components)."""
+    columns = [component.event_field for component in COMPONENTS]
     lines = ["turn  " + "  ".join(f"{name[:-3]:>14s}" for name in columns) + "  interrupted"]
     for event in metrics:
         cells = "  ".join(f"{'-' if event.get(name) is None else format(event[name], '.0f') + ' ms':>14s}"
