@@ -142,7 +142,7 @@ async def _rooms_with_a_listening_agent(server, calls: list):
         calls.append(call)
         try:
             while True:
-                call["samples"] += (await transport.receive_audio()).size
+                call["samples"] += len(await transport.receive_audio()) // 2  # PCM s16le
         except CallerHungUp:
             call["ended"] = True
 
