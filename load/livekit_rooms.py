@@ -1,6 +1,7 @@
 """Benchmark: concurrent LiveKit rooms one edge process holds in real time, and its CPU per room.
 
-    python load/livekit_rooms.py [--levels 5 10 20] [--seconds 20] [--playout-frame-ms 20] [--out out/livekit_rooms.json]
+    python load/livekit_rooms.py [--levels 5 10 20] [--seconds 20] [--playout-frame-ms 20]
+        [--out out/livekit_rooms.json]
 
 Per level N: the LiveKit stand-in server (tests/livekit_standin; no real LiveKit server can run
 here) and N human callers (rtc SDK, each streaming speech in a loop) run in this process; the
@@ -40,9 +41,9 @@ TURN_S = 5.0  # the agent speaks in 5 s turns, back to back
 
 
 async def _agents(url: str, rooms: list[str], warmup_s: float, seconds: float, frame_ms: int) -> dict:
+    from services.common.audio import float_to_pcm16
     from services.edge.config import LiveKitConfig
     from services.edge.livekit_dispatch import LiveKitCredentials, RoomAgents
-    from services.common.audio import float_to_pcm16
     from services.edge.playout import Playout, Segment
     from services.edge.transport import CallerHungUp
 
