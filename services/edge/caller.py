@@ -18,6 +18,27 @@ from services.common.audio import float_to_pcm16, pcm16_to_float
 from services.common.timeline import COMPONENTS
 
 FRAME_MS = 20
+CALL_RATE = 16_000  # the rate `parley call` streams at
+
+
+class CallAudioError(Exception):
+    """An audio file `parley call` cannot play (one line, for the command's error)."""
+
+
+def read_call_audio(path, rate: int = CALL_RATE) -> np.ndarray:
+    """Any WAV or FLAC soundfile reads (PCM of any width, float, WAVE_FORMAT_EXTENSIBLE), as mono
+    float32 resampled to `rate`."""
+    import soundfile
+
+    from services.common.audio import resample
+
+    try:
+        audio, source_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
+        raise CallAudioError(f"cannot read {path}: {str(error).splitlines()[0] if str(error) else error!r}") from None
+    if audio.size == 0:
+        raise CallAudioError(f"{path} holds no audio")
+    return resample(audio.mean(axis=1), source_rate, rate)
 
 
 @dataclass
