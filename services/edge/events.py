@@ -22,6 +22,8 @@ class Event:
 
 @dataclass(frozen=True)
 class Ready(Event):
+    """After a valid `start`: the call is up."""
+
     type: ClassVar[str] = "ready"
     conversation_id: str
     input_sample_rate: int
@@ -31,50 +33,71 @@ class Ready(Event):
 
 
 @dataclass(frozen=True)
-class UserSpeechStarted(Event):
+class UtteranceEvent(Event):
+    """An event about one caller utterance (ASR ids)."""
+
+    utterance_id: int
+
+
+@dataclass(frozen=True)
+class TurnEvent(Event):
+    """An event about one agent turn."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class UserSpeechStarted(UtteranceEvent):
+    """The caller started speaking (VAD)."""
+
     type: ClassVar[str] = "user_speech_started"
-    utterance_id: int
 
 
 @dataclass(frozen=True)
-class UserSpeechStopped(Event):
+class UserSpeechStopped(UtteranceEvent):
+    """The caller stopped speaking (VAD, after the silence threshold)."""
+
     type: ClassVar[str] = "user_speech_stopped"
-    utterance_id: int
 
 
 @dataclass(frozen=True)
-class Transcript(Event):
+class Transcript(UtteranceEvent):
+    """A partial or final transcript of the caller."""
+
     type: ClassVar[str] = "transcript"
-    utterance_id: int
     text: str
     final: bool
 
 
 @dataclass(frozen=True)
-class AgentText(Event):
+class AgentText(TurnEvent):
+    """A sentence or clause going to speech synthesis (duplex: a piece of the model's text)."""
+
     type: ClassVar[str] = "agent_text"
-    turn_id: int
     text: str
     fallback: bool | None = None  # True on the fallback line only
 
 
 @dataclass(frozen=True)
-class AgentAudioStart(Event):
+class AgentAudioStart(TurnEvent):
+    """The first agent audio frame of a reply follows."""
+
     type: ClassVar[str] = "agent_audio_start"
-    turn_id: int
 
 
 @dataclass(frozen=True)
-class AgentAudioEnd(Event):
+class AgentAudioEnd(TurnEvent):
+    """The reply's audio is over (played out or cut by barge-in)."""
+
     type: ClassVar[str] = "agent_audio_end"
-    turn_id: int
     interrupted: bool
 
 
 @dataclass(frozen=True)
-class Interruption(Event):
+class Interruption(TurnEvent):
+    """The caller barged in; `heard_text` is what they heard of the reply."""
+
     type: ClassVar[str] = "interruption"
-    turn_id: int
     heard_text: str
 
 
@@ -88,6 +111,8 @@ class Metrics(Event):
 
 @dataclass(frozen=True)
 class Error(Event):
+    """Before the server closes on an error, or mid-call when a stage stayed unavailable."""
+
     type: ClassVar[str] = "error"
     code: str
     message: str

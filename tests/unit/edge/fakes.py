@@ -68,6 +68,12 @@ class FakeTransport(Transport):
             await asyncio.sleep(frame_ms / 1000)
 
 
+async def _drain(requests) -> None:
+    """Read a request stream to its end (stand-ins that answer whatever they are sent)."""
+    async for _ in requests:
+        pass
+
+
 class Recognizer(asr_pb2_grpc.SpeechRecognitionServicer):
     """Says what the test puts in `script` (RecognizeResponse messages), whatever the audio."""
 
@@ -75,10 +81,7 @@ class Recognizer(asr_pb2_grpc.SpeechRecognitionServicer):
         self.script: asyncio.Queue = asyncio.Queue()
 
     async def Recognize(self, requests, context):
-        async def drain():
-            async for _ in requests:
-                pass
-        reader = asyncio.create_task(drain())
+        reader = asyncio.create_task(_drain(requests))
         try:
             while True:
                 yield await self.script.get()
@@ -138,10 +141,7 @@ class Duplex(moshi_pb2_grpc.DuplexSpeechServicer):
         self.stall_s = stall_s
 
     async def Converse(self, requests, context):
-        async def drain():
-            async for _ in requests:
-                pass
-        reader = asyncio.create_task(drain())
+        reader = asyncio.create_task(_drain(requests))
         try:
             yield moshi_pb2.ConverseResponse(started=moshi_pb2.SessionStarted(frame_samples=1920, sample_rate_hz=24000))
             frame = float_to_pcm16(0.3 * np.sin(np.arange(1920) / 5.0))
