@@ -94,3 +94,19 @@ def test_parley_token_mints_mode_and_persona_claims(monkeypatch, capsys):
     assert claims["mode"] == "duplex" and claims["persona"] == {"voice": "am_adam", "max_tokens": 40}
     assert main(["token", "--persona", '{"max_tokens": -1}']) == 2
     assert "--persona" in capsys.readouterr().err
+
+
+def test_one_table_maps_errors_to_close_codes():
+    import grpc
+
+    from services.edge.streams.base import StageUnavailable
+    from services.edge.streams.moshi import DuplexFull
+
+    config = EdgeConfig()
+    rpc = grpc.aio.AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata(), "no")
+    cases = {rpc: (1011, "stage_error"), StageUnavailable("asr", "down"): (1013, "stage_unavailable"),
+             TimeoutError(): (4408, "call_time_limit"), DuplexFull("full"): (4503, "over_capacity"),
+             ProtocolError("bad token", 4401): (4401, "unauthorized"), ValueError("bug"): (1011, "internal")}
+    for error, expected in cases.items():
+        failure = failure_of(ExceptionGroup("call", [error]), config)
+        assert (failure.close_code, failure.code) == expected, error
