@@ -1,5 +1,5 @@
 """What the edge's stage-stream deadlines cost per item: a real gRPC stream from an in-process
-server, read directly and through a `Deadline` (services/edge/resilience.py), in alternating
+server, read directly and through a `Deadline` (services/edge/streams/base.py), in alternating
 rounds. Prints the time per item of each and the difference.
 
     .venv/bin/python load/deadline_overhead.py [--items 2000] [--rounds 10]
@@ -15,7 +15,7 @@ import time
 import grpc
 
 from services.common.clients import open_channel
-from services.edge.resilience import within
+from services.edge.streams.base import within
 from services.proto import llm_pb2, llm_pb2_grpc
 
 

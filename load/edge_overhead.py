@@ -52,9 +52,9 @@ sys.path.insert(0, str(ROOT))
 from load.local import cpu_cluster, ray_driver  # noqa: E402
 from services.cluster import LocalCluster  # noqa: E402
 from services.common.audio import read_wav  # noqa: E402
+from services.common.timeline import TurnTimeline  # noqa: E402
 from services.edge import caller  # noqa: E402
 from services.edge.auth import ALGORITHM, mint_token  # noqa: E402
-from services.edge.metrics import TurnTimeline  # noqa: E402
 
 GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT = 6430, 8330, 18300, 19300
 AUDIO = ROOT / "services" / "assets" / "hello.wav"

@@ -1,6 +1,7 @@
 """Benchmark: concurrent LiveKit rooms one edge process holds in real time, and its CPU per room.
 
-    python load/livekit_rooms.py [--levels 5 10 20] [--seconds 20] [--playout-frame-ms 20] [--out out/livekit_rooms.json]
+    python load/livekit_rooms.py [--levels 5 10 20] [--seconds 20] [--playout-frame-ms 20]
+        [--out out/livekit_rooms.json]
 
 Per level N: the LiveKit stand-in server (tests/livekit_standin; no real LiveKit server can run
 here) and N human callers (rtc SDK, each streaming speech in a loop) run in this process; the
@@ -40,6 +41,7 @@ TURN_S = 5.0  # the agent speaks in 5 s turns, back to back
 
 
 async def _agents(url: str, rooms: list[str], warmup_s: float, seconds: float, frame_ms: int) -> dict:
+    from services.common.audio import float_to_pcm16
     from services.edge.config import LiveKitConfig
     from services.edge.livekit_dispatch import LiveKitCredentials, RoomAgents
     from services.edge.playout import Playout, Segment
@@ -47,7 +49,7 @@ async def _agents(url: str, rooms: list[str], warmup_s: float, seconds: float, f
 
     counters = {"underruns": 0, "caller_samples": 0, "live": 0}
     per_room: dict[str, int] = {}
-    speech = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(24_000 * TURN_S)) / 24_000)).astype(np.float32)
+    speech = float_to_pcm16(0.3 * np.sin(2 * np.pi * 220 * np.arange(int(24_000 * TURN_S)) / 24_000))
 
     async def no_event(turn_id: int) -> None:
         pass
@@ -60,7 +62,7 @@ async def _agents(url: str, rooms: list[str], warmup_s: float, seconds: float, f
 
         async def listen() -> None:
             while True:
-                size = (await transport.receive_audio()).size
+                size = len(await transport.receive_audio()) // 2  # PCM s16le
                 counters["caller_samples"] += size
                 per_room[transport.room.name] = per_room.get(transport.room.name, 0) + size
 

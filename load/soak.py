@@ -6,7 +6,7 @@ Starts its own local cluster (GCS 6432, dashboard 8332, HTTP 18302, gRPC 19302) 
 serve_config.cpu.yaml, then keeps `--callers` calls going back to back (services/assets/hello.wav
 and a little silence; one turn each) for `--minutes`. Every `--kill-every-s` it kills one stage
 replica's Ray actor, as a crash would, in turn asr -> tts -> llm; Serve starts a replacement and
-the edge's live calls re-open their streams on it (services/edge/resilience.py).
+the edge's live calls re-open their streams on it (services/edge/streams/).
 
 Reports: calls completed and dropped (a call that did not end with the agent's reply to its
 final transcript, or closed abnormally), each call's TTFAT, the worst gap a caller heard inside

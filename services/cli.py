@@ -151,18 +151,39 @@ def edge_secret(config: Path) -> str:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from services.edge.auth import mint_token
+    import json
 
-    print(mint_token(edge_secret(args.config), ttl_s=args.ttl))
+    from pydantic import ValidationError
+
+    from services.edge.auth import mint_token
+    from services.edge.config import PersonaConfig
+
+    claims = {}
+    if args.mode:
+        claims["mode"] = args.mode
+    if args.persona:
+        try:
+            persona = json.loads(args.persona)
+            PersonaConfig.model_validate(persona)  # what the edge checks at `start`
+        except (ValueError, ValidationError) as error:
+            print(f"parley token: --persona must be a JSON object of persona settings: {str(error).splitlines()[0]}",
+                  file=sys.stderr)
+            return 2
+        claims["persona"] = persona
+    print(mint_token(edge_secret(args.config), ttl_s=args.ttl, claims=claims))
     return 0
 
 
 async def _call(args: argparse.Namespace) -> int:
-    from services.common.audio import read_wav, write_wav
+    from services.common.audio import write_wav
     from services.edge.auth import mint_token
-    from services.edge.caller import call, settled, turn_table
+    from services.edge.caller import CALL_RATE, CallAudioError, call, read_call_audio, settled, turn_table
 
-    audio, rate = read_wav(args.wav)
+    try:
+        audio, rate = read_call_audio(args.wav, CALL_RATE), CALL_RATE
+    except CallAudioError as error:
+        print(f"parley call: {error}", file=sys.stderr)
+        return 2
     token = args.token or mint_token(edge_secret(args.config), ttl_s=600)
     print(f"calling {args.url} with {args.wav} ({audio.size / rate:.1f}s), real time ...")
     result = await call(args.url, token, audio, rate, tail_s=args.tail, until=settled)
@@ -209,14 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     token = commands.add_parser("token", help="mint a caller token for the edge")
     token.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     token.add_argument("--ttl", type=float, default=3600, help="seconds until it expires")
+    token.add_argument("--mode", choices=("cascade", "duplex"), help="the `mode` claim: how the call is answered")
+    token.add_argument("--persona", default="",
+                       help='the `persona` claim, JSON: \'{"voice": "...", "greeting": "..."}\'')
     token.set_defaults(run=_token)
 
-    caller = commands.add_parser("call", help="play a WAV into a conversation in real time")
-    caller.add_argument("wav", type=Path, nargs="?", default=Path(str(resources.files("services.assets") / "hello.wav")))
+    caller = commands.add_parser("call", help="play a WAV or FLAC into a conversation in real time")
+    caller.add_argument("wav", type=Path, nargs="?",
+                        default=Path(str(resources.files("services.assets") / "hello.wav")))
     caller.add_argument("--url", default="ws://127.0.0.1:8000/v1/conversation")
     caller.add_argument("--token", default="")
     caller.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    caller.add_argument("--tail", type=float, default=30.0, help="most seconds to wait for the agent's reply after the WAV ends")
+    caller.add_argument("--tail", type=float, default=30.0,
+                        help="most seconds to wait for the agent's reply after the WAV ends")
     caller.add_argument("--out", type=Path, default=Path("out/call_agent.wav"))
     caller.set_defaults(run=lambda args: asyncio.run(_call(args)))
 

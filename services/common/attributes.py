@@ -31,7 +31,7 @@ from __future__ import annotations
 
 SPAN_CONVERSATION = "conversation"
 SPAN_TURN = "turn"
-# A turn's latency components, built from the edge's TurnTimeline (services/edge/metrics.py).
+# A turn's latency components, drawn from its timeline (services/common/timeline.py).
 SPAN_ENDPOINTING = "endpointing"  # end of the caller's speech -> the ASR's end-of-speech event
 SPAN_ASR = "asr"                  # end-of-speech event -> final transcript
 SPAN_LLM = "llm"                  # LLM request sent -> first token
@@ -81,22 +81,8 @@ TURN_INTERRUPTED = "parley.turn.interrupted"   # cut by barge-in
 TURN_UNDERRUNS = "parley.turn.underruns"
 TURN_UNFINISHED = "parley.turn.unfinished"     # the call ended before the turn did
 TURN_USER_TEXT = "parley.turn.user_text"       # CONTENT: the caller's final transcript
-# The turn's latency components: the `metrics` event's fields, same values.
-LATENCY_ENDPOINTING_MS = "parley.latency.endpointing_ms"
-LATENCY_ASR_FINAL_MS = "parley.latency.asr_final_ms"
-LATENCY_LLM_TTFT_MS = "parley.latency.llm_ttft_ms"
-LATENCY_FIRST_SENTENCE_MS = "parley.latency.first_sentence_ms"
-LATENCY_TTS_TTFB_MS = "parley.latency.tts_ttfb_ms"
-LATENCY_TTFAT_MS = "parley.latency.ttfat_ms"
-# metrics-event field -> turn span attribute
-LATENCY_FROM_EVENT = {
-    "endpointing_ms": LATENCY_ENDPOINTING_MS,
-    "asr_final_ms": LATENCY_ASR_FINAL_MS,
-    "llm_ttft_ms": LATENCY_LLM_TTFT_MS,
-    "first_sentence_ms": LATENCY_FIRST_SENTENCE_MS,
-    "tts_ttfb_ms": LATENCY_TTS_TTFB_MS,
-    "ttfat_ms": LATENCY_TTFAT_MS,
-}
+# The turn's latency components are `parley.latency.<component>_ms`, named by the turn timeline
+# (services/common/timeline.py, Component.attribute): the `metrics` event's fields, same values.
 
 # -- parley: the stages (both sides of an RPC) ------------------------------------------------------
 

@@ -61,6 +61,27 @@ class StreamResampler:
         return self._stream.resample_chunk(audio.astype(np.float32, copy=False), last=last)
 
 
+class PcmResampler:
+    """A StreamResampler for PCM s16le bytes: decodes to float only when the rates differ."""
+
+    def __init__(self, src_rate: int, dst_rate: int):
+        self.src_rate, self.dst_rate = src_rate, dst_rate
+        self._stream = None if src_rate == dst_rate else StreamResampler(src_rate, dst_rate)
+
+    def push(self, pcm: bytes) -> bytes:
+        if self._stream is None:
+            return pcm
+        return float_to_pcm16(self._stream.push(pcm16_to_float(pcm)))
+
+
+def pcm_rms(pcm: bytes) -> float:
+    """Root mean square of PCM s16le audio on the float scale ([-1, 1]); 0 for no audio."""
+    if len(pcm) < BYTES_PER_SAMPLE:
+        return 0.0
+    samples = np.frombuffer(pcm, dtype="<i2", count=len(pcm) // BYTES_PER_SAMPLE).astype(np.float32)
+    return float(np.sqrt(np.mean(samples * samples))) / 32768.0
+
+
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a PCM16 WAV as mono float32 (channels are averaged)."""
     with wave.open(str(path), "rb") as wav:

@@ -1,7 +1,7 @@
 """Async clients for the stage services, through Serve's gRPC proxy.
 
-Used by the CLI demo, the tests, the benchmarks and (later) the conversation edge, so there is one
-way to talk to a stage.
+Used by the CLI demo, the tests and the benchmarks. Request messages come from
+services/common/requests.py, the builders the edge's stage streams use too.
 """
 
 from __future__ import annotations
@@ -16,9 +16,18 @@ import numpy as np
 
 from services.common.aio import paced
 from services.common.audio import float_to_pcm16, pcm16_to_float
+from services.common.requests import Converse, Generate, Recognize, Synthesize
 from services.common.rpc import DEFAULT_GRPC_ADDRESS, channel_options, stage_metadata
-from services.proto import (asr_pb2, asr_pb2_grpc, common_pb2, llm_pb2, llm_pb2_grpc, moshi_pb2, moshi_pb2_grpc,
-                            tts_pb2, tts_pb2_grpc)
+from services.proto import (
+    asr_pb2,
+    asr_pb2_grpc,
+    llm_pb2,
+    llm_pb2_grpc,
+    moshi_pb2,
+    moshi_pb2_grpc,
+    tts_pb2,
+    tts_pb2_grpc,
+)
 
 
 def open_channel(address: str = DEFAULT_GRPC_ADDRESS) -> grpc.aio.Channel:
@@ -28,11 +37,11 @@ def open_channel(address: str = DEFAULT_GRPC_ADDRESS) -> grpc.aio.Channel:
 async def audio_requests(audio: np.ndarray, rate: int, frame_ms: int = 100, *, realtime: bool = False,
                          config: asr_pb2.RecognitionConfig | None = None) -> AsyncIterator[asr_pb2.RecognizeRequest]:
     """A config message, then the audio cut into frames (paced in real time if asked)."""
-    yield asr_pb2.RecognizeRequest(config=config or asr_pb2.RecognitionConfig(sample_rate_hz=rate))
+    yield asr_pb2.RecognizeRequest(config=config) if config is not None else Recognize.config(rate)
     step = rate * frame_ms // 1000
     frames = (audio[start:start + step] for start in range(0, audio.size, step))
     async for frame in paced(frames, frame_ms / 1000 if realtime else 0.0):
-        yield asr_pb2.RecognizeRequest(audio=common_pb2.AudioChunk(pcm=float_to_pcm16(frame)))
+        yield Recognize.audio(float_to_pcm16(frame))
 
 
 async def recognize(channel: grpc.aio.Channel, requests: AsyncIterator[asr_pb2.RecognizeRequest] | Iterable,
@@ -52,10 +61,7 @@ class Reply:
 async def generate(channel: grpc.aio.Channel, messages: list[tuple[str, str]], application: str = "llm",
                    **sampling) -> Reply:
     stub = llm_pb2_grpc.LanguageModelStub(channel)
-    request = llm_pb2.GenerateRequest(
-        messages=[llm_pb2.ChatMessage(role=role, content=content) for role, content in messages],
-        sampling=llm_pb2.SamplingParams(**sampling),
-    )
+    request = Generate.request(messages, **sampling)
     started, first, parts, done = time.perf_counter(), None, [], None
     async for response in stub.Generate(request, metadata=stage_metadata(application)):
         if response.WhichOneof("event") == "delta":
@@ -68,12 +74,12 @@ async def generate(channel: grpc.aio.Channel, messages: list[tuple[str, str]], a
 
 async def text_requests(chunks: Iterable[str], *, voice: str = "", sample_rate: int = 0, speed: float = 0.0,
                         delay_s: float = 0.0) -> AsyncIterator[tts_pb2.SynthesizeRequest]:
-    yield tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesisConfig(voice=voice, sample_rate_hz=sample_rate, speed=speed))
+    yield Synthesize.config(voice=voice, sample_rate=sample_rate, speed=speed)
     for chunk in chunks:
         if delay_s:
             await asyncio.sleep(delay_s)
-        yield tts_pb2.SynthesizeRequest(text=tts_pb2.TextChunk(text=chunk))
-    yield tts_pb2.SynthesizeRequest(end=tts_pb2.EndOfInput())
+        yield Synthesize.text(chunk)
+    yield Synthesize.end()
 
 
 @dataclass
@@ -105,10 +111,10 @@ async def synthesize(channel: grpc.aio.Channel, requests: AsyncIterator[tts_pb2.
 async def duplex_requests(frames: Iterable[bytes], *, pace_s: float = 0.08, sample_rate: int = 24_000,
                           config: moshi_pb2.DuplexConfig | None = None) -> AsyncIterator[moshi_pb2.ConverseRequest]:
     """A DuplexConfig, then one PCM frame every pace_s (0.08 = real time; less runs ahead of the server)."""
-    yield moshi_pb2.ConverseRequest(config=config or moshi_pb2.DuplexConfig(sample_rate_hz=sample_rate))
+    yield moshi_pb2.ConverseRequest(config=config) if config is not None else Converse.config(sample_rate)
     index = 0
     async for pcm in paced(frames, pace_s):
-        yield moshi_pb2.ConverseRequest(audio=moshi_pb2.AudioFrame(pcm=pcm, index=index))
+        yield Converse.frame(pcm, index)
         index += 1
 
 

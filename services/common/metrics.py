@@ -29,12 +29,10 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from services.common import autoscaling
-
-if TYPE_CHECKING:
-    from services.edge.metrics import TurnTimeline
+from services.common.timeline import COMPONENTS, TurnTimeline
 
 logger = logging.getLogger("ray.serve")
 
@@ -67,21 +65,11 @@ class MetricSpec:
         return (base,)
 
 
-# Per-turn latency components, as TurnTimeline measures them: (timeline start, timeline end).
-COMPONENTS: dict[str, tuple[str, str, str]] = {
-    # name: (start field, end field, what it measures)
-    "ttfat": ("speech_end", "first_audio_sent",
-              "time to first agent audio: end of the caller's speech to the first agent sample sent"),
-    "endpointing": ("speech_end", "vad_stopped", "end of the caller's speech to the ASR's end-of-speech event"),
-    "asr_final": ("vad_stopped", "asr_final", "ASR end-of-speech event to the final transcript"),
-    "llm_ttft": ("llm_request", "llm_first_token", "LLM request sent to its first token"),
-    "first_sentence": ("llm_request", "first_sentence", "LLM request sent to the first complete sentence or clause"),
-    "tts_ttfb": ("tts_request", "tts_first_audio", "TTS request sent to its first audio"),
-}
-
-TURN_HISTOGRAMS = {component: MetricSpec(f"parley_{component}_seconds", "histogram", f"Per turn, seconds: {what}.",
-                                         boundaries=LATENCY_BUCKETS_S)
-                   for component, (_, _, what) in COMPONENTS.items()}
+# One histogram per component of the turn timeline (services/common/timeline.py).
+TURN_HISTOGRAMS = {component.name: MetricSpec(f"parley_{component.name}_seconds", "histogram",
+                                              f"Per turn, seconds: {component.description}.",
+                                              boundaries=LATENCY_BUCKETS_S)
+                   for component in COMPONENTS}
 TURNS = MetricSpec("parley_turns", "counter", "Agent turns finished (answered or interrupted).")
 BARGE_INS = MetricSpec("parley_barge_ins", "counter", "Agent turns interrupted by the caller (barge-in).")
 UNDERRUNS = MetricSpec("parley_playout_underruns", "counter",
@@ -147,13 +135,6 @@ def _warn(what: str, error: Exception) -> None:
 
 # -- recording ------------------------------------------------------------------------------------
 
-def _seconds(timeline: TurnTimeline, start: str, end: str) -> float | None:
-    t0, t1 = getattr(timeline, start), getattr(timeline, end)
-    if t0 is None or t1 is None or t1 < t0:
-        return None
-    return t1 - t0
-
-
 class TurnMetricsObserver:
     """A Conversation observer: records each finished turn's latency components and counters.
 
@@ -166,10 +147,10 @@ class TurnMetricsObserver:
             metrics = _get()
             if metrics is None:
                 return
-            for component, (start, end, _) in COMPONENTS.items():
-                seconds = _seconds(timeline, start, end)
+            for component in COMPONENTS:
+                seconds = timeline.seconds(component)
                 if seconds is not None:
-                    metrics[TURN_HISTOGRAMS[component].name].observe(seconds)
+                    metrics[TURN_HISTOGRAMS[component.name].name].observe(seconds)
             metrics[TURNS.name].inc()
             if timeline.interrupted:
                 metrics[BARGE_INS.name].inc()

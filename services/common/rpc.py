@@ -15,8 +15,8 @@ import functools
 import hmac
 import inspect
 import os
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc

@@ -29,10 +29,11 @@ def load_secret(env_var: str) -> str:
     return secret
 
 
-def mint_token(secret: str, ttl_s: float = 3600, subject: str = "caller") -> str:
+def mint_token(secret: str, ttl_s: float = 3600, subject: str = "caller", claims: dict | None = None) -> str:
+    """A caller token; `claims` adds e.g. `mode` or `persona` (docs/websocket-protocol.md)."""
     now = int(time.time())
-    claims = {"sub": subject, "iat": now, "exp": now + int(ttl_s), "jti": uuid.uuid4().hex}
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    payload = {**(claims or {}), "sub": subject, "iat": now, "exp": now + int(ttl_s), "jti": uuid.uuid4().hex}
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
 def verify_token(token: object, secret: str) -> dict:

@@ -15,8 +15,30 @@ import numpy as np
 import websockets
 
 from services.common.audio import float_to_pcm16, pcm16_to_float
+from services.common.timeline import COMPONENTS
 
 FRAME_MS = 20
+CALL_RATE = 16_000  # the rate `parley call` streams at
+
+
+class CallAudioError(Exception):
+    """An audio file `parley call` cannot play (one line, for the command's error)."""
+
+
+def read_call_audio(path, rate: int = CALL_RATE) -> np.ndarray:
+    """Any WAV or FLAC soundfile reads (PCM of any width, float, WAVE_FORMAT_EXTENSIBLE), as mono
+    float32 resampled to `rate`."""
+    import soundfile
+
+    from services.common.audio import resample
+
+    try:
+        audio, source_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
+        raise CallAudioError(f"cannot read {path}: {str(error).splitlines()[0] if str(error) else error!r}") from None
+    if audio.size == 0:
+        raise CallAudioError(f"{path} holds no audio")
+    return resample(audio.mean(axis=1), source_rate, rate)
 
 
 @dataclass
@@ -91,7 +113,8 @@ def settled(result: CallResult) -> bool:
 
 
 def turn_table(metrics: list[dict]) -> str:
-    columns = ("endpointing_ms", "asr_final_ms", "llm_ttft_ms", "first_sentence_ms", "tts_ttfb_ms", "ttfat_ms")
+    """The per-turn latency table of `metrics` events (columns: the turn timeline's components)."""
+    columns = [component.event_field for component in COMPONENTS]
     lines = ["turn  " + "  ".join(f"{name[:-3]:>14s}" for name in columns) + "  interrupted"]
     for event in metrics:
         cells = "  ".join(f"{'-' if event.get(name) is None else format(event[name], '.0f') + ' ms':>14s}"

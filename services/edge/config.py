@@ -159,6 +159,10 @@ class DuplexConfig(Config):
     # up to queue_timeout_s, then close 4503); or refuse at once (close 4503).
     when_full: Literal["cascade", "queue", "refuse"] = "cascade"
     queue_timeout_s: float = Field(10.0, gt=0, le=120)
+    # Moshi answers in 80 ms frames that arrive in bursts: its audio starts this late (a jitter
+    # buffer) and goes out at most playout_lead_ms ahead, so the caller gets steady 20 ms frames.
+    jitter_buffer_ms: int = Field(80, ge=0, le=1000)
+    playout_lead_ms: int = Field(40, ge=0, le=1000)
 
 
 class EdgeConfig(Config):
@@ -177,6 +181,8 @@ class EdgeConfig(Config):
     # otherwise hold a conversation slot and its stage streams for ever.
     max_call_s: float = Field(4 * 3600.0, gt=0)
     max_frame_ms: int = Field(1000, ge=20, le=5000)
+    # JSON control messages (WebSocket `start`, `stop`) over this many bytes close with 4413.
+    max_control_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     start_timeout_s: float = Field(10.0, gt=0)
     # Playout: agent audio goes out in frames of this size, at most this far ahead of real time.
     playout_frame_ms: int = Field(20, ge=10, le=100)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,9 @@ from typing import Any
 from livekit import api
 from livekit.protocol import models, webhook
 
+from services.edge.auth import AuthError, verify_token
 from services.edge.config import LiveKitConfig
+from services.edge.transport import ProtocolError
 from services.edge.transports.livekit import LiveKitTransport, RoomJoinError
 
 logger = logging.getLogger("ray.serve")
@@ -169,3 +172,53 @@ class RoomAgents:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- the two routes' bodies (the Serve shell only forwards to these) -------------------------------
+
+async def dispatch_request(agents: RoomAgents | None, body: bytes, authorization: str, secret: str,
+                           check_persona: Callable[[dict], Awaitable[Any]]) -> tuple[dict, int]:
+    """`POST /v1/livekit/dispatch`: `{"room": "<name>"}` with `Authorization: Bearer <edge token>`.
+    Returns the JSON answer and its status."""
+    if agents is None:
+        return {"error": "livekit is not enabled on this edge"}, 404
+    try:
+        claims = verify_token(authorization.removeprefix("Bearer ").strip(), secret)
+    except AuthError as error:
+        return {"error": str(error)}, 401
+    try:
+        parsed = json.loads(body)
+        room = parsed.get("room") if isinstance(parsed, dict) else None
+    except ValueError:
+        room = None
+    if not isinstance(room, str):
+        return {"error": "the body must be JSON with a string `room`"}, 400
+    try:
+        await check_persona(claims)  # a bad persona is refused before the agent joins
+        await agents.dispatch(room, claims)
+    except ProtocolError as error:
+        return {"error": str(error)}, 400
+    except DispatchError as error:
+        return {"error": str(error)}, error.status
+    return {"room": room, "status": "joined"}, 202
+
+
+async def webhook_request(agents: RoomAgents | None, body: bytes, authorization: str) -> tuple[dict, int]:
+    """`POST /v1/livekit/webhook`: dispatch by `livekit.webhook_dispatch`; room_finished ends the room's call."""
+    if agents is None:
+        return {"error": "livekit is not enabled on this edge"}, 404
+    try:
+        event = verify_webhook(agents.credentials, body, authorization)
+    except WebhookError as error:
+        return {"error": str(error)}, 401
+    if event.event == "room_finished":
+        return {"left": agents.leave(event.room.name)}, 200
+    room = room_to_join(event, agents.config)
+    if room is None:
+        return {"dispatched": None}, 200
+    try:
+        await agents.dispatch(room)
+    except DispatchError as error:  # already there, full, or the room is gone: nothing to retry
+        logger.info("livekit webhook %s for room %s: %s", event.event, room, error)
+        return {"dispatched": None, "reason": str(error)}, 200
+    return {"dispatched": room}, 200

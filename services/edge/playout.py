@@ -1,9 +1,12 @@
 """The playout clock: agent audio goes to the caller in real time, never in bursts.
 
-Audio arrives per TTS segment, is cut into fixed frames and sent when each frame is due
-(start of the burst + frame index x frame length), at most `lead` ahead, so a live caller's
-buffer never fills with seconds of speech that a barge-in would have to chase. It also knows
-what the caller has heard, to the word, when a reply is cut short.
+Audio (PCM s16le at the transport's output rate) arrives per TTS segment or duplex frame, is cut
+into fixed frames and sent when each frame is due (start of the burst + frame index x frame
+length), at most `lead` ahead, so a live caller's buffer never fills with seconds of speech that
+a barge-in would have to chase. A burst may start `prebuffer` late, a jitter buffer for audio that
+arrives in bursts itself (duplex frames). It counts an underrun whenever the caller would hear a
+gap (the audio sent so far has played out and the next frame is late), and it knows what the
+caller has heard, to the word, when a reply is cut short.
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from services.edge.transport import Transport
+from services.edge.transport import AudioOutput
 
 
 @dataclass
@@ -41,18 +42,23 @@ class Segment:
 @dataclass
 class _Frame:
     turn_id: int
-    audio: np.ndarray
+    audio: bytes
     segment: Segment
 
 
 class Playout:
-    def __init__(self, transport: Transport, frame_ms: int, lead_ms: int,
-                 on_first_audio: Callable[[int], Awaitable[None]], on_underrun: Callable[[int], None]):
+    """The call's one playout clock; `run()` is a task of the call."""
+
+    def __init__(self, transport: AudioOutput, frame_ms: int, lead_ms: int,
+                 on_first_audio: Callable[[int], Awaitable[None]], on_underrun: Callable[[int], None],
+                 prebuffer_ms: int = 0):
         self._transport = transport
         self._rate = transport.output_sample_rate
         self._frame = self._rate * frame_ms // 1000
+        self._frame_bytes = self._frame * 2
         self._frame_s = self._frame / self._rate
         self._lead_s = lead_ms / 1000
+        self._prebuffer_s = prebuffer_ms / 1000
         self._on_first_audio, self._on_underrun = on_first_audio, on_underrun
         self._frames: deque[_Frame] = deque()
         self._ready = asyncio.Event()
@@ -63,17 +69,18 @@ class Playout:
         self._burst_frames = 0
         self.current_turn: int | None = None
 
-    def add_audio(self, turn_id: int, audio: np.ndarray, segment: Segment) -> None:
-        """Queue audio of `segment` (a long segment comes in several pieces, in order)."""
+    def add_audio(self, turn_id: int, pcm: bytes, segment: Segment) -> None:
+        """Queue PCM of `segment` (a long segment comes in several pieces, in order)."""
         segments = self._segments.setdefault(turn_id, [])
         if not segments or segments[-1] is not segment:
             segments.append(segment)
-        segment.duration_s += audio.size / self._rate
+        segment.duration_s += len(pcm) / 2 / self._rate
         self._drained.setdefault(turn_id, asyncio.Event())
-        for start in range(0, audio.size, self._frame):
-            chunk = audio[start:start + self._frame]
-            if chunk.size < self._frame:
-                chunk = np.pad(chunk, (0, self._frame - chunk.size))
+        size = self._frame_bytes
+        for start in range(0, len(pcm), size):
+            chunk = pcm[start:start + size]
+            if len(chunk) < size:
+                chunk += bytes(size - len(chunk))
             self._frames.append(_Frame(turn_id, chunk, segment))
         self._ready.set()
 
@@ -91,7 +98,7 @@ class Playout:
     def interrupt(self, turn_id: int) -> str:
         """Drop the turn's queued audio; return the text the caller heard of it."""
         now = time.monotonic()
-        heard_until = 0.0 if self._burst_start is None else now - self._burst_start
+        heard_until = 0.0 if self._burst_start is None else max(0.0, now - self._burst_start)
         self._frames = deque(frame for frame in self._frames if frame.turn_id != turn_id)
         segments = self._segments.pop(turn_id, [])
         # Audio sent within the lead has not been heard yet: count only elapsed time.
@@ -116,7 +123,7 @@ class Playout:
             if self.current_turn != frame.turn_id:
                 self._end_burst()
                 self.current_turn = frame.turn_id
-                self._burst_start = time.monotonic()
+                self._burst_start = time.monotonic() + self._prebuffer_s
                 self._burst_frames = 0
                 await self._on_first_audio(frame.turn_id)
             due = self._burst_start + self._burst_frames * self._frame_s
@@ -124,8 +131,9 @@ class Playout:
             if now > due + self._frame_s:
                 # Audio was due and none was there: the caller heard a gap. Restart the clock.
                 self._on_underrun(frame.turn_id)
-                self._burst_start, self._burst_frames, due = now, 0, now
-            elif due - self._lead_s > now:
+                self._burst_start, self._burst_frames = now + self._prebuffer_s, 0
+                due = self._burst_start
+            if due - self._lead_s > now:
                 await asyncio.sleep(due - self._lead_s - now)
                 continue  # the queue may have been cut by a barge-in meanwhile
             self._frames.popleft()
@@ -147,7 +155,7 @@ class Playout:
         self._burst_frames = 0
 
 
-async def play_alone(transport: Transport, frame_ms: int, lead_ms: int, audio: np.ndarray, segment: Segment,
+async def play_alone(transport: AudioOutput, frame_ms: int, lead_ms: int, audio: bytes, segment: Segment,
                      on_first_audio: Callable[[int], Awaitable[None]]) -> None:
     """Play one clip on a playout clock of its own and return once it is played (a call that is
     ending, whose own clock has stopped)."""

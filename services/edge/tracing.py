@@ -11,10 +11,11 @@ Each client span travels with its RPC as W3C `traceparent` metadata, so the stag
 server span (and Serve's proxy and replica spans before it) join the same trace under it. The
 `turn` span carries the latency components the caller's `metrics` event reports, same values.
 
-The Conversation calls `conversation()`, `asr_call()`, `turn_started()`, `llm_call()` and
-`tts_call()` as things happen; `turn_finished` is one of its turn observers. With tracing off
-there is no valid span: every call returns at once, builds no attribute and adds no metadata.
-A trace sampled out still propagates that decision, so the stages do not start traces of their own.
+The call (services/edge/core.py, cascade.py, duplex.py) calls `conversation()`, `asr_call()`,
+`turn_started()`, `llm_call()` and `tts_call()` as things happen; `turn_finished` is one of its
+turn observers. With tracing off there is no valid span: every call returns at once, builds no
+attribute and adds no metadata. A trace sampled out still propagates that decision, so the stages
+do not start traces of their own.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.common import attributes as attr
 from services.common import telemetry
-from services.edge.metrics import TurnTimeline
+from services.common.timeline import COMPONENTS, TurnTimeline
 from services.edge.transport import CallerHungUp
 
 Metadata = tuple[tuple[str, str], ...]
@@ -108,18 +109,16 @@ class ConversationTracing:
         utterance_id = self._utterances.pop(timeline.turn_id, None)
         if span.is_recording():
             parent = trace.set_span_in_context(span)
-            for name, start, end in ((attr.SPAN_ENDPOINTING, timeline.speech_end, timeline.vad_stopped),
-                                     (attr.SPAN_ASR, timeline.vad_stopped, timeline.asr_final),
-                                     (attr.SPAN_LLM, timeline.llm_request, timeline.llm_first_token),
-                                     (attr.SPAN_TTS, timeline.tts_request, timeline.tts_first_audio)):
-                if start is not None and end is not None:
-                    child = self._tracer.start_span(name, parent, start_time=telemetry.epoch_ns(start))
-                    if name == attr.SPAN_ASR and utterance_id is not None:
+            for component in COMPONENTS:
+                start, end = getattr(timeline, component.start), getattr(timeline, component.end)
+                if component.span is not None and start is not None and end is not None:
+                    child = self._tracer.start_span(component.span, parent, start_time=telemetry.epoch_ns(start))
+                    if component.span == attr.SPAN_ASR and utterance_id is not None:
                         child.set_attribute(attr.UTTERANCE_ID, utterance_id)
                     child.end(telemetry.epoch_ns(end))
-            event = timeline.to_event()
-            span.set_attributes({name: event[field] for field, name in attr.LATENCY_FROM_EVENT.items()
-                                 if event[field] is not None})
+            latencies = timeline.latencies_ms()
+            span.set_attributes({component.attribute: latencies[component.event_field] for component in COMPONENTS
+                                 if latencies[component.event_field] is not None})
             span.set_attributes({attr.TURN_INTERRUPTED: timeline.interrupted, attr.TURN_UNDERRUNS: timeline.underruns})
         span.end()
 

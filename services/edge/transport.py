@@ -1,17 +1,19 @@
 """The boundary between a conversation and the wire it runs over (WebSocket, Twilio, LiveKit).
 
-A transport turns its protocol into caller audio (float32 at `input_sample_rate`) and takes
-agent audio frames (float32 at `output_sample_rate`, already paced in real time by the playout
-clock) and JSON-able events. The conversation never sees protocol details.
+A transport turns its protocol into caller audio (PCM s16le bytes at `input_sample_rate`) and
+takes agent audio frames (PCM s16le at `output_sample_rate`, already paced in real time by the
+playout clock) and events (services/edge/events.py, serialized). The call never sees protocol
+details.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
+# JSON control messages are small; anything bigger is refused with 4413 before it is parsed.
+MAX_CONTROL_BYTES = 64 * 1024
 
 
 class CallerHungUp(Exception):
@@ -26,8 +28,11 @@ class ProtocolError(Exception):
         self.close_code = close_code
 
 
-def json_message(text: str, kind: str) -> dict[str, Any]:
-    """A control message: a JSON object whose string field `kind` says what it is, else ProtocolError 4400."""
+def json_message(text: str, kind: str, max_bytes: int = MAX_CONTROL_BYTES) -> dict[str, Any]:
+    """A control message: a JSON object whose string field `kind` says what it is, else ProtocolError
+    4400 (4413 when it is over `max_bytes`)."""
+    if len(text) > max_bytes:  # characters: a cheap lower bound of the bytes, checked before parsing
+        raise ProtocolError(f"a control message of {len(text)} characters is over the limit of {max_bytes}", 4413)
     try:
         message = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: arrays or objects nested too deep
@@ -37,19 +42,32 @@ def json_message(text: str, kind: str) -> dict[str, Any]:
     return message
 
 
+class AudioOutput(Protocol):
+    """Where the playout clock sends agent audio."""
+
+    output_sample_rate: int
+
+    async def send_audio(self, frame: bytes) -> None: ...
+
+
 class Transport(ABC):
+    """One call's wire: caller audio in, agent audio and events out."""
+
     input_sample_rate: int
     output_sample_rate: int
     # The caller's verified token claims: a backend may set per-call `persona` overrides there.
     claims: dict[str, Any] = {}
     wants_greeting: bool = True
+    # A voice the caller asked for (WebSocket `start`); checked against the TTS's voices.
+    requested_voice: str = ""
 
     @abstractmethod
-    async def receive_audio(self) -> np.ndarray:
-        """The next chunk of caller audio. Raises CallerHungUp at the end, ProtocolError on bad input."""
+    async def receive_audio(self) -> bytes:
+        """The next chunk of caller audio (PCM s16le). Raises CallerHungUp at the end, ProtocolError
+        on bad input."""
 
     @abstractmethod
-    async def send_audio(self, frame: np.ndarray) -> None:
+    async def send_audio(self, frame: bytes) -> None:
         """Send one agent audio frame to the caller now."""
 
     @abstractmethod

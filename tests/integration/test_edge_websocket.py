@@ -19,8 +19,9 @@ pytestmark = pytest.mark.cluster
 
 
 def token(secret: str, **persona) -> str:
-    from services.edge.auth import ALGORITHM
     import jwt
+
+    from services.edge.auth import ALGORITHM
 
     claims = jwt.decode(mint_token(secret, ttl_s=600), secret, algorithms=[ALGORITHM])
     return jwt.encode({**claims, "persona": persona}, secret, algorithm=ALGORITHM)
@@ -178,7 +179,8 @@ async def test_bad_input_closes_with_a_clear_code(edge_ws_url, edge_secret, ray_
     good = mint_token(edge_secret, ttl_s=600)
     replace = {"TOKEN": start(good), "TOKEN-RATE-8": start(good, rate=8), "NO-TOKEN": start(None),
                "BAD-TOKEN": start(mint_token("x" * 40, ttl_s=600)), "EXPIRED": start(mint_token(edge_secret, ttl_s=-5))}
-    close_code, events = await rejected(edge_ws_url, *(replace.get(m, m) if isinstance(m, str) else m for m in messages))
+    scripted = (replace.get(m, m) if isinstance(m, str) else m for m in messages)
+    close_code, events = await rejected(edge_ws_url, *scripted)
     assert close_code == code
     errors = [e for e in events if e["type"] == "error"]
     assert errors and errors[-1]["message"]
@@ -202,10 +204,12 @@ async def test_caller_vanishing_mid_turn_leaves_nothing_running(edge_ws_url, edg
     assert stats["edge"]["tasks"] <= baseline
 
 
-async def test_a_failing_stage_ends_the_call_with_an_error(edge_ws_url, edge_secret, ray_client):
+async def test_a_voice_the_tts_lacks_is_refused_at_start(edge_ws_url, edge_secret, ray_client):
+    # Once a 1011 at the first turn (the TTS refused the voice); now checked against the TTS's voices.
     audio, rate = speech()
     result = await call(edge_ws_url, token(edge_secret, greeting="Hi there.", voice="nobody"), audio, rate, tail_s=10)
-    assert result.close_code == 1011
+    assert result.close_code == 4400
     [error] = result.of_type("error")
-    assert error["code"] == "stage_error" and "INVALID_ARGUMENT" in error["message"]
+    assert error["code"] == "bad_request" and "unknown voice 'nobody'" in error["message"]
+    assert not result.of_type("ready")
     await wait_quiet(ray_client)

@@ -16,6 +16,7 @@ import pytest
 
 from services.common import attributes as attr
 from services.common.rpc import stage_metadata
+from services.common.timeline import COMPONENTS
 from services.edge.caller import call, settled
 from services.proto import llm_pb2, llm_pb2_grpc, tts_pb2, tts_pb2_grpc
 from tests.integration.conftest import speech, wait_quiet
@@ -149,7 +150,8 @@ async def test_a_conversation_is_one_trace_across_the_edge_and_every_stage(edge_
         turn = turns[turn_id]
         assert turn.attributes[attr.TURN_INTERRUPTED] == event["interrupted"]
         children = {s.name: s for s in trace if s.parent_id == turn.span_id}
-        for field, name in attr.LATENCY_FROM_EVENT.items():
+        for component in COMPONENTS:
+            field, name = component.event_field, component.attribute
             if event[field] is None:
                 assert name not in turn.attributes
                 continue

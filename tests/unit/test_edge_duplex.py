@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.common.audio import float_to_pcm16
 from services.edge.config import DuplexConfig, EdgeConfig
 from services.edge.duplex import InferredTurns, call_mode
 from services.edge.transport import ProtocolError
@@ -31,8 +32,8 @@ def test_edge_config_rejects_unknown_duplex_settings():
         EdgeConfig.model_validate({"duplex": {"when_full": "queue_forever"}})
 
 
-LOUD = 0.1 * np.ones(480, dtype=np.float32)
-QUIET = np.zeros(480, dtype=np.float32)
+LOUD = float_to_pcm16(0.1 * np.ones(480, dtype=np.float32))
+QUIET = bytes(960)
 
 
 def test_a_turn_ends_with_the_first_audible_agent_frame_after_the_callers_silence():

@@ -13,8 +13,10 @@ import pytest
 
 from services.common.audio import float_to_pcm16, pcm16_to_float
 from services.edge.config import ResilienceConfig, StagesConfig
-from services.edge.resilience import (ResilientRecognizer, ResilientSpeech, StageUnavailable, resilient_deltas)
-from services.edge.stages import StageClients
+from services.edge.streams.asr import AsrStream
+from services.edge.streams.base import StageClients, StageUnavailable
+from services.edge.streams.llm import reply_deltas
+from services.edge.streams.tts import TtsStream
 from services.proto import asr_pb2, asr_pb2_grpc, llm_pb2, llm_pb2_grpc, tts_pb2, tts_pb2_grpc
 
 FAST = ResilienceConfig(retry_attempts=2, retry_backoff_ms=10, response_timeout_s=1.0, stall_timeout_s=1.0)
@@ -133,7 +135,7 @@ async def stage(request):
                          indirect=True, ids=["died", "stalled", "final-overdue"])
 async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage):
     clients, servicer = stage
-    asr = ResilientRecognizer(lambda: clients.recognize(RATE, 300), RATE, FAST)
+    asr = AsrStream(clients, RATE, 300, FAST)
     events = []
 
     async def read():
@@ -146,7 +148,7 @@ async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage):
     for index in range(30):  # 100 ms frames in real time: 1 s of silence, then speech
         if reader.done():
             break
-        asr.send(np.full(RATE // 10, 0.0 if index < 10 else 0.1, np.float32))
+        asr.send(float_to_pcm16(np.full(RATE // 10, 0.0 if index < 10 else 0.1, np.float32)))
         await asyncio.sleep(0.1)
     await asyncio.wait_for(reader, 5)
     asr.cancel()
@@ -163,8 +165,8 @@ async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage):
 @pytest.mark.parametrize("stage", [[Model("die")], [Model("stall")]], indirect=True, ids=["died", "stalled"])
 async def test_llm_request_goes_again_and_the_caller_hears_each_word_once(stage):
     clients, servicer = stage
-    text = [d async for d in resilient_deltas(
-        lambda: clients.generate([("user", "count")], temperature=0.0, max_tokens=8, request_id="r"), FAST)]
+    text = [d async for d in reply_deltas(
+        clients, [("user", "count")], temperature=0.0, max_tokens=8, request_id="r", config=FAST)]
     assert "".join(text) == "".join(Model.WORDS)
     assert servicer.calls == 2
 
@@ -174,21 +176,22 @@ async def test_a_silent_llm_is_given_up_after_one_retry(stage):
     clients, servicer = stage
     started = asyncio.get_running_loop().time()
     with pytest.raises(StageUnavailable) as error:
-        [d async for d in resilient_deltas(
-            lambda: clients.generate([("user", "hi")], temperature=0.0, max_tokens=8, request_id="r"), FAST)]
+        [d async for d in reply_deltas(
+        clients, [("user", "hi")], temperature=0.0, max_tokens=8, request_id="r", config=FAST)]
     waited = asyncio.get_running_loop().time() - started
     assert error.value.stage == "llm" and "no answer" in error.value.cause
     # Retries are left (retry_attempts), but a deadline already cost a whole timeout of silence.
     assert FAST.retry_attempts > FAST.timeout_retries
     assert servicer.calls == FAST.timeout_retries + 1
-    assert (FAST.timeout_retries + 1) * FAST.response_timeout_s <= waited < (FAST.timeout_retries + 1.5) * FAST.response_timeout_s
+    deadlines = FAST.timeout_retries + 1
+    assert deadlines * FAST.response_timeout_s <= waited < (deadlines + 0.5) * FAST.response_timeout_s
 
 
 @pytest.mark.parametrize("stage", [[Synthesizer("die")], [Synthesizer("stall")]], indirect=True,
                          ids=["died", "stalled"])
 async def test_tts_resends_the_turn_and_skips_audio_already_received(stage):
     clients, servicer = stage
-    tts = ResilientSpeech(lambda: clients.synthesize("", RATE), FAST)
+    tts = TtsStream(clients, "", RATE, FAST)
     tts.send("First.")
     tts.send("Second.")
     tts.close()
@@ -206,7 +209,7 @@ async def test_tts_resends_the_turn_and_skips_audio_already_received(stage):
 @pytest.mark.parametrize("stage", [[Synthesizer(None)]], indirect=True)
 async def test_tts_that_said_all_it_was_given_may_be_quiet_while_the_reply_is_written(stage):
     clients, servicer = stage
-    tts = ResilientSpeech(lambda: clients.synthesize("", RATE), FAST)
+    tts = TtsStream(clients, "", RATE, FAST)
     chunks = []
 
     async def read():
@@ -226,10 +229,10 @@ async def test_tts_that_said_all_it_was_given_may_be_quiet_while_the_reply_is_wr
 @pytest.mark.parametrize("stage", [[Recognizer()]], indirect=True)
 async def test_asr_is_not_reopened_while_the_caller_is_quiet(stage):
     clients, servicer = stage
-    asr = ResilientRecognizer(lambda: clients.recognize(RATE, 300), RATE, FAST)
+    asr = AsrStream(clients, RATE, 300, FAST)
     reader = asyncio.create_task(anext(asr.events()))
     for _ in range(30):  # 3 s of silence in real time: only progress comes back
-        asr.send(np.zeros(RATE // 10, np.float32))
+        asr.send(bytes(RATE // 10 * 2))
         await asyncio.sleep(0.1)
     await asyncio.sleep(FAST.stall_timeout_s * 1.5)  # and then no audio at all (a muted client)
     assert not reader.done() and asr.retries == 0 and len(servicer.streams) == 1

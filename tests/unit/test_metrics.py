@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from services.common import metrics
-from services.edge.metrics import TurnTimeline
+from services.common.timeline import COMPONENTS, TurnTimeline
 
 ROOT = Path(__file__).resolve().parents[2]
+BY_NAME = {component.name: component for component in COMPONENTS}
 
 # A caller turn with every component, and a greeting cut by barge-in (no caller speech before it).
 # No duration sits on a bucket boundary, so float rounding cannot move a value between buckets.
@@ -44,7 +45,7 @@ try:
         def record(self, turns):
             import grpc
             from services.common import metrics
-            from services.edge.metrics import TurnTimeline
+            from services.common.timeline import TurnTimeline
 
             observe = metrics.TurnMetricsObserver()
             for turn in turns:
@@ -131,7 +132,7 @@ def test_outside_ray_recording_is_a_cheap_noop():
     # A fresh interpreter: importing and recording must neither import Ray nor create metrics.
     code = ("import sys\n"
             "from services.common import metrics\n"
-            "from services.edge.metrics import TurnTimeline\n"
+            "from services.common.timeline import TurnTimeline\n"
             f"metrics.TurnMetricsObserver()(TurnTimeline(**{ANSWERED!r}))\n"
             "metrics.record_stage_error('asr', 'UNAVAILABLE'); metrics.set_active_conversations(1)\n"
             "metrics.observe_queue_wait('asr', 0.1)\n"
@@ -141,24 +142,24 @@ def test_outside_ray_recording_is_a_cheap_noop():
 
 def test_components_follow_the_timeline_and_skip_what_a_turn_never_reached():
     answered, greeting = TurnTimeline(**ANSWERED), TurnTimeline(**GREETING)
-    assert metrics._seconds(answered, "speech_end", "first_audio_sent") == pytest.approx(1.32)
-    assert metrics._seconds(greeting, "speech_end", "first_audio_sent") is None  # no caller speech
-    assert metrics._seconds(TurnTimeline(1, llm_request=2.0, llm_first_token=1.0), "llm_request",
-                            "llm_first_token") is None  # never a negative latency
+    ttfat, llm = BY_NAME["ttfat"], BY_NAME["llm_ttft"]
+    assert answered.seconds(ttfat) == pytest.approx(1.32)
+    assert greeting.seconds(ttfat) is None  # no caller speech
+    assert TurnTimeline(1, llm_request=2.0, llm_first_token=1.0).seconds(llm) is None  # never a negative latency
     # The histograms measure what the client event reports, in seconds instead of milliseconds.
     event = answered.to_event()
-    for component, (start, end, _) in metrics.COMPONENTS.items():
-        assert metrics._seconds(answered, start, end) * 1000 == pytest.approx(event[f"{component}_ms"], abs=0.1)
+    for component in COMPONENTS:
+        assert answered.seconds(component) * 1000 == pytest.approx(event[component.event_field], abs=0.1)
+    assert set(metrics.TURN_HISTOGRAMS) == {component.name for component in COMPONENTS}
 
 
 # -- through a real Ray node's Prometheus endpoint ------------------------------------------------
 
 def test_turn_histograms_reach_the_endpoint_with_exact_buckets(scraped):
     _, samples = scraped
-    for component, (start, end, _) in metrics.COMPONENTS.items():
-        recorded = [s for turn in (ANSWERED, GREETING)
-                    if (s := metrics._seconds(TurnTimeline(**turn), start, end)) is not None]
-        name = f"ray_parley_{component}_seconds"
+    for component in COMPONENTS:
+        recorded = [s for turn in (ANSWERED, GREETING) if (s := TurnTimeline(**turn).seconds(component)) is not None]
+        name = f"ray_parley_{component.name}_seconds"
         assert _values(samples, f"{name}_bucket", key="le") == _cumulative(recorded, metrics.LATENCY_BUCKETS_S), name
         assert _values(samples, f"{name}_count") == len(recorded), name
     # The greeting has TTS audio but no caller speech: one TTFAT, two TTS first-byte latencies.

@@ -26,7 +26,7 @@ from services.common import attributes as attr
 from services.common import telemetry
 from services.common.rpc import invalid_argument
 from services.common.stage import StageDeployment
-from services.edge.metrics import TurnTimeline
+from services.common.timeline import COMPONENTS, TurnTimeline
 from services.edge.tracing import ConversationTracing
 from tests.otlp_receiver import OTLPReceiver
 
@@ -172,7 +172,9 @@ def test_attribute_and_span_names_are_unique_and_namespaced():
         if not key.startswith("SPAN_"):
             assert value.startswith(("parley.", "gen_ai.", "rpc.")), key
     assert attr.CONTENT <= set(names.values())
-    assert set(attr.LATENCY_FROM_EVENT) == {k for k in TurnTimeline(1).to_event() if k.endswith("_ms")}
+    # The turn timeline names every latency component once; event fields and attributes follow it.
+    assert {c.event_field for c in COMPONENTS} == {k for k in TurnTimeline(1).to_event() if k.endswith("_ms")}
+    assert all(c.attribute.startswith("parley.latency.") for c in COMPONENTS)
 
 
 # -- the edge's conversation spans ---------------------------------------------------------------------
@@ -218,8 +220,8 @@ def test_conversation_spans_nest_and_carry_the_turn_latency(spans, monkeypatch):
         assert dict(metadata)["traceparent"].split("-")[2] == format(by_name[name].context.span_id, "016x")
     # Latency: the metrics event's values, and span durations that agree with them.
     event = timeline.to_event()
-    for field, name in attr.LATENCY_FROM_EVENT.items():
-        assert turn.attributes[name] == event[field]
+    for component in COMPONENTS:
+        assert turn.attributes[component.attribute] == event[component.event_field]
     for name, field in ((attr.SPAN_ENDPOINTING, "endpointing_ms"), (attr.SPAN_ASR, "asr_final_ms"),
                         (attr.SPAN_LLM, "llm_ttft_ms"), (attr.SPAN_TTS, "tts_ttfb_ms")):
         span = by_name[name]

@@ -21,7 +21,6 @@ import json
 import logging
 from typing import Any
 
-import numpy as np
 from livekit import rtc
 
 from services.common.audio import StreamResampler, float_to_pcm16, pcm16_to_float
@@ -53,7 +52,7 @@ class LiveKitTransport(Transport):
         self.agent_track_sid = ""
         self._caller_found = asyncio.Event()
         self._new_caller_track = asyncio.Event()
-        self._audio: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self._audio: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._resampler = StreamResampler(ROOM_SAMPLE_RATE, config.asr_sample_rate)
         self._stream: rtc.AudioStream | None = None
         self._hung_up = False
@@ -142,7 +141,8 @@ class LiveKitTransport(Transport):
     # -- audio ----------------------------------------------------------------------------------
 
     async def pump_caller_audio(self) -> None:
-        """Caller frames -> ASR-rate float32 chunks; run as a task for the life of the call."""
+        """Caller frames -> ASR-rate PCM chunks; run as a task for the life of the call (decoded to
+        float only to resample)."""
         try:
             while not self._hung_up:
                 stream = self._stream
@@ -150,7 +150,7 @@ class LiveKitTransport(Transport):
                 async for event in stream:
                     audio = self._resampler.push(pcm16_to_float(event.frame.data.cast("B")))  # int16 view -> bytes
                     if audio.size:
-                        self._audio.put_nowait(audio)
+                        self._audio.put_nowait(float_to_pcm16(audio))
                 if self._stream is stream:  # the track ended: wait a little for the caller's next one
                     try:
                         await asyncio.wait_for(self._new_caller_track.wait(), self.config.caller_track_grace_s)
@@ -159,18 +159,17 @@ class LiveKitTransport(Transport):
         finally:
             self._hang_up()
 
-    async def receive_audio(self) -> np.ndarray:
+    async def receive_audio(self) -> bytes:
         audio = await self._audio.get()
         if audio is None:
             self._audio.put_nowait(None)  # every later call hangs up too
             raise CallerHungUp()
         return audio
 
-    async def send_audio(self, frame: np.ndarray) -> None:
+    async def send_audio(self, frame: bytes) -> None:
         if self._hung_up:
             raise CallerHungUp()
-        pcm = float_to_pcm16(frame)
-        await self.source.capture_frame(rtc.AudioFrame(pcm, self.output_sample_rate, 1, frame.size))
+        await self.source.capture_frame(rtc.AudioFrame(frame, self.output_sample_rate, 1, len(frame) // 2))
 
     async def clear_audio(self) -> None:
         self.source.clear_queue()

@@ -1,4 +1,4 @@
-"""G.711 mu-law codec in numpy: float32 [-1, 1] or int16 PCM <-> one mu-law byte per sample.
+"""G.711 mu-law codec in numpy: float32 [-1, 1], int16 PCM or PCM s16le bytes <-> one mu-law byte per sample.
 
 The classic 16-bit formulation of the standard: the magnitude of a 16-bit sample is clipped to
 CLIP, biased by BIAS and split into a 3-bit exponent (segment) and a 4-bit mantissa; the output
@@ -85,3 +85,13 @@ def encode(audio: np.ndarray) -> bytes:
 def decode(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     """Decode mu-law bytes to float32 audio in [-1, 1] (a new array)."""
     return _DECODE_FLOAT[_as_codes(data)]
+
+
+def decode_pcm16(data: bytes | bytearray | memoryview) -> bytes:
+    """Decode mu-law bytes to PCM s16le bytes (what the edge carries end to end)."""
+    return ulaw_to_lin16(data).astype("<i2").tobytes()
+
+
+def encode_pcm16(pcm: bytes) -> bytes:
+    """Encode PCM s16le bytes to mu-law bytes, one per sample."""
+    return lin16_to_ulaw(np.frombuffer(pcm, dtype="<i2")).tobytes()

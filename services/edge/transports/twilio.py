@@ -29,7 +29,6 @@ import collections
 import json
 from typing import Any
 
-import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from services.edge.auth import AuthError, verify_token
@@ -129,12 +128,13 @@ class TwilioTransport(Transport):
 
     @classmethod
     async def open(cls, websocket: WebSocket, secret: str, *, start_timeout_s: float,
-                   max_frame_ms: int) -> TwilioTransport:
+                   max_frame_ms: int, max_control_bytes: int = 0) -> TwilioTransport:
         """Read Twilio's `connected` and `start` from an accepted socket and check the caller's token.
 
         Raises ProtocolError (4408 no start in time, 4401 bad token or one minted for another call,
         4400 anything malformed or a media format other than mu-law 8 kHz mono, 4413 an oversized
-        message) or CallerHungUp.
+        message) or CallerHungUp. Every Twilio message is JSON: the limit on one follows from
+        `max_frame_ms` (a media payload and its envelope), so `max_control_bytes` is not used.
         The caller closes the socket with the error's code (`close_with`).
         """
         limit = 4 * -(-(SAMPLE_RATE * max_frame_ms // 1000) // 3) + MESSAGE_OVERHEAD_BYTES
@@ -186,8 +186,8 @@ class TwilioTransport(Transport):
 
     # --- caller -> agent ----------------------------------------------------------------------
 
-    async def receive_audio(self) -> np.ndarray:
-        """Caller audio of the next inbound `media` message, float32 at 8 kHz.
+    async def receive_audio(self) -> bytes:
+        """Caller audio of the next inbound `media` message, PCM s16le at 8 kHz.
 
         Marks echoed back, DTMF digits and unknown events are recorded or skipped on the way.
         """
@@ -217,7 +217,7 @@ class TwilioTransport(Transport):
                 raise ProtocolError("a second start message", 4400)
             # `connected` again, or an event type Twilio added after this was written: skip.
 
-    def _media_audio(self, message: dict[str, Any]) -> np.ndarray | None:
+    def _media_audio(self, message: dict[str, Any]) -> bytes | None:
         media = _section(message, "media")
         if media.get("track", INBOUND_TRACK) != INBOUND_TRACK:
             return None
@@ -234,7 +234,7 @@ class TwilioTransport(Transport):
                 f"{self.max_frame_samples * 1000 // SAMPLE_RATE} ms", 4413)
         if not data:
             return None
-        return mulaw.decode(data)
+        return mulaw.decode_pcm16(data)
 
     def _mark_played(self, name: Any) -> None:
         if not isinstance(name, str):
@@ -283,9 +283,9 @@ class TwilioTransport(Transport):
                 self.hung_up = True
                 raise CallerHungUp(f"the socket is closed: {error!r}") from error
 
-    async def send_audio(self, frame: np.ndarray) -> None:
-        """One `media` message: the frame (float32, 8 kHz) as base64 mu-law."""
-        payload = base64.b64encode(mulaw.encode(frame)).decode("ascii")
+    async def send_audio(self, frame: bytes) -> None:
+        """One `media` message: the frame (PCM s16le, 8 kHz) as base64 mu-law."""
+        payload = base64.b64encode(mulaw.encode_pcm16(frame)).decode("ascii")
         await self._send({"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload}})
 
     async def send_mark(self, name: str) -> None:

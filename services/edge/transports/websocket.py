@@ -6,25 +6,25 @@ import asyncio
 import json
 from typing import Any
 
-import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from services.common.audio import AudioFormatError, check_sample_rate, float_to_pcm16, pcm16_to_float
+from services.common.audio import AudioFormatError, check_sample_rate
 from services.edge.auth import AuthError, verify_token
-from services.edge.transport import CallerHungUp, ProtocolError, Transport, json_message
+from services.edge.transport import MAX_CONTROL_BYTES, CallerHungUp, ProtocolError, Transport, json_message
 
 
 class WebSocketTransport(Transport):
     def __init__(self, websocket: WebSocket, input_rate: int, output_rate: int, max_frame_bytes: int,
-                 start: dict[str, Any]):
+                 start: dict[str, Any], max_control_bytes: int = MAX_CONTROL_BYTES):
         self.websocket = websocket
+        self.max_control_bytes = max_control_bytes
         self.input_sample_rate, self.output_sample_rate = input_rate, output_rate
         self.max_frame_bytes = max_frame_bytes
         self.start = start
 
     @classmethod
     async def open(cls, websocket: WebSocket, secret: str, *, start_timeout_s: float,
-                   max_frame_ms: int) -> WebSocketTransport:
+                   max_frame_ms: int, max_control_bytes: int = MAX_CONTROL_BYTES) -> WebSocketTransport:
         """Read and check the `start` message of an accepted WebSocket."""
         try:
             message = await asyncio.wait_for(websocket.receive(), start_timeout_s)
@@ -34,7 +34,7 @@ class WebSocketTransport(Transport):
             raise CallerHungUp()
         if message.get("text") is None:
             raise ProtocolError("the first message must be the JSON `start` message, not audio")
-        start = json_message(message["text"], "type")
+        start = json_message(message["text"], "type", max_control_bytes)
         if start["type"] != "start":
             raise ProtocolError(f"the first message must be `start`, got `{start['type']}`")
         try:
@@ -46,12 +46,17 @@ class WebSocketTransport(Transport):
             output_rate = check_sample_rate(int(start.get("output_sample_rate", 24_000)))
         except (AudioFormatError, TypeError, ValueError, OverflowError) as error:  # OverflowError: 1e999
             raise ProtocolError(f"bad sample rate: {error}") from None
-        transport = cls(websocket, input_rate, output_rate, input_rate * max_frame_ms // 1000 * 2, start)
+        transport = cls(websocket, input_rate, output_rate, input_rate * max_frame_ms // 1000 * 2, start,
+                        max_control_bytes)
         transport.claims = claims
         transport.wants_greeting = start.get("greeting", True) is not False
+        voice = start.get("voice", "")
+        if not isinstance(voice, str) or len(voice) > 128:
+            raise ProtocolError("`voice` must be a voice name (a string of at most 128 characters)")
+        transport.requested_voice = voice
         return transport
 
-    async def receive_audio(self) -> np.ndarray:
+    async def receive_audio(self) -> bytes:
         while True:
             try:
                 message = await self.websocket.receive()
@@ -64,17 +69,16 @@ class WebSocketTransport(Transport):
                 if len(data) > self.max_frame_bytes:
                     raise ProtocolError(f"audio frame of {len(data)} bytes is over the limit of "
                                         f"{self.max_frame_bytes}", 4413)
-                try:
-                    return pcm16_to_float(data)
-                except AudioFormatError as error:
-                    raise ProtocolError(str(error)) from None
-            control = json_message(message.get("text") or "", "type")
+                if len(data) % 2:
+                    raise ProtocolError(f"PCM s16le needs an even number of bytes, got {len(data)}")
+                return data
+            control = json_message(message.get("text") or "", "type", self.max_control_bytes)
             if control["type"] == "stop":
                 raise CallerHungUp()
             raise ProtocolError(f"unexpected message type `{control['type']}`")
 
-    async def send_audio(self, frame: np.ndarray) -> None:
-        await self._send({"type": "websocket.send", "bytes": float_to_pcm16(frame)})
+    async def send_audio(self, frame: bytes) -> None:
+        await self._send({"type": "websocket.send", "bytes": frame})
 
     async def send_event(self, event: dict[str, Any]) -> None:
         await self._send({"type": "websocket.send", "text": json.dumps(event)})

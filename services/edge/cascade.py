@@ -1,0 +1,205 @@
+"""A call answered by the cascade: ASR -> LLM -> TTS, turn by turn, with barge-in.
+
+One ASR stream for the whole call; per agent turn (services/edge/turn.py) one LLM RPC and one TTS
+stream, owned by the turn's task. Caller audio goes to the ASR as PCM, batched into
+`stages.asr_frame_ms` frames; the ASR stream counts it (offsets, wall clock) for the timeline and
+for barge-in. What counts as the end of the caller's turn and as an interruption are decisions
+of their own (services/edge/turn_taking.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+
+from services.common.aio import first_leaf
+from services.common.text import TextChunker
+from services.common.timeline import TurnTimeline
+from services.edge.core import CallCore
+from services.edge.events import AgentText, Transcript, UserSpeechStarted, UserSpeechStopped
+from services.edge.history import ChatHistory
+from services.edge.playout import Segment
+from services.edge.streams.asr import AsrStream
+from services.edge.streams.base import Metadata, StageUnavailable
+from services.edge.streams.llm import reply_deltas
+from services.edge.streams.tts import TtsStream
+from services.edge.turn import Turn
+from services.edge.turn_taking import EndOfTurnDetector, InterruptPolicy, SilenceEndpointing
+
+
+class CascadeCall(CallCore):
+    """The cascade's conversation core over one transport."""
+
+    def __init__(self, *args, detector: EndOfTurnDetector | None = None, policy: InterruptPolicy | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.detector = detector or SilenceEndpointing()
+        self.policy = policy or InterruptPolicy(self.config.turn_taking)
+        self.history = ChatHistory(self.persona.system_prompt, self.config.history.max_context_tokens)
+        self.asr: AsrStream | None = None
+        self.turn: Turn | None = None  # the agent turn in progress, if any
+        self._turn_ids = 0
+        self._barge_in_from: float | None = None  # stream offset where caller speech began over the agent
+        self._speech_end: float | None = None
+        self._vad_stopped: float | None = None
+
+    # -- hooks of the core ----------------------------------------------------------------------
+
+    def _stage_span(self):
+        return self.tracing.asr_call(self.transport.input_sample_rate)
+
+    async def _open(self, metadata: Metadata) -> None:
+        self.asr = AsrStream(self.stages, self.transport.input_sample_rate, self.config.turn_taking.min_silence_ms,
+                             self.config.resilience, metadata)
+
+    def _start(self, tasks: asyncio.TaskGroup) -> None:
+        self._tasks = tasks
+        tasks.create_task(self._pump_caller_audio(), name=f"{self.id}:caller")
+        tasks.create_task(self._read_asr(), name=f"{self.id}:asr")
+        if self.persona.greeting and self.transport.wants_greeting:
+            self._begin_turn(TurnTimeline(self._next_turn_id()), fixed_text=self.persona.greeting)
+
+    def _close(self) -> None:
+        self.asr.cancel()
+
+    async def _on_first_audio(self, turn_id: int) -> None:
+        if self.turn is not None and self.turn.id == turn_id:
+            self.turn.first_audio()
+        await super()._on_first_audio(turn_id)
+
+    def _on_underrun(self, turn_id: int) -> None:
+        if self.turn is not None and self.turn.id == turn_id:
+            self.turn.timeline.underruns += 1
+
+    # -- caller side ----------------------------------------------------------------------------
+
+    async def _pump_caller_audio(self) -> None:
+        frame_bytes = self.transport.input_sample_rate * self.config.stages.asr_frame_ms // 1000 * 2
+        pending = bytearray()
+        while True:
+            pending += await self.transport.receive_audio()
+            if len(pending) < frame_bytes:
+                continue
+            self.asr.send(bytes(pending))
+            pending.clear()
+            if (self.turn is not None and self._barge_in_from is not None
+                    and self.policy.on_speech(self.asr.sent_s - self._barge_in_from)):
+                await self.interrupt()
+
+    async def _read_asr(self) -> None:
+        async for event in self.asr.events():
+            kind = event.WhichOneof("event")
+            if kind == "speech_started":
+                if self.turn is not None:
+                    self._barge_in_from = event.speech_started.audio_offset_s
+                await self.emit(UserSpeechStarted(event.speech_started.utterance_id))
+            elif kind == "speech_stopped":
+                self._barge_in_from = None
+                self._speech_end = self.asr.wall_time_at(event.speech_stopped.audio_offset_s)
+                self._vad_stopped = time.monotonic()
+                await self.emit(UserSpeechStopped(event.speech_stopped.utterance_id))
+            elif kind in ("partial", "final"):
+                transcript = getattr(event, kind)
+                await self.emit(Transcript(transcript.utterance_id, transcript.text, final=kind == "final"))
+                if kind == "final" and self.detector.is_end_of_turn(transcript.text):
+                    await self._on_user_turn(transcript.text, transcript.utterance_id)
+
+    async def _on_user_turn(self, text: str, utterance_id: int) -> None:
+        if self.turn is not None and self.policy.on_final(text):
+            await self.interrupt()
+        self.history.add("user", text)
+        timeline = TurnTimeline(self._next_turn_id(), speech_end=self._speech_end, vad_stopped=self._vad_stopped,
+                                asr_final=time.monotonic())
+        self._begin_turn(timeline, utterance_id=utterance_id, user_text=text)
+
+    # -- agent side -----------------------------------------------------------------------------
+
+    def _next_turn_id(self) -> int:
+        self._turn_ids += 1
+        return self._turn_ids
+
+    def _begin_turn(self, timeline: TurnTimeline, fixed_text: str | None = None, utterance_id: int | None = None,
+                    user_text: str | None = None) -> None:
+        self.tracing.turn_started(timeline, utterance_id, user_text)
+        turn = Turn(timeline, self.emit)
+        turn.task = self._tasks.create_task(self._run_turn(turn, fixed_text), name=f"{self.id}:turn{turn.id}")
+        self.turn = turn
+
+    async def _run_turn(self, turn: Turn, fixed_text: str | None) -> None:
+        voice, rate = self.persona.voice, self.transport.output_sample_rate
+        with self.tracing.tts_call(turn.id, voice=voice, sample_rate=rate) as metadata:
+            tts = TtsStream(self.stages, voice, rate, self.config.resilience, metadata)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._speak(turn, tts))
+                    if fixed_text is not None:
+                        await self._send_segment(turn, tts, fixed_text)
+                    else:
+                        await self._think(turn, tts)
+                    tts.close()
+            except* StageUnavailable as group:
+                await self.say_fallback(first_leaf(group), turn.id)  # the call goes on
+            finally:
+                tts.cancel()  # a no-op when the stream already ended
+        self.playout.finish_turn(turn.id)
+        await self.playout.wait_played(turn.id)
+        await self._end_turn(turn)
+
+    async def _think(self, turn: Turn, tts: TtsStream) -> None:
+        persona, timeline = self.persona, turn.timeline
+        chunker = TextChunker()
+        messages = self.history.messages()
+        with self.tracing.llm_call(turn.id, max_tokens=persona.max_tokens, temperature=persona.temperature) as metadata:
+            deltas = reply_deltas(self.stages, messages, temperature=persona.temperature,
+                                  max_tokens=persona.max_tokens, request_id=f"{self.id}-{turn.id}",
+                                  config=self.config.resilience, metadata=metadata)
+            timeline.llm_request = time.monotonic()
+            # aclosing: a barge-in cancels the RPC at once, and the LLM stage aborts the generation.
+            async with aclosing(deltas):
+                async for text in deltas:
+                    if timeline.llm_first_token is None:
+                        timeline.llm_first_token = time.monotonic()
+                    for segment in chunker.push(text):
+                        await self._send_segment(turn, tts, segment)
+        for segment in chunker.flush():
+            await self._send_segment(turn, tts, segment)
+
+    async def _send_segment(self, turn: Turn, tts: TtsStream, text: str) -> None:
+        timeline = turn.timeline
+        if timeline.tts_request is None:
+            timeline.first_sentence = timeline.tts_request = time.monotonic()
+        tts.send(text)
+        turn.spoken.append(text)
+        await turn.emit(AgentText(turn.id, text))
+
+    async def _speak(self, turn: Turn, tts: TtsStream) -> None:
+        """TTS audio -> playout, one Segment per sentence or clause."""
+        segments: dict[int, Segment] = {}
+        async for chunk in tts.audio():
+            if turn.timeline.tts_first_audio is None:
+                turn.timeline.tts_first_audio = time.monotonic()
+            segment = segments.setdefault(chunk.segment_id, Segment(chunk.text))
+            offset = segment.duration_s
+            segment.words.extend((word.word, offset + word.start_s) for word in chunk.words)
+            if not turn.over:
+                self.playout.add_audio(turn.id, chunk.pcm, segment)
+
+    async def interrupt(self) -> None:
+        """Barge-in: stop playout now, cancel the turn's LLM and TTS RPCs, keep only what was heard."""
+        turn, self._barge_in_from = self.turn, None
+        if turn is not None:
+            await self._end_turn(turn, heard=self.playout.interrupt(turn.id))
+
+    async def _end_turn(self, turn: Turn, heard: str | None = None) -> None:
+        """The one ending path of a turn, played out (`heard` None) or interrupted."""
+        kept = turn.close(heard)
+        if kept is None:
+            return  # already ended the other way
+        if self.turn is turn:
+            self.turn = None
+        self.history.add("assistant", kept, interrupted=heard is not None)
+        if heard is not None:
+            await self.transport.clear_audio()
+        await turn.announce_end()
+        await self.report(turn.timeline)

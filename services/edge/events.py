@@ -1,0 +1,131 @@
+"""Every event the edge sends a client, one typed definition each, serialized in one place.
+
+docs/websocket-protocol.md documents them field by field; cascade and duplex calls send the same
+types. A field whose value is None is left out of the JSON unless the event type lists it in
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from services.common.timeline import TurnTimeline
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all client events; `type` is the wire name."""
+
+    type: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class Ready(Event):
+    """After a valid `start`: the call is up."""
+
+    type: ClassVar[str] = "ready"
+    conversation_id: str
+    input_sample_rate: int
+    output_sample_rate: int
+    mode: str | None = None  # "duplex" for duplex calls only
+    voice: str | None = None  # the voice the agent speaks with, when one was chosen
+
+
+@dataclass(frozen=True)
+class UtteranceEvent(Event):
+    """An event about one caller utterance (ASR ids)."""
+
+    utterance_id: int
+
+
+@dataclass(frozen=True)
+class TurnEvent(Event):
+    """An event about one agent turn."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class UserSpeechStarted(UtteranceEvent):
+    """The caller started speaking (VAD)."""
+
+    type: ClassVar[str] = "user_speech_started"
+
+
+@dataclass(frozen=True)
+class UserSpeechStopped(UtteranceEvent):
+    """The caller stopped speaking (VAD, after the silence threshold)."""
+
+    type: ClassVar[str] = "user_speech_stopped"
+
+
+@dataclass(frozen=True)
+class Transcript(UtteranceEvent):
+    """A partial or final transcript of the caller."""
+
+    type: ClassVar[str] = "transcript"
+    text: str
+    final: bool
+
+
+@dataclass(frozen=True)
+class AgentText(TurnEvent):
+    """A sentence or clause going to speech synthesis (duplex: a piece of the model's text)."""
+
+    type: ClassVar[str] = "agent_text"
+    text: str
+    fallback: bool | None = None  # True on the fallback line only
+
+
+@dataclass(frozen=True)
+class AgentAudioStart(TurnEvent):
+    """The first agent audio frame of a reply follows."""
+
+    type: ClassVar[str] = "agent_audio_start"
+
+
+@dataclass(frozen=True)
+class AgentAudioEnd(TurnEvent):
+    """The reply's audio is over (played out or cut by barge-in)."""
+
+    type: ClassVar[str] = "agent_audio_end"
+    interrupted: bool
+
+
+@dataclass(frozen=True)
+class Interruption(TurnEvent):
+    """The caller barged in; `heard_text` is what they heard of the reply."""
+
+    type: ClassVar[str] = "interruption"
+    heard_text: str
+
+
+@dataclass(frozen=True)
+class Metrics(Event):
+    """A finished turn's latency components (services/common/timeline.py)."""
+
+    type: ClassVar[str] = "metrics"
+    timeline: TurnTimeline
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    """Before the server closes on an error, or mid-call when a stage stayed unavailable."""
+
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    stage: str | None = None  # for `stage_unavailable`
+
+
+def serialize(event: Event, t: float | None = None) -> dict[str, Any]:
+    """The event as the JSON object a client receives (`t`: seconds since the call started)."""
+    if isinstance(event, Metrics):
+        fields = event.timeline.to_event()
+        fields.pop("type")
+    else:
+        fields = {field.name: getattr(event, field.name) for field in dataclasses.fields(event)}
+        fields = {name: value for name, value in fields.items() if value is not None}
+    head = {"type": event.type} if t is None else {"type": event.type, "t": round(t, 3)}
+    return {**head, **fields}
