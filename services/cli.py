@@ -121,7 +121,8 @@ async def _demo(args: argparse.Namespace) -> int:
         speech = await clients.synthesize(channel, clients.text_requests([speak], sample_rate=24000))
         tts_s = time.perf_counter() - started
         write_wav(args.out, speech.audio, speech.sample_rate or 24000)
-        print(f"     -> {speech.audio.size / max(speech.sample_rate, 1):.2f}s of audio in {len(speech.chunks)} chunks -> {args.out}")
+        seconds = speech.audio.size / max(speech.sample_rate, 1)
+        print(f"     -> {seconds:.2f}s of audio in {len(speech.chunks)} chunks -> {args.out}")
 
     done = reply.done
     print("\nstage  first result   total")

@@ -17,8 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel
 
 from services.common import attributes as attr
-from services.common import autoscaling
-from services.common import telemetry
+from services.common import autoscaling, telemetry
 from services.common.aio import first_leaf
 from services.common.audio import AudioFormatError
 from services.common.config import model_dump_public

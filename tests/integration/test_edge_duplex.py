@@ -3,7 +3,6 @@ to the `moshi` stage (tiny checkpoint) and its frames come back through the play
 
 from __future__ import annotations
 
-
 import grpc
 import jwt
 import pytest
