@@ -47,6 +47,7 @@ test: setup
 	bash scripts/install_browser.sh
 	@# the trained CPU set for the real-speech tests (a registry is reachable in CI)
 	$(BIN)/parley models cpu
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench-hops: models
