@@ -4,7 +4,8 @@ One ASR stream for the whole call; per agent turn (services/edge/turn.py) one LL
 stream, owned by the turn's task. Caller audio goes to the ASR as PCM, batched into
 `stages.asr_frame_ms` frames; the ASR stream counts it (offsets, wall clock) for the timeline and
 for barge-in. What counts as the end of the caller's turn and as an interruption are decisions
-of their own (services/edge/turn_taking.py).
+of their own (services/edge/turn_taking/): caller speech over the agent goes through `Overlap`
+(pause, resume after a false interruption, interrupt, or a backchannel ignored).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from services.edge.streams.llm import reply_deltas
 from services.edge.streams.tts import TtsStream
 from services.edge.turn import Turn
 from services.edge.turn_taking import EndOfTurnDetector, InterruptPolicy, SilenceEndpointing
+from services.edge.turn_taking.overlap import Overlap
 
 
 class CascadeCall(CallCore):
@@ -36,11 +38,12 @@ class CascadeCall(CallCore):
         super().__init__(*args, **kwargs)
         self.detector = detector or SilenceEndpointing()
         self.policy = policy or InterruptPolicy(self.config.turn_taking)
+        self.overlap = Overlap(self.policy, self.playout, self.emit, self.interrupt, self.transport.clear_audio,
+                               self.config.turn_taking.false_interruption_timeout_ms)
         self.history = ChatHistory(self.persona.system_prompt, self.config.history.max_context_tokens)
         self.asr: AsrStream | None = None
         self.turn: Turn | None = None  # the agent turn in progress, if any
         self._turn_ids = 0
-        self._barge_in_from: float | None = None  # stream offset where caller speech began over the agent
         self._speech_end: float | None = None
         self._vad_stopped: float | None = None
 
@@ -83,30 +86,31 @@ class CascadeCall(CallCore):
                 continue
             self.asr.send(bytes(pending))
             pending.clear()
-            if (self.turn is not None and self._barge_in_from is not None
-                    and self.policy.on_speech(self.asr.sent_s - self._barge_in_from)):
-                await self.interrupt()
+            await self.overlap.audio(self.turn, self.asr.sent_s)
 
     async def _read_asr(self) -> None:
         async for event in self.asr.events():
             kind = event.WhichOneof("event")
             if kind == "speech_started":
                 if self.turn is not None:
-                    self._barge_in_from = event.speech_started.audio_offset_s
+                    self.overlap.speech_started(event.speech_started.audio_offset_s)
                 await self.emit(UserSpeechStarted(event.speech_started.utterance_id))
             elif kind == "speech_stopped":
-                self._barge_in_from = None
+                self.overlap.speech_stopped()
                 self._speech_end = self.asr.wall_time_at(event.speech_stopped.audio_offset_s)
                 self._vad_stopped = time.monotonic()
                 await self.emit(UserSpeechStopped(event.speech_stopped.utterance_id))
             elif kind in ("partial", "final"):
                 transcript = getattr(event, kind)
                 await self.emit(Transcript(transcript.utterance_id, transcript.text, final=kind == "final"))
-                if kind == "final" and self.detector.is_end_of_turn(transcript.text):
+                if kind == "partial":
+                    await self.overlap.partial(self.turn, transcript.text, transcript.language, self.asr.sent_s)
+                elif (await self.overlap.final(self.turn, transcript.text, transcript.language, transcript.utterance_id)
+                      and self.detector.is_end_of_turn(transcript.text)):
                     await self._on_user_turn(transcript.text, transcript.utterance_id)
 
     async def _on_user_turn(self, text: str, utterance_id: int) -> None:
-        if self.turn is not None and self.policy.on_final(text):
+        if self.turn is not None:
             await self.interrupt()
         self.history.add("user", text)
         timeline = TurnTimeline(self._next_turn_id(), speech_end=self._speech_end, vad_stopped=self._vad_stopped,
@@ -187,7 +191,8 @@ class CascadeCall(CallCore):
 
     async def interrupt(self) -> None:
         """Barge-in: stop playout now, cancel the turn's LLM and TTS RPCs, keep only what was heard."""
-        turn, self._barge_in_from = self.turn, None
+        turn = self.turn
+        self.overlap.reset()
         if turn is not None:
             await self._end_turn(turn, heard=self.playout.interrupt(turn.id))
 
@@ -198,6 +203,7 @@ class CascadeCall(CallCore):
             return  # already ended the other way
         if self.turn is turn:
             self.turn = None
+            self.overlap.reset()
         self.history.add("assistant", kept, interrupted=heard is not None)
         if heard is not None:
             await self.transport.clear_audio()
