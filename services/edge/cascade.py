@@ -26,7 +26,8 @@ from services.edge.streams.base import Metadata, StageUnavailable
 from services.edge.streams.llm import reply_deltas
 from services.edge.streams.tts import TtsStream
 from services.edge.turn import Turn
-from services.edge.turn_taking import EndOfTurnDetector, InterruptPolicy, SilenceEndpointing
+from services.edge.turn_taking import EndOfTurnDetector, InterruptPolicy
+from services.edge.turn_taking.endpointing import Endpointing, detector_for
 from services.edge.turn_taking.overlap import Overlap
 
 
@@ -36,7 +37,8 @@ class CascadeCall(CallCore):
     def __init__(self, *args, detector: EndOfTurnDetector | None = None, policy: InterruptPolicy | None = None,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        self.detector = detector or SilenceEndpointing()
+        self.endpointing = Endpointing(detector or detector_for(self.config.turn_taking), self.config.turn_taking,
+                                       self.transport.input_sample_rate, self._on_user_turn)
         self.policy = policy or InterruptPolicy(self.config.turn_taking)
         self.overlap = Overlap(self.policy, self.playout, self.emit, self.interrupt, self.transport.clear_audio,
                                self.config.turn_taking.false_interruption_timeout_ms)
@@ -53,7 +55,7 @@ class CascadeCall(CallCore):
         return self.tracing.asr_call(self.transport.input_sample_rate)
 
     async def _open(self, metadata: Metadata) -> None:
-        self.asr = AsrStream(self.stages, self.transport.input_sample_rate, self.config.turn_taking.min_silence_ms,
+        self.asr = AsrStream(self.stages, self.transport.input_sample_rate, self.endpointing.silence_ms,
                              self.config.resilience, metadata)
 
     def _start(self, tasks: asyncio.TaskGroup) -> None:
@@ -85,7 +87,9 @@ class CascadeCall(CallCore):
             if len(pending) < frame_bytes:
                 continue
             self.asr.send(bytes(pending))
+            self.endpointing.push(bytes(pending), self.transport.input_sample_rate)
             pending.clear()
+            await self.endpointing.tick()
             await self.overlap.audio(self.turn, self.asr.sent_s)
 
     async def _read_asr(self) -> None:
@@ -94,9 +98,11 @@ class CascadeCall(CallCore):
             if kind == "speech_started":
                 if self.turn is not None:
                     self.overlap.speech_started(event.speech_started.audio_offset_s)
+                self.endpointing.speech_started()
                 await self.emit(UserSpeechStarted(event.speech_started.utterance_id))
             elif kind == "speech_stopped":
                 self.overlap.speech_stopped()
+                self.endpointing.speech_stopped(event.speech_stopped.audio_offset_s)
                 self._speech_end = self.asr.wall_time_at(event.speech_stopped.audio_offset_s)
                 self._vad_stopped = time.monotonic()
                 await self.emit(UserSpeechStopped(event.speech_stopped.utterance_id))
@@ -105,9 +111,8 @@ class CascadeCall(CallCore):
                 await self.emit(Transcript(transcript.utterance_id, transcript.text, final=kind == "final"))
                 if kind == "partial":
                     await self.overlap.partial(self.turn, transcript.text, transcript.language, self.asr.sent_s)
-                elif (await self.overlap.final(self.turn, transcript.text, transcript.language, transcript.utterance_id)
-                      and self.detector.is_end_of_turn(transcript.text)):
-                    await self._on_user_turn(transcript.text, transcript.utterance_id)
+                elif await self.overlap.final(self.turn, transcript.text, transcript.language, transcript.utterance_id):
+                    await self.endpointing.final(transcript.text, transcript.utterance_id)
 
     async def _on_user_turn(self, text: str, utterance_id: int) -> None:
         if self.turn is not None:

@@ -23,7 +23,7 @@ STAGE_CONFIGS = {"asr": ASRConfig, "llm": LLMConfig, "tts": TTSConfig, "moshi": 
 
 def test_every_registry_file_has_a_pinned_hash_size_and_license():
     cpu = load_manifest().get("cpu")
-    assert {spec.stage for spec in cpu.models.values()} == {"asr", "llm", "tts"}
+    assert {spec.stage for spec in cpu.models.values()} == {"asr", "llm", "tts", "turn"}
     for name, spec in cpu.models.items():
         assert spec.license and spec.wheels, name
         for path, file in {**spec.files, **spec.inputs}.items():
