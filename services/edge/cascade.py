@@ -18,7 +18,7 @@ from services.common.aio import first_leaf
 from services.common.text import TextChunker
 from services.common.timeline import TurnTimeline
 from services.edge.core import CallCore
-from services.edge.events import AgentText, Transcript, UserSpeechStarted, UserSpeechStopped
+from services.edge.events import AgentText, IdlePrompt, Transcript, UserSpeechStarted, UserSpeechStopped
 from services.edge.history import ChatHistory
 from services.edge.playout import Segment
 from services.edge.streams.asr import AsrStream
@@ -28,6 +28,7 @@ from services.edge.streams.tts import TtsStream
 from services.edge.turn import Turn
 from services.edge.turn_taking import EndOfTurnDetector, InterruptPolicy
 from services.edge.turn_taking.endpointing import Endpointing, detector_for
+from services.edge.turn_taking.idle import IdleAction, IdleCaller, IdleHangUp
 from services.edge.turn_taking.overlap import Overlap
 
 
@@ -42,6 +43,8 @@ class CascadeCall(CallCore):
         self.policy = policy or InterruptPolicy(self.config.turn_taking)
         self.overlap = Overlap(self.policy, self.playout, self.emit, self.interrupt, self.transport.clear_audio,
                                self.config.turn_taking.false_interruption_timeout_ms)
+        self.idle = IdleCaller(self.config.turn_taking)
+        self._goodbye: Turn | None = None  # the idle goodbye: the call ends once it has played
         self.history = ChatHistory(self.persona.system_prompt, self.config.history.max_context_tokens)
         self.asr: AsrStream | None = None
         self.turn: Turn | None = None  # the agent turn in progress, if any
@@ -90,6 +93,7 @@ class CascadeCall(CallCore):
             self.endpointing.push(bytes(pending), self.transport.input_sample_rate)
             pending.clear()
             await self.endpointing.tick()
+            await self._check_idle()
             await self.overlap.audio(self.turn, self.asr.sent_s)
 
     async def _read_asr(self) -> None:
@@ -99,10 +103,12 @@ class CascadeCall(CallCore):
                 if self.turn is not None:
                     self.overlap.speech_started(event.speech_started.audio_offset_s)
                 self.endpointing.speech_started()
+                self.idle.activity(caller_speaking=True)
                 await self.emit(UserSpeechStarted(event.speech_started.utterance_id))
             elif kind == "speech_stopped":
                 self.overlap.speech_stopped()
                 self.endpointing.speech_stopped(event.speech_stopped.audio_offset_s)
+                self.idle.activity(caller_speaking=False)
                 self._speech_end = self.asr.wall_time_at(event.speech_stopped.audio_offset_s)
                 self._vad_stopped = time.monotonic()
                 await self.emit(UserSpeechStopped(event.speech_stopped.utterance_id))
@@ -122,6 +128,17 @@ class CascadeCall(CallCore):
                                 asr_final=time.monotonic())
         self._begin_turn(timeline, utterance_id=utterance_id, user_text=text)
 
+    async def _check_idle(self) -> None:
+        action = self.idle.check(agent_busy=self.turn is not None)
+        if action is IdleAction.NONE or self._goodbye is not None:
+            return
+        final = action is IdleAction.GOODBYE
+        turn = self._begin_turn(TurnTimeline(self._next_turn_id()),
+                                fixed_text=self.idle.goodbye_text if final else self.idle.reprompt_text)
+        if final:
+            self._goodbye = turn
+        await self.emit(IdlePrompt(turn.id, final=final))
+
     # -- agent side -----------------------------------------------------------------------------
 
     def _next_turn_id(self) -> int:
@@ -129,11 +146,12 @@ class CascadeCall(CallCore):
         return self._turn_ids
 
     def _begin_turn(self, timeline: TurnTimeline, fixed_text: str | None = None, utterance_id: int | None = None,
-                    user_text: str | None = None) -> None:
+                    user_text: str | None = None) -> Turn:
         self.tracing.turn_started(timeline, utterance_id, user_text)
         turn = Turn(timeline, self.emit)
         turn.task = self._tasks.create_task(self._run_turn(turn, fixed_text), name=f"{self.id}:turn{turn.id}")
         self.turn = turn
+        return turn
 
     async def _run_turn(self, turn: Turn, fixed_text: str | None) -> None:
         voice, rate = self.persona.voice, self.transport.output_sample_rate
@@ -214,3 +232,8 @@ class CascadeCall(CallCore):
             await self.transport.clear_audio()
         await turn.announce_end()
         await self.report(turn.timeline)
+        self.idle.activity()
+        if turn is self._goodbye:
+            self._goodbye = None
+            if heard is None:
+                raise IdleHangUp()  # said goodbye to a silent caller: the call ends normally
