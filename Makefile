@@ -43,8 +43,8 @@ down:
 	$(BIN)/parley down
 
 test: setup
-	@# headless Chromium for the web page test (installed with apt-get when root; else it skips)
-	bash scripts/install_browser.sh
+	@# Chromium for the web page test, espeak-ng for the real-speech tests (apt-get when root)
+	bash scripts/install_test_packages.sh
 	@# the trained CPU set for the real-speech tests (a registry is reachable in CI)
 	$(BIN)/parley models cpu
 	$(BIN)/ruff check .

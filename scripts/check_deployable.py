@@ -117,18 +117,24 @@ def required_env(serve_config: dict) -> tuple[set[str], set[str]]:
 def _placement_problems(cluster: dict, serve_config: dict) -> list[str]:
     problems = []
     groups = [(name, group) for name, group, no_replicas in _groups(cluster) if not no_replicas]
+    for app, needs, asks in _placements(serve_config):
+        fits = [name for name, group in groups
+                if all(group_resources(group).get(k, 0.0) >= v for k, v in asks.items() if v > 0)
+                and needs <= (image_extras(_container(group)["image"]) or set())]
+        if not fits:
+            problems.append(f"{app}: no worker group has {asks} and an image with the extras {sorted(needs)}")
+    return problems
+
+
+def _placements(serve_config: dict):
+    """(application, the extras its image needs, the resources a replica asks for) per deployment."""
     for app in serve_config["applications"]:
         needs = needed_extras(app)
         for deployment in app.get("deployments", []):
             options = deployment.get("ray_actor_options") or {}
             asks = {"GPU": float(options.get("num_gpus") or 0)}
             asks.update({k: float(v) for k, v in (options.get("resources") or {}).items()})
-            fits = [name for name, group in groups
-                    if all(group_resources(group).get(k, 0.0) >= v for k, v in asks.items() if v > 0)
-                    and needs <= (image_extras(_container(group)["image"]) or set())]
-            if not fits:
-                problems.append(f"{app['name']}: no worker group has {asks} and an image with the extras {sorted(needs)}")
-    return problems
+            yield app["name"], needs, asks
 
 
 def _env_problems(cluster: dict, serve_config: dict) -> list[str]:
@@ -185,16 +191,11 @@ def launcher_problems(launcher: dict, serve_config: dict) -> list[str]:
     default_image = launcher["docker"]["image"]
     types = {name: t for name, t in launcher["available_node_types"].items()
              if name != launcher["head_node_type"] and t.get("max_workers", 0) > 0}
-    for app in serve_config["applications"]:
-        needs = needed_extras(app)
-        for deployment in app.get("deployments", []):
-            options = deployment.get("ray_actor_options") or {}
-            asks = {"GPU": float(options.get("num_gpus") or 0)}
-            asks.update({k: float(v) for k, v in (options.get("resources") or {}).items()})
-            if not any(all(float(t["resources"].get(k, 0)) >= v for k, v in asks.items() if v > 0)
-                       and needs <= (image_extras((t.get("docker") or {}).get("worker_image", default_image)) or set())
-                       for t in types.values()):
-                problems.append(f"launcher: {app['name']}: no node type has {asks} and an image with {sorted(needs)}")
+    for app, needs, asks in _placements(serve_config):
+        if not any(all(float(t["resources"].get(k, 0)) >= v for k, v in asks.items() if v > 0)
+                   and needs <= (image_extras((t.get("docker") or {}).get("worker_image", default_image)) or set())
+                   for t in types.values()):
+            problems.append(f"launcher: {app}: no node type has {asks} and an image with {sorted(needs)}")
     passed = {}
     for option in launcher["docker"].get("run_options", []):
         name, _, value = option.removeprefix("-e ").partition("=")

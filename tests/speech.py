@@ -73,8 +73,8 @@ def require_real_models() -> Path:
     """models/cpu with the real CPU set, or a skip (a failure in CI) naming the fix."""
     absent = [name for name in REAL_SET if not (REAL_MODELS / name).is_dir()]
     if absent:
-        _missing(f"the real CPU model set is not in {REAL_MODELS.relative_to(ROOT)} (missing {', '.join(absent)}): "
-                 "run `parley models cpu`")
+        shown = REAL_MODELS.relative_to(ROOT) if REAL_MODELS.is_relative_to(ROOT) else REAL_MODELS
+        _missing(f"the real CPU model set is not in {shown} (missing {', '.join(absent)}): run `parley models cpu`")
     return REAL_MODELS
 
 

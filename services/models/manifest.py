@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -170,6 +172,22 @@ def is_finished(model_dir: Path, spec: ModelSpec) -> bool:
     sizes = marker.get("sizes", {})
     return all((model_dir / path).is_file() and (path not in sizes or (model_dir / path).stat().st_size == sizes[path])
                for path in marker.get("files", {}))
+
+
+def build_models(set_name: str, model_set: ModelSet, root: Path, names: list[str] | None, force: bool,
+                 build: Callable[[str, ModelSpec, Path], None], width: int, log) -> None:
+    """Build the named models of a set (all by default) under root with `build(name, spec, out)`,
+    skipping finished ones unless `force`, and log each with its time."""
+    for name in names or list(model_set.models):
+        if name not in model_set.models:
+            raise ModelError(f"unknown model {name!r} in set {set_name}; choose from {', '.join(model_set.models)}")
+        spec, out = model_set.models[name], root / name
+        if is_finished(out, spec) and not force:
+            log(f"  {name:{width}s} ready at {out}")
+            continue
+        started = time.perf_counter()
+        build(name, spec, out)
+        log(f"  {name:{width}s} ready at {out} ({time.perf_counter() - started:.1f}s)")
 
 
 def verify_model(model_dir: Path, spec: ModelSpec, fix: str) -> list[str]:

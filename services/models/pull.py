@@ -9,13 +9,12 @@ serve time: the engines load these directories with the hub switched off.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import yaml
 
 from services.models.hub import HubClient, verify_download
-from services.models.manifest import ModelError, ModelSpec, is_finished, load_manifest, write_marker
+from services.models.manifest import ModelError, ModelSpec, build_models, load_manifest, write_marker
 from services.models.overlay import apply_set
 
 CONFIG_NAME = "serve_config.yaml"
@@ -46,17 +45,11 @@ def pull_set(set_name: str, client: HubClient, root: Path | None = None, *, name
     root = Path(root or model_set.root)
     command = f"parley models pull {set_name.removeprefix('hub-')}"
     log(f"pulling the {set_name} set from {client.endpoint} into {root}: {model_set.summary}")
-    for name in names or list(model_set.models):
-        if name not in model_set.models:
-            raise ModelError(f"unknown model {name!r} in set {set_name}; choose from {', '.join(model_set.models)}")
-        spec, out = model_set.models[name], root / name
-        if is_finished(out, spec) and not force:
-            log(f"  {name:30s} ready at {out}")
-            continue
-        started = time.perf_counter()
+    def pull(name: str, spec: ModelSpec, out: Path) -> None:
         log(f"  {name:30s} {spec.repo}@{spec.revision} ({spec.license})")
         pull_model(client, set_name, name, spec, out, f"rerun `{command}`", log)
-        log(f"  {name:30s} ready at {out} ({time.perf_counter() - started:.1f}s)")
+
+    build_models(set_name, model_set, root, names, force, pull, 30, log)
     config = write_config(set_name, root, base_config or Path(model_set.base_config))
     log(f"wrote {config}: deploy it with `parley up --config {config}`")
     return config

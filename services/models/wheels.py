@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from services.models.manifest import (
     ModelError,
     ModelSet,
     ModelSpec,
-    is_finished,
+    build_models,
     mismatch,
     sha256_file,
     write_marker,
@@ -108,17 +107,11 @@ def fetch_registry_set(set_name: str, model_set: ModelSet, root: Path | None = N
                        names: list[str] | None = None, *, force: bool = False, log=print) -> Path:
     """Fetch, assemble, build and verify the named models of a registry set (all by default)."""
     root = Path(root or model_set.root)
-    for name in names or list(model_set.models):
-        if name not in model_set.models:
-            raise ModelError(f"unknown model {name!r} in set {set_name}; choose from {', '.join(model_set.models)}")
-        spec, out = model_set.models[name], root / name
-        if is_finished(out, spec) and not force:
-            log(f"  {name:24s} ready at {out}")
-            continue
-        started = time.perf_counter()
+    def fetch(name: str, spec: ModelSpec, out: Path) -> None:
         log(f"  {name:24s} fetching ({spec.license}; {spec.origin})")
         fetch_model(set_name, name, spec, out, Path(cache), log)
-        log(f"  {name:24s} ready at {out} ({time.perf_counter() - started:.1f}s)")
+
+    build_models(set_name, model_set, root, names, force, fetch, 24, log)
     return root
 
 

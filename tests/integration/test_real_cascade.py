@@ -58,10 +58,16 @@ def real_set_config(session_config: Path, models: Path) -> dict:
     return config
 
 
+@pytest.fixture(scope="session")
+def real_models() -> Path:
+    """Checked before the session cluster is asked for: a missing set skips without starting it."""
+    return require_real_models()
+
+
 @pytest.fixture(scope="module")
-async def real_apps(serve_cluster, tmp_path_factory) -> str:
+async def real_apps(real_models, serve_cluster, tmp_path_factory) -> str:
     """The real set deployed beside the session's apps; yields the real edge's WebSocket URL."""
-    models = require_real_models()
+    models = real_models
     extended = tmp_path_factory.mktemp("real") / "serve.yaml"
     extended.write_text(yaml.safe_dump(real_set_config(serve_cluster.config, models), sort_keys=False))
     cluster = serve_cluster.cluster
@@ -77,12 +83,11 @@ async def real_apps(serve_cluster, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def whisper():
+def whisper(real_models):
     from services.asr.config import FasterWhisperConfig
     from services.asr.engines import load_engine
 
-    engine = load_engine(FasterWhisperConfig(model=str(require_real_models() / "whisper-base"), device="cpu",
-                                             cpu_threads=2))
+    engine = load_engine(FasterWhisperConfig(model=str(real_models / "whisper-base"), device="cpu", cpu_threads=2))
     yield engine
     engine.close()
 

@@ -5,7 +5,7 @@ is loaded from the deployed edge, Start is clicked, and the page must capture th
 its AudioWorklet, stream it over the WebSocket protocol (docs/websocket-protocol.md), receive the
 caller's final transcript and show it in the transcript pane, and receive agent audio.
 
-Needs the Debian `chromium` and `chromium-driver` packages (scripts/install_browser.sh) and
+Needs the Debian `chromium` and `chromium-driver` packages (scripts/install_test_packages.sh) and
 `selenium`; skipped when any is missing. The page's test hooks are on `window.parley`.
 """
 
@@ -61,7 +61,7 @@ CHROMIUM, CHROMEDRIVER = _find("chromium", "chromium-browser"), _find("chromedri
 if importlib.util.find_spec("selenium") is None:
     BROWSER_MISSING = "selenium is not installed (pip install selenium)"
 elif not CHROMIUM or not CHROMEDRIVER:
-    BROWSER_MISSING = "the chromium and chromedriver binaries are not on PATH (run scripts/install_browser.sh)"
+    BROWSER_MISSING = "the chromium and chromedriver binaries are not on PATH (run scripts/install_test_packages.sh)"
 else:
     BROWSER_MISSING = ""
 

@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from services.asr.config import ASRConfig
+from services.asr.tiny import DECODING
 from services.llm.config import LLMConfig
 from services.models import ModelError, verify_set
 from services.models.manifest import Manifest, load_manifest
@@ -60,6 +61,17 @@ def test_the_tiny_overlay_replaces_the_tts_kind_and_leaves_moshi():
     assert apps["asr"]["engine"]["model"] == "models/tiny/whisper" and apps["asr"]["engine"]["cpu_threads"] == 1
     cpu_apps = {app["name"]: app["args"] for app in base["applications"]}
     assert apps["moshi"] == cpu_apps["moshi"] and cpu_apps["tts"]["engine"]["kind"] == "kokoro_onnx"
+
+
+def test_the_tiny_whisper_decodes_with_the_settings_its_builder_names():
+    """Random weights with faster-whisper's defaults retry every decode: the overlay must carry
+    the tiny builder's settings, and the trained set must not."""
+    base = yaml.safe_load((ROOT / "serve_config.cpu.yaml").read_text())
+    tiny = ASRConfig.model_validate(next(a for a in apply_set(base, "tiny")["applications"] if a["name"] == "asr")["args"])
+    trained = ASRConfig.model_validate(next(a for a in base["applications"] if a["name"] == "asr")["args"])
+    for key, value in DECODING.items():
+        assert getattr(tiny.engine, key) == value, key
+    assert any(getattr(trained.engine, key) != value for key, value in DECODING.items())
 
 
 def test_missing_models_name_the_command_that_makes_them(tmp_path):
