@@ -27,9 +27,10 @@ def apply_set(config: dict, name: str, root: Path | str | None = None) -> dict:
     config = copy.deepcopy(config)
     engines = set_engines(name, root)
     apps = {app["name"]: app for app in config.get("applications", [])}
+    # A set without an end-of-turn model (the tiny one) ends turns on silence alone.
+    _set_end_of_turn(apps.get("edge"), engines.get("turn", {"kind": "silence", "model": ""}))
     for stage, engine in engines.items():
         if stage == "turn":
-            _set_end_of_turn(apps.get("edge"), engine)
             continue
         app = apps.get(stage)
         if app is None:

@@ -111,6 +111,8 @@ def test_the_cpu_overlay_gives_the_edge_the_smart_turn_model():
     from services.edge.config import EdgeConfig
 
     base = yaml.safe_load((ROOT / "serve_config.cpu.yaml").read_text())
+    shipped = {app["name"]: app["args"] for app in base["applications"]}  # `serve deploy` as it is
+    assert EdgeConfig.model_validate(shipped["edge"]).turn_taking.end_of_turn.kind == "smart_turn"
     apps = {app["name"]: app["args"] for app in apply_set(base, "cpu")["applications"]}
     edge = EdgeConfig.model_validate(apps["edge"])
     assert edge.turn_taking.end_of_turn.kind == "smart_turn"
