@@ -4,7 +4,8 @@ One ASR stream for the whole call; per agent turn (services/edge/turn.py) one LL
 stream, owned by the turn's task. Caller audio goes to the ASR as PCM, batched into
 `stages.asr_frame_ms` frames; the ASR stream counts it (offsets, wall clock) for the timeline and
 for barge-in. What counts as the end of the caller's turn and as an interruption are decisions
-of their own (services/edge/turn_taking.py).
+of their own (services/edge/turn_taking/): caller speech over the agent goes through `Overlap`
+(pause, resume after a false interruption, interrupt, or a backchannel ignored).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from services.common.aio import first_leaf
 from services.common.text import TextChunker
 from services.common.timeline import TurnTimeline
 from services.edge.core import CallCore
-from services.edge.events import AgentText, Transcript, UserSpeechStarted, UserSpeechStopped
+from services.edge.events import AgentText, IdlePrompt, Transcript, UserSpeechStarted, UserSpeechStopped
 from services.edge.history import ChatHistory
 from services.edge.playout import Segment
 from services.edge.streams.asr import AsrStream
@@ -25,7 +26,10 @@ from services.edge.streams.base import Metadata, StageUnavailable
 from services.edge.streams.llm import reply_deltas
 from services.edge.streams.tts import TtsStream
 from services.edge.turn import Turn
-from services.edge.turn_taking import EndOfTurnDetector, InterruptPolicy, SilenceEndpointing
+from services.edge.turn_taking import EndOfTurnDetector, InterruptPolicy
+from services.edge.turn_taking.endpointing import Endpointing, detector_for
+from services.edge.turn_taking.idle import IdleAction, IdleCaller, IdleHangUp
+from services.edge.turn_taking.overlap import Overlap
 
 
 class CascadeCall(CallCore):
@@ -34,13 +38,17 @@ class CascadeCall(CallCore):
     def __init__(self, *args, detector: EndOfTurnDetector | None = None, policy: InterruptPolicy | None = None,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        self.detector = detector or SilenceEndpointing()
+        self.endpointing = Endpointing(detector or detector_for(self.config.turn_taking), self.config.turn_taking,
+                                       self.transport.input_sample_rate, self._on_user_turn)
         self.policy = policy or InterruptPolicy(self.config.turn_taking)
+        self.overlap = Overlap(self.policy, self.playout, self.emit, self.interrupt, self.transport.clear_audio,
+                               self.config.turn_taking.false_interruption_timeout_ms)
+        self.idle = IdleCaller(self.config.turn_taking)
+        self._goodbye: Turn | None = None  # the idle goodbye: the call ends once it has played
         self.history = ChatHistory(self.persona.system_prompt, self.config.history.max_context_tokens)
         self.asr: AsrStream | None = None
         self.turn: Turn | None = None  # the agent turn in progress, if any
         self._turn_ids = 0
-        self._barge_in_from: float | None = None  # stream offset where caller speech began over the agent
         self._speech_end: float | None = None
         self._vad_stopped: float | None = None
 
@@ -50,7 +58,7 @@ class CascadeCall(CallCore):
         return self.tracing.asr_call(self.transport.input_sample_rate)
 
     async def _open(self, metadata: Metadata) -> None:
-        self.asr = AsrStream(self.stages, self.transport.input_sample_rate, self.config.turn_taking.min_silence_ms,
+        self.asr = AsrStream(self.stages, self.transport.input_sample_rate, self.endpointing.silence_ms,
                              self.config.resilience, metadata)
 
     def _start(self, tasks: asyncio.TaskGroup) -> None:
@@ -82,36 +90,54 @@ class CascadeCall(CallCore):
             if len(pending) < frame_bytes:
                 continue
             self.asr.send(bytes(pending))
+            self.endpointing.push(bytes(pending), self.transport.input_sample_rate)
             pending.clear()
-            if (self.turn is not None and self._barge_in_from is not None
-                    and self.policy.on_speech(self.asr.sent_s - self._barge_in_from)):
-                await self.interrupt()
+            await self.endpointing.tick()
+            await self._check_idle()
+            await self.overlap.audio(self.turn, self.asr.sent_s)
 
     async def _read_asr(self) -> None:
         async for event in self.asr.events():
             kind = event.WhichOneof("event")
             if kind == "speech_started":
                 if self.turn is not None:
-                    self._barge_in_from = event.speech_started.audio_offset_s
+                    self.overlap.speech_started(event.speech_started.audio_offset_s)
+                self.endpointing.speech_started()
+                self.idle.activity(caller_speaking=True)
                 await self.emit(UserSpeechStarted(event.speech_started.utterance_id))
             elif kind == "speech_stopped":
-                self._barge_in_from = None
+                self.overlap.speech_stopped()
+                self.endpointing.speech_stopped(event.speech_stopped.audio_offset_s)
+                self.idle.activity(caller_speaking=False)
                 self._speech_end = self.asr.wall_time_at(event.speech_stopped.audio_offset_s)
                 self._vad_stopped = time.monotonic()
                 await self.emit(UserSpeechStopped(event.speech_stopped.utterance_id))
             elif kind in ("partial", "final"):
                 transcript = getattr(event, kind)
                 await self.emit(Transcript(transcript.utterance_id, transcript.text, final=kind == "final"))
-                if kind == "final" and self.detector.is_end_of_turn(transcript.text):
-                    await self._on_user_turn(transcript.text, transcript.utterance_id)
+                if kind == "partial":
+                    await self.overlap.partial(self.turn, transcript.text, transcript.language, self.asr.sent_s)
+                elif await self.overlap.final(self.turn, transcript.text, transcript.language, transcript.utterance_id):
+                    await self.endpointing.final(transcript.text, transcript.utterance_id)
 
     async def _on_user_turn(self, text: str, utterance_id: int) -> None:
-        if self.turn is not None and self.policy.on_final(text):
+        if self.turn is not None:
             await self.interrupt()
         self.history.add("user", text)
         timeline = TurnTimeline(self._next_turn_id(), speech_end=self._speech_end, vad_stopped=self._vad_stopped,
                                 asr_final=time.monotonic())
         self._begin_turn(timeline, utterance_id=utterance_id, user_text=text)
+
+    async def _check_idle(self) -> None:
+        action = self.idle.check(agent_busy=self.turn is not None)
+        if action is IdleAction.NONE or self._goodbye is not None:
+            return
+        final = action is IdleAction.GOODBYE
+        turn = self._begin_turn(TurnTimeline(self._next_turn_id()),
+                                fixed_text=self.idle.goodbye_text if final else self.idle.reprompt_text)
+        if final:
+            self._goodbye = turn
+        await self.emit(IdlePrompt(turn.id, final=final))
 
     # -- agent side -----------------------------------------------------------------------------
 
@@ -120,11 +146,12 @@ class CascadeCall(CallCore):
         return self._turn_ids
 
     def _begin_turn(self, timeline: TurnTimeline, fixed_text: str | None = None, utterance_id: int | None = None,
-                    user_text: str | None = None) -> None:
+                    user_text: str | None = None) -> Turn:
         self.tracing.turn_started(timeline, utterance_id, user_text)
         turn = Turn(timeline, self.emit)
         turn.task = self._tasks.create_task(self._run_turn(turn, fixed_text), name=f"{self.id}:turn{turn.id}")
         self.turn = turn
+        return turn
 
     async def _run_turn(self, turn: Turn, fixed_text: str | None) -> None:
         voice, rate = self.persona.voice, self.transport.output_sample_rate
@@ -187,7 +214,8 @@ class CascadeCall(CallCore):
 
     async def interrupt(self) -> None:
         """Barge-in: stop playout now, cancel the turn's LLM and TTS RPCs, keep only what was heard."""
-        turn, self._barge_in_from = self.turn, None
+        turn = self.turn
+        self.overlap.reset()
         if turn is not None:
             await self._end_turn(turn, heard=self.playout.interrupt(turn.id))
 
@@ -198,8 +226,14 @@ class CascadeCall(CallCore):
             return  # already ended the other way
         if self.turn is turn:
             self.turn = None
+            self.overlap.reset()
         self.history.add("assistant", kept, interrupted=heard is not None)
         if heard is not None:
             await self.transport.clear_audio()
         await turn.announce_end()
         await self.report(turn.timeline)
+        self.idle.activity()
+        if turn is self._goodbye:
+            self._goodbye = None
+            if heard is None:
+                raise IdleHangUp()  # said goodbye to a silent caller: the call ends normally

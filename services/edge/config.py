@@ -22,12 +22,70 @@ class StagesConfig(Config):
     asr_frame_ms: int = Field(40, ge=20, le=500)
 
 
+# Words that acknowledge without taking the turn, per language (ASR language codes). Whisper's
+# usual hearings of them ("Amen" for "mm-hmm") are listed too.
+DEFAULT_BACKCHANNELS = {
+    "en": ["mm-hmm", "mhm", "mm", "hmm", "uh-huh", "uh huh", "yeah", "yep", "yes", "right", "okay", "ok", "sure",
+           "i see", "got it", "alright", "cool", "nice", "great", "amen", "aha", "ah", "oh", "uh", "um"],
+    "fr": ["oui", "ouais", "d'accord", "ok", "mm", "hmm", "ah", "oh", "voilà", "bien sûr", "exactement"],
+    "de": ["ja", "jaja", "genau", "okay", "ok", "mhm", "mm", "hmm", "aha", "ach so", "stimmt", "richtig"],
+    "es": ["sí", "vale", "claro", "ya", "ajá", "mm", "hmm", "ok", "bueno", "exacto"],
+}
+
+
+class EndOfTurnConfig(Config):
+    """When the caller's turn is over: after a fixed silence, or when a turn model says so."""
+
+    # "silence": the VAD's min_silence_ms ends the turn. "smart_turn": after short_silence_ms the
+    # Smart Turn model (audio) is asked; below `threshold` the agent waits, up to max_silence_ms.
+    kind: Literal["silence", "smart_turn"] = "silence"
+    model: str = ""  # smart_turn: the model directory (or .onnx file), e.g. models/cpu/smart-turn-v3.2
+    short_silence_ms: int = Field(200, ge=100, le=3000)
+    max_silence_ms: int = Field(1500, ge=100, le=10_000)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    threads: int = Field(1, ge=1, le=16)  # onnxruntime intra-op threads per edge replica
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EndOfTurnConfig:
+        if self.kind == "smart_turn" and not self.model:
+            raise ValueError("end_of_turn.kind smart_turn needs end_of_turn.model (`parley models cpu` fetches it)")
+        if self.max_silence_ms < self.short_silence_ms:
+            raise ValueError("end_of_turn.max_silence_ms must not be below short_silence_ms")
+        return self
+
+
 class TurnTakingConfig(Config):
-    # Silence that ends the caller's turn (the ASR's VAD waits this long).
+    # Silence that ends the caller's turn (the ASR's VAD waits this long) with silence endpointing.
     min_silence_ms: int = Field(300, ge=100, le=3000)
-    # Caller speech shorter than this during agent speech is not a barge-in (coughs, "mhm").
+    end_of_turn: EndOfTurnConfig = EndOfTurnConfig()
+    # Caller speech over the agent this long pauses it while its words are awaited; shorter
+    # speech (coughs, "mhm") is not a barge-in. Off: only a final transcript with words interrupts.
     barge_in: bool = True
     barge_in_min_speech_ms: int = Field(300, ge=0, le=3000)
+    # Speech over the agent this long interrupts whatever its words.
+    barge_in_long_speech_ms: int = Field(1500, ge=100, le=10_000)
+    # A paused agent resumes where it stopped when the speech ends without words (noise) or with
+    # a backchannel, or when no transcript came this long after the speech stopped.
+    false_interruption_timeout_ms: int = Field(2000, ge=100, le=10_000)
+    language: str = "en"  # backchannel list used when the ASR does not say the language
+    backchannels: dict[str, list[str]] = DEFAULT_BACKCHANNELS
+    backchannel_max_words: int = Field(4, ge=1, le=20)
+    # A caller silent this long (no turn, the agent not speaking) is asked once whether they are
+    # still there; after max_idle_s the agent says goodbye and ends the call. 0 = never.
+    idle_reprompt_s: float = Field(0.0, ge=0)
+    max_idle_s: float = Field(0.0, ge=0)
+    idle_reprompt_text: str = "Are you still there?"
+    idle_goodbye_text: str = "I haven't heard from you, so I'll end the call now. Goodbye!"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TurnTakingConfig:
+        if self.barge_in_long_speech_ms < self.barge_in_min_speech_ms:
+            raise ValueError("barge_in_long_speech_ms must not be below barge_in_min_speech_ms")
+        if self.language not in self.backchannels:
+            raise ValueError(f"turn_taking.language {self.language!r} has no backchannels list")
+        if self.idle_reprompt_s and self.max_idle_s and self.max_idle_s <= self.idle_reprompt_s:
+            raise ValueError("max_idle_s must be longer than idle_reprompt_s")
+        return self
 
 
 class PersonaConfig(Config):

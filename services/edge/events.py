@@ -102,6 +102,38 @@ class Interruption(TurnEvent):
 
 
 @dataclass(frozen=True)
+class AgentPaused(TurnEvent):
+    """Caller speech over the reply paused its audio: drop agent audio queued on the client;
+    the server sends it again if the reply resumes."""
+
+    type: ClassVar[str] = "agent_paused"
+
+
+@dataclass(frozen=True)
+class AgentResumed(TurnEvent):
+    """The speech that paused the reply was a backchannel or noise: its audio goes on."""
+
+    type: ClassVar[str] = "agent_resumed"
+
+
+@dataclass(frozen=True)
+class Backchannel(UtteranceEvent):
+    """The caller acknowledged ("mm-hmm") over the agent: not a turn, not an interruption."""
+
+    type: ClassVar[str] = "backchannel"
+    text: str
+
+
+@dataclass(frozen=True)
+class IdlePrompt(TurnEvent):
+    """The caller has been silent: the agent asks whether they are there (`final`: says goodbye
+    and ends the call)."""
+
+    type: ClassVar[str] = "idle_prompt"
+    final: bool
+
+
+@dataclass(frozen=True)
 class Metrics(Event):
     """A finished turn's latency components (services/common/timeline.py)."""
 

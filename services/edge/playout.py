@@ -6,7 +6,9 @@ length), at most `lead` ahead, so a live caller's buffer never fills with second
 a barge-in would have to chase. A burst may start `prebuffer` late, a jitter buffer for audio that
 arrives in bursts itself (duplex frames). It counts an underrun whenever the caller would hear a
 gap (the audio sent so far has played out and the next frame is late), and it knows what the
-caller has heard, to the word, when a reply is cut short.
+caller has heard, to the word, when a reply is cut short or paused: a frame counts as heard once
+its due time has passed, so audio sent within the lead is taken back (and, after a pause, sent
+again on resume).
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class Playout:
         self._drained: dict[int, asyncio.Event] = {}
         self._burst_start: float | None = None
         self._burst_frames = 0
+        self._sent: deque[tuple[float, _Frame]] = deque()  # (due, frame) sent, maybe not yet heard
+        self._paused: set[int] = set()
+        self._announced: set[int] = set()  # turns whose first audio was announced (once, despite pauses)
         self.current_turn: int | None = None
 
     def add_audio(self, turn_id: int, pcm: bytes, segment: Segment) -> None:
@@ -95,22 +100,42 @@ class Playout:
     async def wait_played(self, turn_id: int) -> None:
         await self._drained.setdefault(turn_id, asyncio.Event()).wait()
 
-    def interrupt(self, turn_id: int) -> str:
-        """Drop the turn's queued audio; return the text the caller heard of it."""
+    def _take_back(self, turn_id: int) -> list[_Frame]:
+        """The turn's frames sent but not yet due (within the lead): no longer counted as played."""
         now = time.monotonic()
-        heard_until = 0.0 if self._burst_start is None else max(0.0, now - self._burst_start)
-        self._frames = deque(frame for frame in self._frames if frame.turn_id != turn_id)
-        segments = self._segments.pop(turn_id, [])
-        # Audio sent within the lead has not been heard yet: count only elapsed time.
-        elapsed = heard_until
-        for segment in segments:
-            segment.played_s = min(segment.played_s, max(0.0, elapsed))
-            elapsed -= segment.duration_s
+        unheard = [frame for due, frame in self._sent if frame.turn_id == turn_id and due > now]
+        self._sent = deque(entry for entry in self._sent if entry[1].turn_id != turn_id)
+        for frame in unheard:
+            frame.segment.played_s = max(0.0, frame.segment.played_s - self._frame_s)
         if self.current_turn == turn_id:
             self._end_burst()
+        return unheard
+
+    def interrupt(self, turn_id: int) -> str:
+        """Drop the turn's queued audio; return the text the caller heard of it."""
+        self._take_back(turn_id)
+        self._frames = deque(frame for frame in self._frames if frame.turn_id != turn_id)
+        self._paused.discard(turn_id)
+        self._announced.discard(turn_id)
+        segments = self._segments.pop(turn_id, [])
         self._complete.discard(turn_id)
         self._drained.pop(turn_id, asyncio.Event()).set()
         return " ".join(text for text in (segment.heard_text() for segment in segments) if text)
+
+    def pause(self, turn_id: int) -> None:
+        """Stop the turn's audio where the caller is; what was sent ahead goes back in the queue."""
+        if turn_id in self._paused:
+            return
+        self._paused.add(turn_id)
+        self._frames.extendleft(reversed(self._take_back(turn_id)))
+
+    def resume(self, turn_id: int) -> None:
+        """Play a paused turn on from where it stopped."""
+        self._paused.discard(turn_id)
+        self._ready.set()
+
+    def paused(self, turn_id: int) -> bool:
+        return turn_id in self._paused
 
     async def run(self) -> None:
         while True:
@@ -120,12 +145,18 @@ class Playout:
                 await self._ready.wait()
                 continue
             frame = self._frames[0]
+            if frame.turn_id in self._paused:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
             if self.current_turn != frame.turn_id:
                 self._end_burst()
                 self.current_turn = frame.turn_id
                 self._burst_start = time.monotonic() + self._prebuffer_s
                 self._burst_frames = 0
-                await self._on_first_audio(frame.turn_id)
+                if frame.turn_id not in self._announced:
+                    self._announced.add(frame.turn_id)
+                    await self._on_first_audio(frame.turn_id)
             due = self._burst_start + self._burst_frames * self._frame_s
             now = time.monotonic()
             if now > due + self._frame_s:
@@ -139,6 +170,9 @@ class Playout:
             self._frames.popleft()
             frame.segment.played_s += self._frame_s
             self._burst_frames += 1
+            self._sent.append((due, frame))
+            while self._sent and self._sent[0][0] < now - self._lead_s:
+                self._sent.popleft()  # long heard
             await self._transport.send_audio(frame.audio)
 
     def _maybe_end_turn(self) -> None:
@@ -146,6 +180,7 @@ class Playout:
         if turn is not None and turn in self._complete:
             self._segments.pop(turn, None)
             self._complete.discard(turn)
+            self._announced.discard(turn)
             self._end_burst()
             self._drained.pop(turn, asyncio.Event()).set()
 

@@ -64,7 +64,8 @@ class Build(Config):
 class ModelSpec(Config):
     """One model of a set: where it comes from, its files, its license, how it is assembled."""
 
-    stage: Literal["asr", "llm", "tts", "moshi"]
+    # "turn": the edge's end-of-turn model (its `turn_taking.end_of_turn`, not a stage engine).
+    stage: Literal["asr", "llm", "tts", "moshi", "turn"]
     license: str
     origin: str
     # The serve config's `args.engine` for this model (its `model` path is added when applied).

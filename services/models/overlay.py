@@ -3,7 +3,8 @@
 An engine of the same kind is updated in place (its other settings, such as device or GPU memory
 share, stay); an engine of another kind is replaced whole, since each kind's settings are typed
 separately and a kind's keys are errors for another. Stages the set has no model for (moshi in
-the CPU sets) keep what the config says.
+the CPU sets) keep what the config says. The end-of-turn model (stage "turn") is not a stage
+engine: it becomes the edge's `turn_taking.end_of_turn` (kind and model path).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ def apply_set(config: dict, name: str, root: Path | str | None = None) -> dict:
     config = copy.deepcopy(config)
     engines = set_engines(name, root)
     apps = {app["name"]: app for app in config.get("applications", [])}
+    # A set without an end-of-turn model (the tiny one) ends turns on silence alone.
+    _set_end_of_turn(apps.get("edge"), engines.get("turn", {"kind": "silence", "model": ""}))
     for stage, engine in engines.items():
+        if stage == "turn":
+            continue
         app = apps.get(stage)
         if app is None:
             continue  # a config without that stage (e.g. only the asr app)
@@ -39,11 +44,21 @@ def apply_set(config: dict, name: str, root: Path | str | None = None) -> dict:
     return config
 
 
+def _set_end_of_turn(edge: dict | None, engine: dict) -> None:
+    """The edge asks the set's end-of-turn model; its other end-of-turn settings stay."""
+    if edge is None:
+        return
+    turn_taking = (edge.setdefault("args", {}) or {}).setdefault("turn_taking", {})
+    turn_taking["end_of_turn"] = {**turn_taking.get("end_of_turn", {}), **engine}
+
+
 def model_paths(config: dict) -> dict[str, str]:
     """Application name -> the local model path its engine loads (for an up-front existence check)."""
     paths = {}
     for app in config.get("applications", []):
-        model = ((app.get("args") or {}).get("engine") or {}).get("model")
+        args = app.get("args") or {}
+        model = (args.get("engine") or {}).get("model") or ((args.get("turn_taking") or {}).get("end_of_turn")
+                                                            or {}).get("model")
         if isinstance(model, str):
             paths[app["name"]] = model
     return paths

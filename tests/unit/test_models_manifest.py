@@ -24,7 +24,7 @@ STAGE_CONFIGS = {"asr": ASRConfig, "llm": LLMConfig, "tts": TTSConfig, "moshi": 
 
 def test_every_registry_file_has_a_pinned_hash_size_and_license():
     cpu = load_manifest().get("cpu")
-    assert {spec.stage for spec in cpu.models.values()} == {"asr", "llm", "tts"}
+    assert {spec.stage for spec in cpu.models.values()} == {"asr", "llm", "tts", "turn"}
     for name, spec in cpu.models.items():
         assert spec.license and spec.wheels, name
         for path, file in {**spec.files, **spec.inputs}.items():
@@ -105,3 +105,18 @@ def test_up_refuses_a_config_whose_models_are_missing_before_starting_ray(tmp_pa
                  "--dashboard-port", "8998"]) == 1
     assert "run `parley models tiny`" in capsys.readouterr().err
     assert (tmp_path / "out" / "serve_config.tiny.yaml").exists()
+
+
+def test_the_cpu_overlay_gives_the_edge_the_smart_turn_model():
+    from services.edge.config import EdgeConfig
+
+    base = yaml.safe_load((ROOT / "serve_config.cpu.yaml").read_text())
+    shipped = {app["name"]: app["args"] for app in base["applications"]}  # `serve deploy` as it is
+    assert EdgeConfig.model_validate(shipped["edge"]).turn_taking.end_of_turn.kind == "smart_turn"
+    apps = {app["name"]: app["args"] for app in apply_set(base, "cpu")["applications"]}
+    edge = EdgeConfig.model_validate(apps["edge"])
+    assert edge.turn_taking.end_of_turn.kind == "smart_turn"
+    assert edge.turn_taking.end_of_turn.model == "models/cpu/smart-turn-v3.2"
+    tiny = {app["name"]: app["args"] for app in apply_set(base, "tiny")["applications"]}
+    assert EdgeConfig.model_validate(tiny["edge"]).turn_taking.end_of_turn.kind == "silence"
+    assert "edge: models/cpu/smart-turn-v3.2" in missing_models(apply_set(base, "cpu"), ROOT / "nowhere")

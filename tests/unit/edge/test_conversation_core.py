@@ -12,7 +12,7 @@ from services.edge.config import TurnTakingConfig
 from services.edge.duplex import DuplexCall
 from services.edge.events import AgentText
 from services.edge.turn import Turn, TurnState
-from services.edge.turn_taking import InterruptPolicy
+from services.edge.turn_taking import InterruptPolicy, Verdict
 from tests.unit.edge.fakes import WORD_S, Duplex, FakeTransport, Model, Recognizer, Stages, Synthesizer, edge_config
 
 GREETING = "one two three four five six seven eight nine ten."
@@ -117,9 +117,10 @@ async def test_an_interrupted_turn_cannot_emit_after_its_interruption():
 
 def test_the_interrupt_policy_is_one_named_decision():
     policy = InterruptPolicy(TurnTakingConfig(barge_in_min_speech_ms=300))
-    assert not policy.on_speech(0.29) and policy.on_speech(0.3)
-    assert policy.on_final("mm-hmm") and not policy.on_final("  ")  # today a backchannel interrupts
-    assert not InterruptPolicy(TurnTakingConfig(barge_in=False)).on_speech(5.0)
+    assert policy.on_speech(0.29) is Verdict.WAIT and policy.on_speech(0.3) is Verdict.PAUSE
+    assert policy.on_final("mm-hmm") is Verdict.IGNORE and policy.on_final("  ") is Verdict.IGNORE
+    assert policy.on_final("wait") is Verdict.INTERRUPT
+    assert InterruptPolicy(TurnTakingConfig(barge_in=False)).on_speech(5.0) is Verdict.WAIT
 
 
 async def test_cascade_and_duplex_emit_the_same_event_shapes():

@@ -1,0 +1,56 @@
+"""A silent caller: asked once whether they are there, then the call ends politely.
+
+Idle time counts while neither side speaks: from the end of the agent's last turn or the caller's
+last speech. After `idle_reprompt_s` the agent says `idle_reprompt_text` (once per silence); after
+`max_idle_s` it says `idle_goodbye_text` and ends the call, which otherwise holds its stage streams
+until `max_call_s`. Checked as caller audio arrives, so it needs no task of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+
+from services.edge.config import TurnTakingConfig
+from services.edge.transport import CallerHungUp
+
+
+class IdleHangUp(CallerHungUp):
+    """The agent ended the call after its goodbye to a silent caller (a normal end)."""
+
+
+class IdleAction(enum.Enum):
+    NONE = "none"
+    REPROMPT = "reprompt"
+    GOODBYE = "goodbye"
+
+
+class IdleCaller:
+    """One call's idle clock."""
+
+    def __init__(self, settings: TurnTakingConfig):
+        self._reprompt_s, self._max_s = settings.idle_reprompt_s, settings.max_idle_s
+        self.reprompt_text, self.goodbye_text = settings.idle_reprompt_text, settings.idle_goodbye_text
+        self._since = time.monotonic()
+        self._reprompted = False
+        self._speaking = False
+
+    def activity(self, caller_speaking: bool | None = None) -> None:
+        """Someone spoke (the caller started or stopped, or an agent turn ended): restart the clock.
+        The re-prompt counts as agent speech but not as the caller's answer."""
+        if caller_speaking is not None:
+            self._speaking = caller_speaking
+            self._reprompted = False
+        self._since = time.monotonic()
+
+    def check(self, agent_busy: bool) -> IdleAction:
+        """What to do now, given whether the agent holds a turn."""
+        if agent_busy or self._speaking:
+            return IdleAction.NONE
+        idle = time.monotonic() - self._since
+        if self._max_s and idle >= self._max_s - (self._reprompt_s if self._reprompted else 0):
+            return IdleAction.GOODBYE
+        if self._reprompt_s and not self._reprompted and idle >= self._reprompt_s:
+            self._reprompted = True
+            return IdleAction.REPROMPT
+        return IdleAction.NONE

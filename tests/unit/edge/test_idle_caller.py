@@ -1,0 +1,62 @@
+"""A silent caller in process: one re-prompt, then a polite goodbye that ends the call (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.edge.cascade import CascadeCall
+from services.edge.config import EdgeConfig, TurnTakingConfig
+from tests.unit.edge.fakes import FakeTransport, Model, Recognizer, Stages, Synthesizer
+
+
+def _config(**turn_taking) -> EdgeConfig:
+    return EdgeConfig(turn_taking={"idle_reprompt_s": 0.5, "max_idle_s": 1.2, **turn_taking},
+                      resilience={"fallback_text": "", "response_timeout_s": 3.0})
+
+
+async def test_a_silent_caller_is_reprompted_once_then_the_call_ends_politely():
+    async with Stages(Recognizer(), Model(), Synthesizer()) as stages:
+        transport = FakeTransport(greeting=False)
+        call = CascadeCall(transport, stages.clients, _config(), "i1")
+        feeder = asyncio.create_task(transport.speak(10.0, level=0.0))  # the line is open, nobody talks
+        try:
+            await asyncio.wait_for(call.run(), 6)  # returns by itself: the agent hung up
+        finally:
+            feeder.cancel()
+    prompts = transport.of_type("idle_prompt")
+    assert [prompt["final"] for prompt in prompts] == [False, True]
+    texts = [event["text"] for event in transport.of_type("agent_text")]
+    assert texts == ["Are you still there?", "I haven't heard from you, so I'll end the call now. Goodbye!"]
+    # Re-prompt after 0.5 s of silence; the goodbye 0.7 s after the re-prompt has played (0.8 s).
+    assert 0.45 <= prompts[0]["t"] <= 0.75 and 1.9 <= prompts[1]["t"] <= 2.4, prompts
+    ends = transport.of_type("agent_audio_end")
+    assert len(ends) == 2 and not ends[-1]["interrupted"]  # the goodbye was played to its end
+
+
+async def test_a_caller_who_answers_the_reprompt_is_not_hung_up_on():
+    asr = Recognizer()
+    async with Stages(asr, Model("Good."), Synthesizer()) as stages:
+        transport = FakeTransport(greeting=False)
+        call = CascadeCall(transport, stages.clients, _config(max_idle_s=2.0), "i2")
+        task = asyncio.create_task(call.run())
+        feeder = asyncio.create_task(transport.speak(10.0, level=0.0))
+        try:
+            await asyncio.sleep(1.5)  # re-prompted at 0.5 s, played by 1.3 s
+            asr.user_says("yes I am here")
+            await asyncio.sleep(1.6)  # under max_idle_s of silence since the reply
+            assert not task.done()
+        finally:
+            feeder.cancel()
+            transport.audio_in.put_nowait(None)
+            await asyncio.wait_for(task, 5)
+    # The answer restarted the silence: asked again after it, never told goodbye.
+    assert [prompt["final"] for prompt in transport.of_type("idle_prompt")] == [False, False]
+    assert ("user", "yes I am here") in call.history.messages()
+
+
+def test_idle_settings_are_checked():
+    with pytest.raises(ValueError, match="max_idle_s"):
+        TurnTakingConfig(idle_reprompt_s=5, max_idle_s=3)
+    assert TurnTakingConfig().max_idle_s == 0  # off unless configured
