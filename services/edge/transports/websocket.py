@@ -14,6 +14,7 @@ from services.edge.transport import MAX_CONTROL_BYTES, CallerHungUp, ProtocolErr
 
 
 class WebSocketTransport(Transport):
+    can_transfer = True  # the `transfer` event hands the caller to the client's side
     def __init__(self, websocket: WebSocket, input_rate: int, output_rate: int, max_frame_bytes: int,
                  start: dict[str, Any], max_control_bytes: int = MAX_CONTROL_BYTES):
         self.websocket = websocket
