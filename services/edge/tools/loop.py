@@ -103,10 +103,11 @@ class ReplyLoop:
                     await say(self.config.filler_text)
                 await asyncio.wait(running)
         except asyncio.CancelledError:
-            for call, task in zip(calls, tasks, strict=True):
+            for call, task, held in zip(calls, tasks, placeholders, strict=True):
                 spec = self.tools.spec(call.name)
-                if spec is not None and spec.cancel_on_interrupt:
+                if spec is not None and spec.cancel_on_interrupt and not task.done():
                     task.cancel()
+                    history.resolve(held, CANCELLED.content)  # now: the next turn's request is being built
             raise
         return filler_said
 
