@@ -58,6 +58,7 @@ class CascadeCall(CallCore):
         self._tasks = tasks
         tasks.create_task(self._pump_caller_audio(), name=f"{self.id}:caller")
         tasks.create_task(self._read_asr(), name=f"{self.id}:asr")
+        self.transport.on_user_text = self._on_user_text
         if self.persona.greeting and self.transport.wants_greeting:
             self._begin_turn(TurnTimeline(self._next_turn_id()), fixed_text=self.persona.greeting)
 
@@ -106,13 +107,18 @@ class CascadeCall(CallCore):
                 if kind == "final" and self.detector.is_end_of_turn(transcript.text):
                     await self._on_user_turn(transcript.text, transcript.utterance_id)
 
-    async def _on_user_turn(self, text: str, utterance_id: int) -> None:
+    async def _on_user_turn(self, text: str, utterance_id: int | None) -> None:
         if self.turn is not None and self.policy.on_final(text):
             await self.interrupt()
         self.history.add("user", text)
         timeline = TurnTimeline(self._next_turn_id(), speech_end=self._speech_end, vad_stopped=self._vad_stopped,
                                 asr_final=time.monotonic())
         self._begin_turn(timeline, utterance_id=utterance_id, user_text=text)
+
+    async def _on_user_text(self, text: str) -> None:
+        """Typed input (WebSocket `user_text`): a user turn with no utterance (and no speech timing)."""
+        self._speech_end = self._vad_stopped = None
+        await self._on_user_turn(text, None)
 
     # -- agent side -----------------------------------------------------------------------------
 
