@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
+from services.common import attributes as attr
+from services.common import telemetry
 from services.common.text import TextChunker
 from services.edge.events import ToolCalled, Transfer
 from services.edge.history import Message
@@ -113,17 +115,20 @@ class ReplyLoop:
 
     async def _run_one(self, turn_id: int, call: Any, placeholder: Message) -> None:
         context = ToolContext(self.call.id, call.id, end_call=self._end_call, transfer=self._transfer)
-        started, outcome = time.monotonic(), "cancelled"
-        try:
-            result = await self.tools.run(call.name, call.arguments_json, call.error, context)
-            outcome = "error" if result.error else "ok"
-        except asyncio.CancelledError:
-            result = CANCELLED
-            raise
-        finally:
-            self.call.history.resolve(placeholder, result.content)
-            await self.call.emit(ToolCalled(turn_id, call.id, call.name or "", outcome,
-                                            round((time.monotonic() - started) * 1000, 1)))
+        started, outcome, result = time.monotonic(), "cancelled", CANCELLED
+        with self.call.tracing.tool_call(turn_id, call.id, call.name) as span:
+            try:
+                result = await self.tools.run(call.name, call.arguments_json, call.error, context)
+                outcome = "error" if result.error else "ok"
+            finally:
+                self.call.history.resolve(placeholder, result.content)
+                if span.is_recording():
+                    span.set_attribute(attr.TOOL_OUTCOME, outcome)
+                    if telemetry.content_enabled():
+                        span.set_attributes({attr.GEN_AI_TOOL_CALL_ARGUMENTS: call.arguments_json,
+                                             attr.GEN_AI_TOOL_CALL_RESULT: result.content})
+                await self.call.emit(ToolCalled(turn_id, call.id, call.name or "", outcome,
+                                                round((time.monotonic() - started) * 1000, 1)))
 
     def _end_call(self) -> None:
         self.ending = CallEnded("agent_ended")

@@ -75,14 +75,15 @@ def played(turns: int):
     return lambda transport: len(transport.of_type("metrics")) >= turns
 
 
-async def call_with(llm, tools: list, say: list[tuple[float, str]], seconds: float, until=None, **config):
+async def call_with(llm, tools: list, say: list[tuple[float, str]], seconds: float, until=None, tracing=None,
+                    **config):
     """A cascade call with `tools`; the caller says each (delay, text), then the call goes on until
     `until(transport)` holds (at most `seconds`, a bound for loaded machines) or for `seconds`.
     Returns (transport, call, how the call ended)."""
     asr = Recognizer()
     async with Stages(asr, EngineModel(llm), Synthesizer()) as stages:
         transport = FakeTransport(greeting=False)
-        call = CascadeCall(transport, stages.clients, edge_config(config, tools=tools), "t1")
+        call = CascadeCall(transport, stages.clients, edge_config(config, tools=tools), "t1", tracing=tracing)
         task = asyncio.create_task(call.run())
         for index, (delay, text) in enumerate(say):
             await asyncio.sleep(delay)
@@ -135,11 +136,24 @@ async def test_a_webhook_is_called_signed_and_its_result_answers_the_caller(monk
 
 
 async def test_a_slow_tool_gets_the_filler_once_and_a_fast_one_none():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from services.edge.tracing import ConversationTracing
+
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     slow = tool("book", {"kind": "python", "path": "tests.unit.edge.test_tools:slow_lookup"})
     llm = engine([{"call": "book", "arguments": {"seconds": 1.0}}, {"call": "book", "arguments": {"seconds": 0.9}}],
                  [{"call": "book", "arguments": {"seconds": 0.8}}], ["Booked."])
-    transport, _, _ = await call_with(llm, [slow], [(0.1, "book it")], 10.0, played(1))
+    transport, _, _ = await call_with(llm, [slow], [(0.1, "book it")], 10.0, played(1),
+                                      tracing=ConversationTracing("t1", provider.get_tracer("test")))
     assert spoken(transport) == ["One moment.", "Booked."]  # three slow calls, one filler
+    spans = [s for s in exporter.get_finished_spans() if s.name == "execute_tool"]
+    assert [(s.attributes["gen_ai.tool.name"], s.attributes["parley.tool.outcome"]) for s in spans] == [("book", "ok")] * 3
+    assert all(s.parent is not None and "gen_ai.tool.call.arguments" not in s.attributes for s in spans)
+    assert sum(s.end_time - s.start_time for s in spans) / 1e9 > 2.6
     fast = engine([{"call": "book", "arguments": {"seconds": 0.05}}], ["Booked."])
     transport, _, _ = await call_with(fast, [slow], [(0.1, "book it")], 10.0, played(1))
     assert spoken(transport) == ["Booked."]
