@@ -48,6 +48,7 @@ SPAN_LLM_GENERATE = "llm.generate"      # the engine's generation, request to la
 SPAN_LLM_QUEUE = "llm.queue"            # the request waiting in the engine's queue
 SPAN_TTS_QUEUE = "tts.queue"            # a segment waiting for the replica's engine worker
 SPAN_TTS_SYNTHESIZE = "tts.synthesize"  # one sentence or clause synthesized
+SPAN_TOOL = "execute_tool"              # edge: one tool call, from its start to its result
 
 # -- OpenTelemetry semantic conventions -------------------------------------------------------------
 
@@ -71,6 +72,10 @@ GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
 GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"  # seconds
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"    # CONTENT (JSON)
 GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"  # CONTENT (JSON)
+GEN_AI_TOOL_NAME = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"  # CONTENT (JSON)
+GEN_AI_TOOL_CALL_RESULT = "gen_ai.tool.call.result"        # CONTENT
 
 # -- parley: the edge -----------------------------------------------------------------------------
 
@@ -81,6 +86,7 @@ TURN_INTERRUPTED = "parley.turn.interrupted"   # cut by barge-in
 TURN_UNDERRUNS = "parley.turn.underruns"
 TURN_UNFINISHED = "parley.turn.unfinished"     # the call ended before the turn did
 TURN_USER_TEXT = "parley.turn.user_text"       # CONTENT: the caller's final transcript
+TOOL_OUTCOME = "parley.tool.outcome"           # ok | error | cancelled
 # The turn's latency components are `parley.latency.<component>_ms`, named by the turn timeline
 # (services/common/timeline.py, Component.attribute): the `metrics` event's fields, same values.
 

@@ -28,8 +28,9 @@ def import_object(path: str) -> Any:
 
 
 def load_engine(table: Mapping[str, str], config: Any, stage: str) -> Any:
-    """Build the engine `config.kind` names in `table`, passing it the config."""
-    path = table.get(config.kind)
+    """Build the engine `config.kind` names in `table`, passing it the config. Kind "plugin" names
+    any engine class by its import path (`config.path`): reference engines, out-of-tree engines."""
+    path = config.path if config.kind == "plugin" else table.get(config.kind)
     if path is None:
         raise ValueError(f"unknown {stage} engine kind {config.kind!r}; known kinds: {', '.join(sorted(table))}")
     return import_object(path)(config)

@@ -8,6 +8,7 @@ bytes, as on the wire.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from services.proto import asr_pb2, common_pb2, llm_pb2, moshi_pb2, tts_pb2
 
@@ -32,10 +33,21 @@ class Generate:
     """LanguageModel.Generate requests."""
 
     @staticmethod
-    def request(messages: Iterable[tuple[str, str]], *, request_id: str = "", **sampling) -> llm_pb2.GenerateRequest:
-        return llm_pb2.GenerateRequest(
-            messages=[llm_pb2.ChatMessage(role=role, content=content) for role, content in messages],
-            sampling=llm_pb2.SamplingParams(**sampling), request_id=request_id)
+    def request(messages: Iterable[tuple[str, str] | Any], *, request_id: str = "", tools_json: str = "",
+                **sampling) -> llm_pb2.GenerateRequest:
+        """`messages`: (role, content) pairs, or objects with role, content, tool_call_id and
+        tool_calls (llm_pb2.ToolCall) such as the edge's history messages."""
+        return llm_pb2.GenerateRequest(messages=[Generate.message(m) for m in messages],
+                                       sampling=llm_pb2.SamplingParams(**sampling), request_id=request_id,
+                                       tools_json=tools_json)
+
+    @staticmethod
+    def message(message: tuple[str, str] | Any) -> llm_pb2.ChatMessage:
+        if isinstance(message, tuple):
+            role, content = message
+            return llm_pb2.ChatMessage(role=role, content=content)
+        return llm_pb2.ChatMessage(role=message.role, content=message.content, tool_call_id=message.tool_call_id,
+                                   tool_calls=list(message.tool_calls))
 
 
 class Synthesize:

@@ -5,17 +5,16 @@ stream, owned by the turn's task. Caller audio goes to the ASR as PCM, batched i
 `stages.asr_frame_ms` frames; the ASR stream counts it (offsets, wall clock) for the timeline and
 for barge-in. What counts as the end of the caller's turn and as an interruption are decisions
 of their own (services/edge/turn_taking/): caller speech over the agent goes through `Overlap`
-(pause, resume after a false interruption, interrupt, or a backchannel ignored).
+(pause, resume after a false interruption, interrupt, or a backchannel ignored). The reply itself,
+tool calls included, is the reply loop's (services/edge/tools/loop.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import aclosing
 
 from services.common.aio import first_leaf
-from services.common.text import TextChunker
 from services.common.timeline import TurnTimeline
 from services.edge.core import CallCore
 from services.edge.events import AgentText, IdlePrompt, Transcript, UserSpeechStarted, UserSpeechStopped
@@ -23,8 +22,9 @@ from services.edge.history import ChatHistory
 from services.edge.playout import Segment
 from services.edge.streams.asr import AsrStream
 from services.edge.streams.base import Metadata, StageUnavailable
-from services.edge.streams.llm import reply_deltas
 from services.edge.streams.tts import TtsStream
+from services.edge.tools.loop import ReplyLoop
+from services.edge.tools.toolset import ToolSet
 from services.edge.turn import Turn
 from services.edge.turn_taking import EndOfTurnDetector, InterruptPolicy
 from services.edge.turn_taking.endpointing import Endpointing, detector_for
@@ -46,6 +46,7 @@ class CascadeCall(CallCore):
         self.idle = IdleCaller(self.config.turn_taking)
         self._goodbye: Turn | None = None  # the idle goodbye: the call ends once it has played
         self.history = ChatHistory(self.persona.system_prompt, self.config.history.max_context_tokens)
+        self.replies = ReplyLoop(self, ToolSet(self.persona.tools, self.config.tools))
         self.asr: AsrStream | None = None
         self.turn: Turn | None = None  # the agent turn in progress, if any
         self._turn_ids = 0
@@ -65,6 +66,7 @@ class CascadeCall(CallCore):
         self._tasks = tasks
         tasks.create_task(self._pump_caller_audio(), name=f"{self.id}:caller")
         tasks.create_task(self._read_asr(), name=f"{self.id}:asr")
+        self.transport.on_user_text = self._on_user_text
         if self.persona.greeting and self.transport.wants_greeting:
             self._begin_turn(TurnTimeline(self._next_turn_id()), fixed_text=self.persona.greeting)
 
@@ -120,7 +122,7 @@ class CascadeCall(CallCore):
                 elif await self.overlap.final(self.turn, transcript.text, transcript.language, transcript.utterance_id):
                     await self.endpointing.final(transcript.text, transcript.utterance_id)
 
-    async def _on_user_turn(self, text: str, utterance_id: int) -> None:
+    async def _on_user_turn(self, text: str, utterance_id: int | None) -> None:
         if self.turn is not None:
             await self.interrupt()
         self.history.add("user", text)
@@ -138,6 +140,11 @@ class CascadeCall(CallCore):
         if final:
             self._goodbye = turn
         await self.emit(IdlePrompt(turn.id, final=final))
+
+    async def _on_user_text(self, text: str) -> None:
+        """Typed input (WebSocket `user_text`): a user turn with no utterance (and no speech timing)."""
+        self._speech_end = self._vad_stopped = None
+        await self._on_user_turn(text, None)
 
     # -- agent side -----------------------------------------------------------------------------
 
@@ -172,25 +179,10 @@ class CascadeCall(CallCore):
         self.playout.finish_turn(turn.id)
         await self.playout.wait_played(turn.id)
         await self._end_turn(turn)
+        await self.replies.finish_turn(turn)  # a pending end_call or transfer ends the call here
 
     async def _think(self, turn: Turn, tts: TtsStream) -> None:
-        persona, timeline = self.persona, turn.timeline
-        chunker = TextChunker()
-        messages = self.history.messages()
-        with self.tracing.llm_call(turn.id, max_tokens=persona.max_tokens, temperature=persona.temperature) as metadata:
-            deltas = reply_deltas(self.stages, messages, temperature=persona.temperature,
-                                  max_tokens=persona.max_tokens, request_id=f"{self.id}-{turn.id}",
-                                  config=self.config.resilience, metadata=metadata)
-            timeline.llm_request = time.monotonic()
-            # aclosing: a barge-in cancels the RPC at once, and the LLM stage aborts the generation.
-            async with aclosing(deltas):
-                async for text in deltas:
-                    if timeline.llm_first_token is None:
-                        timeline.llm_first_token = time.monotonic()
-                    for segment in chunker.push(text):
-                        await self._send_segment(turn, tts, segment)
-        for segment in chunker.flush():
-            await self._send_segment(turn, tts, segment)
+        await self.replies.reply(turn, lambda text: self._send_segment(turn, tts, text))
 
     async def _send_segment(self, turn: Turn, tts: TtsStream, text: str) -> None:
         timeline = turn.timeline
@@ -227,7 +219,7 @@ class CascadeCall(CallCore):
         if self.turn is turn:
             self.turn = None
             self.overlap.reset()
-        self.history.add("assistant", kept, interrupted=heard is not None)
+        self.history.add("assistant", self.replies.unrecorded(turn, kept), interrupted=heard is not None)
         if heard is not None:
             await self.transport.clear_audio()
         await turn.announce_end()

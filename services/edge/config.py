@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from services.common.config import Config
 from services.common.rpc import DEFAULT_GRPC_ADDRESS
+from services.edge.tools.config import ToolsConfig, ToolSpec, check_unique
 
 
 class StagesConfig(Config):
@@ -94,6 +95,8 @@ class PersonaConfig(Config):
     voice: str = ""  # empty = the TTS deployment's default
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(120, ge=1, le=2048)
+    # Tools the agent may call (docs/tools.md); names unique.
+    tools: Annotated[list[ToolSpec], AfterValidator(check_unique)] = Field([], max_length=64)
 
 
 class HistoryConfig(Config):
@@ -198,6 +201,8 @@ class TwilioConfig(Config):
     require_signature: bool | None = None
     # Lifetime of the edge token the webhook mints for one call: Twilio opens the stream at once.
     stream_token_ttl_s: float = Field(60.0, ge=5, le=3600)
+    # Twilio's REST API (the `transfer` tool updates the live call there); a stand-in in tests.
+    api_base_url: str = "https://api.twilio.com"
 
     @model_validator(mode="after")
     def _public_url_is_a_base(self) -> TwilioConfig:
@@ -233,6 +238,7 @@ class EdgeConfig(Config):
     resilience: ResilienceConfig = ResilienceConfig()
     livekit: LiveKitConfig = LiveKitConfig()
     twilio: TwilioConfig = TwilioConfig()
+    tools: ToolsConfig = ToolsConfig()
     # Admission: live conversations per edge replica; more are refused with close code 4503.
     max_conversations: int = Field(100, ge=1)
     # A call is ended (close code 4408) after this long: a forgotten client or a stuck line would
@@ -245,3 +251,10 @@ class EdgeConfig(Config):
     # Playout: agent audio goes out in frames of this size, at most this far ahead of real time.
     playout_frame_ms: int = Field(20, ge=10, le=100)
     playout_lead_ms: int = Field(100, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _tool_hosts(self) -> EdgeConfig:
+        from services.edge.tools.toolset import check_hosts
+
+        check_hosts(self.persona.tools, self.tools.allowed_hosts, from_token=False)
+        return self

@@ -106,7 +106,7 @@ class EdgeDeployment:
 
     async def _hold(self, websocket: WebSocket, transport_type, json_errors: bool) -> None:
         async def fail(failure: Failure) -> None:
-            if json_errors:
+            if json_errors and failure.error_event:
                 try:
                     await websocket.send_json({"type": "error", "code": failure.code, "message": failure.message})
                 except Exception:

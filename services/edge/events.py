@@ -134,6 +134,25 @@ class IdlePrompt(TurnEvent):
 
 
 @dataclass(frozen=True)
+class ToolCalled(TurnEvent):
+    """A tool call of the agent finished (no arguments or results: they are the caller's data)."""
+
+    type: ClassVar[str] = "tool_call"
+    tool_call_id: str
+    name: str
+    outcome: str  # "ok", "error" or "cancelled"
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class Transfer(TurnEvent):
+    """The agent hands the caller to `target` (the `transfer` tool); the call then closes."""
+
+    type: ClassVar[str] = "transfer"
+    target: str
+
+
+@dataclass(frozen=True)
 class Metrics(Event):
     """A finished turn's latency components (services/common/timeline.py)."""
 

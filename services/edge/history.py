@@ -1,9 +1,15 @@
-"""The conversation's chat history, kept within a token budget so hour-long calls stay bounded."""
+"""The conversation's chat history, kept within a token budget so hour-long calls stay bounded.
+
+With tools it also holds an assistant message's tool calls and the tool messages answering them; a
+tool result still coming (the caller barged in while the tool ran) is a placeholder that `resolve`
+fills in when it arrives.
+"""
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 CHARS_PER_TOKEN = 4  # a budget estimate; the LLM stage enforces the real context limit
 
@@ -13,6 +19,8 @@ class Message:
     role: str
     content: str
     interrupted: bool = False  # an agent reply cut short by the caller: content is what they heard
+    tool_call_id: str = ""  # a tool message: the call it answers
+    tool_calls: tuple[Any, ...] = ()  # an assistant message: its calls (llm_pb2.ToolCall)
 
 
 class ChatHistory:
@@ -22,15 +30,40 @@ class ChatHistory:
         self._messages: deque[Message] = deque()
         self._chars = 0
 
-    def add(self, role: str, content: str, interrupted: bool = False) -> None:
-        self._messages.append(Message(role, content, interrupted))
-        self._chars += len(content)
+    def add(self, role: str, content: str, interrupted: bool = False, *, tool_call_id: str = "",
+            tool_calls: tuple[Any, ...] = ()) -> Message:
+        message = Message(role, content, interrupted, tool_call_id, tool_calls)
+        self._messages.append(message)
+        self._chars += len(content) + sum(len(call.arguments_json) + len(call.name) for call in tool_calls)
         # Drop the oldest turns, never the newest message, so memory and prompt stay bounded.
         while self._chars + len(self.system_prompt) > self.max_chars and len(self._messages) > 1:
-            self._chars -= len(self._messages.popleft().content)
+            old = self._messages.popleft()
+            self._chars -= len(old.content) + sum(len(c.arguments_json) + len(c.name) for c in old.tool_calls)
+        return message
+
+    def resolve(self, message: Message, content: str) -> None:
+        """Fill in a placeholder's content (a late tool result); a no-op once it was dropped."""
+        for index, kept in enumerate(self._messages):
+            if kept is message:
+                self._messages[index] = replace(message, content=content)
+                self._chars += len(content) - len(message.content)
+                return
 
     def messages(self) -> list[tuple[str, str]]:
         return [("system", self.system_prompt)] + [(m.role, m.content) for m in self._messages if m.content]
+
+    def chat(self) -> list[Message]:
+        """The chat for the LLM: the system prompt, then every message worth sending. Tool messages
+        whose call was dropped with older turns are left out (a result must follow its call)."""
+        chat = [Message("system", self.system_prompt)]
+        calls: set[str] = set()
+        for message in self._messages:
+            calls.update(call.id for call in message.tool_calls)
+            if message.role == "tool" and message.tool_call_id not in calls:
+                continue
+            if message.content or message.tool_calls or message.role == "tool":
+                chat.append(message)
+        return chat
 
     def __iter__(self):
         return iter(self._messages)

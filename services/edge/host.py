@@ -29,6 +29,7 @@ from services.edge.persona import VoiceCatalog, persona_for
 from services.edge.streams.base import StageClients, StageUnavailable
 from services.edge.streams.fallback import FallbackLine
 from services.edge.streams.moshi import DuplexFull
+from services.edge.tools.transfer import CallEnded
 from services.edge.tracing import ConversationTracing
 from services.edge.transport import CallerHungUp, ProtocolError, Transport
 
@@ -46,6 +47,7 @@ class Failure:
     close_code: int
     code: str
     message: str
+    error_event: bool = True  # False for a normal end the agent chose (the close reason says why)
 
 
 def _rpc_failure(error: grpc.aio.AioRpcError) -> Failure:
@@ -55,6 +57,7 @@ def _rpc_failure(error: grpc.aio.AioRpcError) -> Failure:
 
 # The one table from errors to how the call ends, first match wins.
 FAILURES: tuple[tuple[type[BaseException], Callable[[BaseException, EdgeConfig], Failure]], ...] = (
+    (CallEnded, lambda e, c: Failure(1000, e.reason, e.reason, error_event=False)),
     (OverCapacity, lambda e, c: Failure(4503, "over_capacity", "this edge is at its conversation limit; try again")),
     (ProtocolError, lambda e, c: Failure(e.close_code, "unauthorized" if e.close_code == 4401 else "bad_request",
                                          str(e))),
@@ -99,7 +102,7 @@ class CallHost:
 
     async def persona(self, claims: dict, requested_voice: str = "") -> PersonaConfig:
         """The call's persona, validated (ProtocolError 4400), its voice known to the TTS."""
-        persona = persona_for(self.config.persona, claims, requested_voice)
+        persona = persona_for(self.config.persona, claims, requested_voice, self.config.tools.allowed_hosts)
         await self.voices.check(persona.voice)
         return persona
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import ValidationError
 
 from services.edge.config import PersonaConfig
+from services.edge.tools.toolset import check_hosts
 from services.edge.transport import ProtocolError
 
 logger = logging.getLogger("ray.serve")
@@ -21,9 +22,11 @@ logger = logging.getLogger("ray.serve")
 VOICES_TTL_S = 60.0  # the TTS deployment's voices are asked again after this long
 
 
-def persona_for(base: PersonaConfig, claims: dict, requested_voice: str = "") -> PersonaConfig:
+def persona_for(base: PersonaConfig, claims: dict, requested_voice: str = "",
+                allowed_hosts: list[str] | None = None) -> PersonaConfig:
     """The call's persona; ProtocolError (4400) for a `persona` claim that does not validate. The
-    caller's `voice` applies unless the signed persona names one."""
+    caller's `voice` applies unless the signed persona names one. A claim's `tools` replace the
+    config's; their webhooks must be on `allowed_hosts`, and they may not name Python callables."""
     overrides = claims.get("persona")
     if overrides is None:
         overrides = {}
@@ -32,10 +35,15 @@ def persona_for(base: PersonaConfig, claims: dict, requested_voice: str = "") ->
     if requested_voice and "voice" not in overrides:
         overrides = {**overrides, "voice": requested_voice}
     try:
-        return PersonaConfig.model_validate({**base.model_dump(), **overrides})
+        persona = PersonaConfig.model_validate({**base.model_dump(), **overrides})
+        if "tools" in overrides:
+            check_hosts(persona.tools, allowed_hosts or [], from_token=True)
+        return persona
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'persona'}: {e['msg']}" for e in error.errors())
         raise ProtocolError(f"bad persona in the token: {problems}"[:300]) from None
+    except ValueError as error:
+        raise ProtocolError(f"bad persona in the token: {error}"[:300]) from None
 
 
 class VoiceCatalog:

@@ -6,6 +6,7 @@
         endpointing, asr, llm, tts             the turn's latency components (its TurnTimeline)
         parley.v1.LanguageModel/Generate       client span: the turn's LLM RPC
         parley.v1.SpeechSynthesis/Synthesize   client span: the turn's TTS stream
+        execute_tool                           one tool call (name, id, outcome)
 
 Each client span travels with its RPC as W3C `traceparent` metadata, so the stage replica's
 server span (and Serve's proxy and replica spans before it) join the same trace under it. The
@@ -132,6 +133,22 @@ class ConversationTracing:
         """Client span of a turn's TTS stream (child of `turn`); yields its metadata."""
         return self._call(attr.SPAN_SYNTHESIZE, self._turns.get(turn_id, self._span), "tts", lambda: {
             attr.AUDIO_SAMPLE_RATE: sample_rate, attr.TURN_ID: turn_id, **({attr.TTS_VOICE: voice} if voice else {})})
+
+    @contextmanager
+    def tool_call(self, turn_id: int, tool_call_id: str, name: str) -> Iterator[trace.Span]:
+        """Span of one tool call (child of its turn); the caller sets the outcome on it. Arguments
+        and results go on it only with content capture on (they are the caller's data)."""
+        if not self._on:
+            yield trace.INVALID_SPAN
+            return
+        span = self._tracer.start_span(attr.SPAN_TOOL, trace.set_span_in_context(self._turns.get(turn_id, self._span)),
+                                       attributes={attr.GEN_AI_OPERATION_NAME: "execute_tool",
+                                                   attr.GEN_AI_TOOL_NAME: name, attr.GEN_AI_TOOL_CALL_ID: tool_call_id,
+                                                   attr.TURN_ID: turn_id})
+        try:
+            yield span
+        finally:
+            span.end()
 
     # -- helpers --------------------------------------------------------------------------------------
 

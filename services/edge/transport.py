@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 # JSON control messages are small; anything bigger is refused with 4413 before it is parsed.
@@ -60,6 +61,8 @@ class Transport(ABC):
     wants_greeting: bool = True
     # A voice the caller asked for (WebSocket `start`); checked against the TTS's voices.
     requested_voice: str = ""
+    # Set by a call that takes typed input (`user_text`): called with the text, as a user turn.
+    on_user_text: Callable[[str], Awaitable[None]] | None = None
 
     @abstractmethod
     async def receive_audio(self) -> bytes:

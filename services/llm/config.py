@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,9 @@ class TransformersConfig(Config):
     device: Device = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     torch_threads: int = Field(1, ge=1)
+    # How the model writes tool calls (services/llm/tool_calls.py); None: tools are rendered in
+    # the prompt but calls are not parsed (the model has no tool format).
+    tool_parser: Literal["hermes"] | None = "hermes"
 
 
 class VLLMConfig(Config):
@@ -31,6 +34,9 @@ class VLLMConfig(Config):
     enforce_eager: bool = False
     tensor_parallel_size: int = Field(1, ge=1)
     enable_prefix_caching: bool = True
+    # vLLM's tool-call parser for this model ("hermes" for Hermes/Qwen, "llama3_json",
+    # "mistral", ...: the names of `vllm serve --tool-call-parser`); None: calls are not parsed.
+    tool_parser: str | None = "hermes"
 
 
 class OpenAIConfig(Config):
@@ -42,9 +48,21 @@ class OpenAIConfig(Config):
     # Name of an environment variable holding the API key: secrets never live in config files.
     api_key_env: str | None = None
     timeout_s: float = Field(30.0, gt=0)
+    # Retries of a request that failed before its first chunk (connection errors, 408/429/5xx).
+    max_retries: int = Field(2, ge=0, le=10)
 
 
-LLMEngineConfig = Annotated[TransformersConfig | VLLMConfig | OpenAIConfig, Field(discriminator="kind")]
+class PluginConfig(Config):
+    """Any engine class by import path ("package.module:Class"); it is built with this config."""
+
+    kind: Literal["plugin"] = "plugin"
+    path: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+    model: str = "plugin"
+    options: dict[str, Any] = {}
+
+
+LLMEngineConfig = Annotated[TransformersConfig | VLLMConfig | OpenAIConfig | PluginConfig,
+                            Field(discriminator="kind")]
 
 
 class LLMConfig(Config):

@@ -24,13 +24,20 @@ from services.common import metrics, telemetry
 from services.common.rpc import check_size, grpc_stream, invalid_argument
 from services.common.stage import StageDeployment
 from services.llm.config import LLMConfig
-from services.llm.engine import ChatRequest, ChatTurn, Delta, Sampling
+from services.llm.engine import ChatRequest, ChatTurn, Delta, Sampling, ToolCall
 from services.llm.engines import load_engine
 from services.proto import llm_pb2
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
-FINISH_REASONS = {"stop": llm_pb2.FINISH_REASON_STOP, "length": llm_pb2.FINISH_REASON_LENGTH}
+FINISH_REASONS = {"stop": llm_pb2.FINISH_REASON_STOP, "length": llm_pb2.FINISH_REASON_LENGTH,
+                  "tool_calls": llm_pb2.FINISH_REASON_TOOL_CALLS}
 _tracer = telemetry.tracer("parley.llm")
+
+
+def tool_call_delta(call: ToolCall) -> llm_pb2.GenerateResponse:
+    """A typed tool call on the wire (never text)."""
+    return llm_pb2.GenerateResponse(delta=llm_pb2.TextDelta(tool_call=llm_pb2.ToolCall(
+        id=call.id, name=call.name, arguments_json=call.arguments, error=call.error)))
 
 
 def to_chat_request(request: llm_pb2.GenerateRequest, config: LLMConfig) -> ChatRequest:
@@ -62,7 +69,9 @@ def to_chat_request(request: llm_pb2.GenerateRequest, config: LLMConfig) -> Chat
     if not all(isinstance(tool, dict) for tool in tools):
         raise invalid_argument("tools_json must be a JSON array of objects")
     return ChatRequest(
-        messages=tuple(ChatTurn(m.role, m.content, m.tool_call_id) for m in request.messages),
+        messages=tuple(ChatTurn(m.role, m.content, m.tool_call_id, tuple(
+            ToolCall(c.id, c.name, c.arguments_json or "{}", c.error) for c in m.tool_calls))
+            for m in request.messages),
         sampling=Sampling(
             temperature=temperature, top_p=top_p, top_k=sampling.top_k, max_tokens=max_tokens,
             stop=tuple(s for s in sampling.stop if s),
@@ -102,7 +111,9 @@ class LanguageModelDeployment(StageDeployment[LLMConfig]):
             # aclosing: a cancelled RPC closes the engine's generator, which aborts the generation.
             async with aclosing(self.engine.generate(chat)) as stream:
                 async for item in stream:
-                    if isinstance(item, Delta):
+                    if isinstance(item, ToolCall):
+                        yield tool_call_delta(item)
+                    elif isinstance(item, Delta):
                         if first_token_s is None:
                             first_token_s = time.perf_counter() - started
                             span.add_event("first_token")

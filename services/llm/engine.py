@@ -1,12 +1,14 @@
 """The narrow interface every LLM engine meets.
 
-`generate` is an async generator of Delta items ending with one Finished. Closing it early
+`generate` is an async generator of Delta (text to speak) and ToolCall items ending with one
+Finished. A ToolCall is complete when yielded; the model's tool-call syntax never reaches a Delta. Closing it early
 (`aclose()`, or cancelling the task iterating it) must abort the work in the engine at once and
 count the abort in `stats`, so a barge-in frees the GPU.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -14,10 +16,23 @@ from typing import Any, Literal
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One call of an offered tool. `arguments` is a JSON object's text. A call the model wrote but
+    that could not be parsed has `error` set (and the raw text in `arguments`): it is answered with
+    a tool error, never spoken."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class ChatTurn:
     role: Literal["system", "user", "assistant", "tool"]
     content: str
     tool_call_id: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls, after its content
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,7 @@ class Delta:
 
 @dataclass(frozen=True)
 class Finished:
-    reason: Literal["stop", "length"]
+    reason: Literal["stop", "length", "tool_calls"]
     prompt_tokens: int
     completion_tokens: int
     # Seconds the request waited in the engine's queue before its first computation; None when
@@ -145,8 +160,12 @@ class TemplateTraits:
         return cls(system=system, assistant_first=assistant_first)
 
 
-def chat_messages(request: ChatRequest, traits: TemplateTraits = TemplateTraits()) -> list[dict[str, Any]]:
+def chat_messages(request: ChatRequest, traits: TemplateTraits = TemplateTraits(),
+                  arguments_as_text: bool = False) -> list[dict[str, Any]]:
     """The request's turns as the message dicts chat templates (and OpenAI servers) expect.
+
+    An assistant turn's tool calls go in OpenAI's `tool_calls` shape; their arguments as a dict
+    (what chat templates expect) or, with `arguments_as_text`, as JSON text (the OpenAI API).
 
     Consecutive turns of one role are merged (a caller who spoke twice while the reply was cut
     off): strict-alternation templates reject them. For a template without a system role the
@@ -159,12 +178,15 @@ def chat_messages(request: ChatRequest, traits: TemplateTraits = TemplateTraits(
     for turn in request.messages:
         if turn.role == "system" and not traits.system:
             continue
-        if messages and turn.role != "tool" and messages[-1]["role"] == turn.role:
+        if (messages and turn.role != "tool" and messages[-1]["role"] == turn.role
+                and not messages[-1].get("tool_calls") and not turn.tool_calls):
             messages[-1]["content"] = _join(messages[-1]["content"], turn.content)
             continue
         message: dict[str, Any] = {"role": turn.role, "content": turn.content}
         if turn.role == "tool" and turn.tool_call_id:
             message["tool_call_id"] = turn.tool_call_id
+        if turn.tool_calls:
+            message["tool_calls"] = [_call_message(call, arguments_as_text) for call in turn.tool_calls]
         messages.append(message)
     if not traits.system and system:
         # The instructions stay ahead of everything: in the opening user turn, or in a new one
@@ -181,3 +203,13 @@ def chat_messages(request: ChatRequest, traits: TemplateTraits = TemplateTraits(
 
 def _join(first: str, second: str, separator: str = "\n") -> str:
     return separator.join(part for part in (first, second) if part)
+
+
+def _call_message(call: ToolCall, as_text: bool) -> dict[str, Any]:
+    arguments: Any = call.arguments
+    if not as_text:
+        try:
+            arguments = json.loads(call.arguments)
+        except ValueError:  # a malformed call is shown to the model as it wrote it
+            pass
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}

@@ -24,27 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13parley/v1/llm.proto\x12\tparley.v1\"B\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\"\xc8\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\x90\x01\n\x0fGenerateRequest\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.parley.v1.ChatMessage\x12+\n\x08sampling\x18\x02 \x01(\x0b\x32\x19.parley.v1.SamplingParams\x12\x12\n\ntools_json\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"m\n\x10GenerateResponse\x12%\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x14.parley.v1.TextDeltaH\x00\x12)\n\x04\x64one\x18\x02 \x01(\x0b\x32\x19.parley.v1.GenerationDoneH\x00\x42\x07\n\x05\x65vent\")\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x05\"\xb1\x01\n\x0eGenerationDone\x12.\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x17.parley.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12\x1d\n\x15time_to_first_token_s\x18\x04 \x01(\x01\x12\x0f\n\x07total_s\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\t*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32V\n\rLanguageModel\x12\x45\n\x08Generate\x12\x1a.parley.v1.GenerateRequest\x1a\x1b.parley.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13parley/v1/llm.proto\x12\tparley.v1\"k\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\x12\'\n\ntool_calls\x18\x04 \x03(\x0b\x32\x13.parley.v1.ToolCall\"K\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xc8\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\x90\x01\n\x0fGenerateRequest\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.parley.v1.ChatMessage\x12+\n\x08sampling\x18\x02 \x01(\x0b\x32\x19.parley.v1.SamplingParams\x12\x12\n\ntools_json\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"m\n\x10GenerateResponse\x12%\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x14.parley.v1.TextDeltaH\x00\x12)\n\x04\x64one\x18\x02 \x01(\x0b\x32\x19.parley.v1.GenerationDoneH\x00\x42\x07\n\x05\x65vent\"Q\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x05\x12&\n\ttool_call\x18\x03 \x01(\x0b\x32\x13.parley.v1.ToolCall\"\xb1\x01\n\x0eGenerationDone\x12.\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x17.parley.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12\x1d\n\x15time_to_first_token_s\x18\x04 \x01(\x01\x12\x0f\n\x07total_s\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\t*}\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x32V\n\rLanguageModel\x12\x45\n\x08Generate\x12\x1a.parley.v1.GenerateRequest\x1a\x1b.parley.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.proto.llm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=786
-  _globals['_FINISHREASON']._serialized_end=881
+  _globals['_FINISHREASON']._serialized_start=944
+  _globals['_FINISHREASON']._serialized_end=1069
   _globals['_CHATMESSAGE']._serialized_start=34
-  _globals['_CHATMESSAGE']._serialized_end=100
-  _globals['_SAMPLINGPARAMS']._serialized_start=103
-  _globals['_SAMPLINGPARAMS']._serialized_end=303
-  _globals['_GENERATEREQUEST']._serialized_start=306
-  _globals['_GENERATEREQUEST']._serialized_end=450
-  _globals['_GENERATERESPONSE']._serialized_start=452
-  _globals['_GENERATERESPONSE']._serialized_end=561
-  _globals['_TEXTDELTA']._serialized_start=563
-  _globals['_TEXTDELTA']._serialized_end=604
-  _globals['_GENERATIONDONE']._serialized_start=607
-  _globals['_GENERATIONDONE']._serialized_end=784
-  _globals['_LANGUAGEMODEL']._serialized_start=883
-  _globals['_LANGUAGEMODEL']._serialized_end=969
+  _globals['_CHATMESSAGE']._serialized_end=141
+  _globals['_TOOLCALL']._serialized_start=143
+  _globals['_TOOLCALL']._serialized_end=218
+  _globals['_SAMPLINGPARAMS']._serialized_start=221
+  _globals['_SAMPLINGPARAMS']._serialized_end=421
+  _globals['_GENERATEREQUEST']._serialized_start=424
+  _globals['_GENERATEREQUEST']._serialized_end=568
+  _globals['_GENERATERESPONSE']._serialized_start=570
+  _globals['_GENERATERESPONSE']._serialized_end=679
+  _globals['_TEXTDELTA']._serialized_start=681
+  _globals['_TEXTDELTA']._serialized_end=762
+  _globals['_GENERATIONDONE']._serialized_start=765
+  _globals['_GENERATIONDONE']._serialized_end=942
+  _globals['_LANGUAGEMODEL']._serialized_start=1071
+  _globals['_LANGUAGEMODEL']._serialized_end=1157
 # @@protoc_insertion_point(module_scope)

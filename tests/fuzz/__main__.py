@@ -32,6 +32,7 @@ TARGETS = {
     "llm": ("tests.fuzz.stages", "fuzz_llm"),
     "tts": ("tests.fuzz.stages", "fuzz_tts"),
     "moshi": ("tests.fuzz.stages", "fuzz_moshi"),
+    "tool_calls": ("tests.fuzz.tool_calls", "fuzz_tool_calls"),
 }
 # Tokens libFuzzer splices into inputs (dicts/<name>.dict; libFuzzer takes one -dict, so a
 # target's dictionaries are concatenated into one file).
@@ -40,6 +41,7 @@ DICTIONARIES = {
     "twilio": ("json", "twilio"),
     "auth": ("json", "auth"),
     "llm": ("json",),
+    "tool_calls": ("json", "tool_calls"),
 }
 DEFAULT_FLAGS = ("-timeout=10",)  # an input that runs this long is a hang: reported as a crash
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_SECONDS = 5
 # Runs per target: about 2 s each on a quiet 2-core machine (their speeds differ 30-fold).
 RUNS = {"websocket": 20_000, "twilio": 20_000, "mulaw": 20_000, "auth": 50_000,
-        "asr": 50_000, "llm": 200_000, "tts": 150_000, "moshi": 30_000}
+        "asr": 50_000, "llm": 200_000, "tts": 150_000, "moshi": 30_000, "tool_calls": 100_000}
 # Where libFuzzer says the crashing input is: the file it wrote, or the file it was replaying.
 CRASH_INPUT = re.compile(r"(?:Test unit written to|Running:) (\S+)")
 

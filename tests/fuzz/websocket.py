@@ -3,7 +3,7 @@
 The input is a script of frames (tests/fuzz/harness.py): the `start` message, then JSON control
 messages and binary audio frames of any size. The real transport reads them from an in-memory
 socket: `open()` checks the start message and the caller's token, then `receive_audio()` runs
-until the script ends.
+until the script ends; typed `user_text` reaches the call only as a non-empty string in bounds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.fuzz import harness
 
 with atheris.instrument_imports(include=["services"]):
     from services.edge.transport import CallerHungUp, ProtocolError
-    from services.edge.transports.websocket import WebSocketTransport
+    from services.edge.transports.websocket import MAX_USER_TEXT_CHARS, WebSocketTransport
 
 MAX_FRAME_MS = 200
 MAX_FRAMES = 64
@@ -33,6 +33,10 @@ async def _session(socket: harness.ScriptedSocket) -> None:
         return
     assert 8000 <= transport.input_sample_rate <= 48000 and 8000 <= transport.output_sample_rate <= 48000
     assert transport.claims.get("sub") == "fuzz", "a caller got in without the valid token"
+
+    async def user_text(text: str) -> None:
+        assert isinstance(text, str) and text and text == text.strip() and len(text) <= MAX_USER_TEXT_CHARS
+    transport.on_user_text = user_text
     for _ in range(MAX_FRAMES):
         try:
             audio = await asyncio.wait_for(transport.receive_audio(), harness.IDLE_TIMEOUT_S)

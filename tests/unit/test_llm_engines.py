@@ -307,6 +307,12 @@ class StandInServer:
                 self.disconnected.set()
                 raise
             return response
+        if model == "tool-calls":
+            for chunk in TOOL_CALL_CHUNKS:  # the shape vLLM's and OpenAI's servers stream
+                await response.write(self.chunk(model, *chunk))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
         words = ["Hello", " there", ",", " friend", "!"]
         await response.write(b": keep-alive comment\n\n")
         for word in words:
@@ -319,6 +325,25 @@ class StandInServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _fragment(index: int, arguments: str, call_id: str = "", name: str = "") -> dict:
+    fragment = {"index": index, "function": {"arguments": arguments}}
+    if call_id:
+        fragment.update(id=call_id, type="function")
+        fragment["function"]["name"] = name
+    return fragment
+
+
+# (delta, finish_reason): spoken text, then two calls in fragments, the second malformed.
+TOOL_CALL_CHUNKS = [
+    ({"content": "Let me check."}, None),
+    ({"tool_calls": [_fragment(0, "", "call_w1", "get_weather")]}, None),
+    ({"tool_calls": [_fragment(0, '{"ci')]}, None),
+    ({"tool_calls": [_fragment(0, 'ty": "Paris"}')]}, None),
+    ({"tool_calls": [_fragment(1, '{"city": ', "call_w2", "get_weather")]}, None),
+    ({}, "tool_calls"),
+]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -407,3 +432,21 @@ async def test_load_engine_selects_the_openai_engine(server, monkeypatch):
     eng = load_engine(OpenAIConfig(base_url=server.base_url, model="m", api_key_env=API_KEY_ENV))
     assert isinstance(eng, OpenAIEngine)
     await eng.close()
+
+
+async def test_openai_streamed_tool_call_fragments_become_typed_calls(server, monkeypatch):
+    from services.llm.engine import ToolCall
+
+    eng = openai_engine(server, "tool-calls", monkeypatch)
+    history = (SYSTEM, USER, ChatTurn("assistant", "One moment.", tool_calls=(
+        ToolCall("call_0", "get_weather", '{"city": "Rome"}'),)), ChatTurn("tool", "21C", tool_call_id="call_0"))
+    items = [item async for item in eng.generate(ChatRequest(messages=history, tools=(WEATHER_TOOL,)))]
+    await eng.close()
+    text = "".join(item.text for item in items if isinstance(item, Delta))
+    calls = [item for item in items if isinstance(item, ToolCall)]
+    assert text == "Let me check." and items[-1].reason == "tool_calls"
+    assert calls[0] == ToolCall("call_w1", "get_weather", '{"city": "Paris"}')
+    assert calls[1].id == "call_w2" and "not valid JSON" in calls[1].error  # malformed: an error, not text
+    _, body = server.requests[-1]
+    assert body["messages"][2]["tool_calls"] == [
+        {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]

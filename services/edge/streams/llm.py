@@ -1,4 +1,6 @@
-"""A turn's LLM stream: one Generate RPC, re-sent on failure with the text already received skipped.
+"""A turn's LLM stream: one Generate RPC, re-sent on failure with what was already received skipped.
+
+It yields text deltas (str) and typed tool calls (llm_pb2.ToolCall), never a tool call as text.
 
 Deadline: every next delta is due `response_timeout_s` after it is asked for. Closing the
 generator (a barge-in) cancels the RPC, and the LLM stage aborts the generation.
@@ -14,19 +16,29 @@ from services.common.requests import Generate
 from services.common.rpc import stage_metadata
 from services.edge.config import ResilienceConfig
 from services.edge.streams.base import Metadata, RetryBudget, StageClients, StageTimeout, within
+from services.proto import llm_pb2
 
 
-async def reply_deltas(stages: StageClients, messages: list[tuple[str, str]], *, temperature: float, max_tokens: int,
-                       request_id: str, config: ResilienceConfig, metadata: Metadata = ()) -> AsyncIterator[str]:
-    """The reply's text deltas, continuous across re-sent requests."""
-    request = Generate.request(messages, request_id=request_id, temperature=temperature, max_tokens=max_tokens)
-    budget, received = RetryBudget("llm", config), 0
+async def reply_deltas(stages: StageClients, messages: list, *, temperature: float, max_tokens: int,
+                       request_id: str, config: ResilienceConfig, metadata: Metadata = (),
+                       tools_json: str = "") -> AsyncIterator[str | llm_pb2.ToolCall]:
+    """The reply's text deltas and tool calls, continuous across re-sent requests."""
+    request = Generate.request(messages, request_id=request_id, temperature=temperature, max_tokens=max_tokens,
+                               tools_json=tools_json)
+    budget, received, calls = RetryBudget("llm", config), 0, 0
     while True:
         call = stages.llm.Generate(request, metadata=stage_metadata(stages.config.llm_application, *metadata))
-        skip = received
+        skip, skip_calls = received, calls
         try:
             async for response in within(config.response_timeout_s).read(call):
                 if response.WhichOneof("event") != "delta":
+                    continue
+                if response.delta.HasField("tool_call"):
+                    if skip_calls:
+                        skip_calls -= 1
+                        continue
+                    calls += 1
+                    yield response.delta.tool_call
                     continue
                 text = response.delta.text
                 if skip:

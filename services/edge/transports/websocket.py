@@ -12,8 +12,11 @@ from services.common.audio import AudioFormatError, check_sample_rate
 from services.edge.auth import AuthError, verify_token
 from services.edge.transport import MAX_CONTROL_BYTES, CallerHungUp, ProtocolError, Transport, json_message
 
+MAX_USER_TEXT_CHARS = 4000
+
 
 class WebSocketTransport(Transport):
+    can_transfer = True  # the `transfer` event hands the caller to the client's side
     def __init__(self, websocket: WebSocket, input_rate: int, output_rate: int, max_frame_bytes: int,
                  start: dict[str, Any], max_control_bytes: int = MAX_CONTROL_BYTES):
         self.websocket = websocket
@@ -75,7 +78,20 @@ class WebSocketTransport(Transport):
             control = json_message(message.get("text") or "", "type", self.max_control_bytes)
             if control["type"] == "stop":
                 raise CallerHungUp()
+            if control["type"] == "user_text":
+                await self._user_text(control)
+                continue
             raise ProtocolError(f"unexpected message type `{control['type']}`")
+
+    async def _user_text(self, control: dict[str, Any]) -> None:
+        """Typed input: a user turn, interrupting the agent like speech would."""
+        text = control.get("text")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_USER_TEXT_CHARS:
+            raise ProtocolError(f"`user_text` needs a non-empty string `text` of at most {MAX_USER_TEXT_CHARS} "
+                                "characters")
+        if self.on_user_text is None:
+            raise ProtocolError("`user_text` is not supported in this call (duplex calls take audio only)")
+        await self.on_user_text(text.strip())
 
     async def send_audio(self, frame: bytes) -> None:
         await self._send({"type": "websocket.send", "bytes": frame})

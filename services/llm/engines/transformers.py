@@ -22,7 +22,17 @@ from typing import Any
 
 from services.common.config import is_local_path, require_path, resolve_device
 from services.llm.config import TransformersConfig
-from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine, Sampling, TemplateTraits, chat_messages
+from services.llm.engine import (
+    ChatRequest,
+    Delta,
+    Finished,
+    LLMEngine,
+    Sampling,
+    TemplateTraits,
+    ToolCall,
+    chat_messages,
+)
+from services.llm.tool_calls import SPLITTERS, split_stream
 
 _REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
 
@@ -245,7 +255,15 @@ class TransformersEngine(LLMEngine):
 
     # -- generation -------------------------------------------------------------------------------
 
-    async def generate(self, request: ChatRequest) -> AsyncIterator[Delta | Finished]:
+    def generate(self, request: ChatRequest) -> AsyncIterator[Delta | ToolCall | Finished]:
+        """With tools offered, the model's tool calls (in `config.tool_parser`'s format) come out as
+        ToolCall items, never as text."""
+        stream = self._generate(request)
+        if request.tools and self.config.tool_parser is not None:
+            return split_stream(stream, SPLITTERS[self.config.tool_parser]())
+        return stream
+
+    async def _generate(self, request: ChatRequest) -> AsyncIterator[Delta | Finished]:
         request_id = request.request_id or f"chat-{uuid.uuid4().hex[:16]}"
         job: _Job | None = None
         future: concurrent.futures.Future | None = None

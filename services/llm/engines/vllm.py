@@ -1,5 +1,9 @@
 """vLLM's async engine (CUDA): continuous batching, paged KV cache, prefix caching.
 
+Tool calls: vLLM's own tool-call parser for the model (`tool_parser`, the names of `vllm serve
+--tool-call-parser`) reads the text from the parser's start marker on, which is held back and
+never yielded as text; the calls come out as ToolCall items.
+
 Written against vLLM >= 0.11 (the v1 engine; `AsyncLLMEngine` is its `AsyncLLM`). vLLM is
 imported only when this engine is built, so the module imports anywhere. Closing or cancelling
 `generate` aborts the request inside vLLM at once, freeing its KV-cache blocks for the next turn.
@@ -10,12 +14,23 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 from services.common.config import is_local_path, require_path
 from services.llm.config import VLLMConfig
-from services.llm.engine import ChatRequest, Delta, Finished, LLMEngine, Sampling, TemplateTraits, chat_messages
+from services.llm.engine import (
+    ChatRequest,
+    Delta,
+    Finished,
+    LLMEngine,
+    Sampling,
+    TemplateTraits,
+    ToolCall,
+    chat_messages,
+)
+from services.llm.tool_calls import new_call_id, split_stream
 
 
 def _import_vllm():
@@ -36,6 +51,71 @@ def queue_seconds(output: Any) -> float | None:
     if queued and scheduled:  # the v1 engine's RequestStateStats (engine-core monotonic clock)
         return max(0.0, scheduled - queued)
     return getattr(stats, "time_in_queue", None)  # older engines' RequestMetrics
+
+
+def _tool_parser_class(name: str) -> Any:
+    try:
+        from vllm.tool_parsers import ToolParserManager  # newer layout
+    except ImportError:
+        from vllm.entrypoints.openai.tool_parsers import ToolParserManager
+    return ToolParserManager.get_tool_parser(name)
+
+
+def _openai_request(request: ChatRequest, model: str) -> Any:
+    """The OpenAI-protocol request vLLM's tool parsers read their tool list from."""
+    try:
+        from vllm.entrypoints.openai.protocol import ChatCompletionRequest
+    except ImportError:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    return ChatCompletionRequest(model=model, messages=chat_messages(request, arguments_as_text=True),
+                                 tools=list(request.tools))
+
+
+class VLLMSplitter:
+    """Holds the model's text from the parser's start marker (or an opening `{` for JSON-only
+    formats such as llama3_json) and hands it to vLLM's parser at the end."""
+
+    def __init__(self, parser: Any, request: Any) -> None:
+        self.parser, self.request = parser, request
+        self.marker = getattr(parser, "tool_call_start_token", None) or ""
+        self.text, self.sent, self.holding = "", 0, False
+
+    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
+        self.text += text
+        if self.holding:
+            return "", []
+        if self.marker:
+            at = self.text.find(self.marker, self.sent)
+            cut = at if at >= 0 else len(self.text) - _partial(self.text[self.sent:], self.marker)
+            self.holding = at >= 0
+        else:
+            self.holding = self.text.lstrip()[:1] in ("{", "[")
+            cut = self.sent if self.holding else len(self.text)
+        out, self.sent = self.text[self.sent:cut], cut
+        return out, []
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        held = self.text[self.sent:]
+        if not self.holding:
+            return held, []
+        try:
+            info = self.parser.extract_tool_calls(self.text, self.request)
+        except Exception as error:  # noqa: BLE001 - a parser bug must not end the call
+            return "", [ToolCall(new_call_id(), "", held[:2000], f"the tool call could not be parsed: {error}")]
+        if not info.tools_called:
+            return "", [ToolCall(new_call_id(), "", held[:2000], "the model wrote a malformed tool call")]
+        calls = [ToolCall(c.id or new_call_id(), c.function.name, c.function.arguments or "{}")
+                 for c in info.tool_calls]
+        content = info.content or ""
+        # The parser's content is the whole reply's text before the calls: yield only what is new.
+        return content[self.sent:] if content.startswith(self.text[:self.sent]) else "", calls
+
+
+def _partial(text: str, marker: str) -> int:
+    for k in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:k]):
+            return k
+    return 0
 
 
 class VLLMEngine(LLMEngine):
@@ -108,7 +188,19 @@ class VLLMEngine(LLMEngine):
             kwargs["output_kind"] = self._delta_kind
         return self._vllm.SamplingParams(**kwargs)
 
-    async def generate(self, request: ChatRequest) -> AsyncIterator[Delta | Finished]:
+    async def generate(self, request: ChatRequest) -> AsyncIterator[Delta | ToolCall | Finished]:
+        """With tools offered and a `tool_parser` configured, tool calls come out typed."""
+        stream = self._generate(request)
+        if request.tools and self.config.tool_parser:
+            tokenizer = await self.tokenizer()
+            splitter = VLLMSplitter(_tool_parser_class(self.config.tool_parser)(tokenizer),
+                                    _openai_request(request, self.model_name))
+            stream = split_stream(stream, splitter)
+        async with aclosing(stream) as items:
+            async for item in items:
+                yield item
+
+    async def _generate(self, request: ChatRequest) -> AsyncIterator[Delta | Finished]:
         request_id = request.request_id or f"chat-{uuid.uuid4().hex[:16]}"
         submitted = False
         with self.stats.track(request_id) as tracked:

@@ -109,6 +109,26 @@ class Model(llm_pb2_grpc.LanguageModelServicer):
         yield llm_pb2.GenerateResponse(done=llm_pb2.GenerationDone())
 
 
+class EngineModel(llm_pb2_grpc.LanguageModelServicer):
+    """A real LLM engine behind the LLM stage's own request checks and wire conversion."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    async def Generate(self, request, context):
+        from services.llm.config import LLMConfig
+        from services.llm.deployment import FINISH_REASONS, to_chat_request, tool_call_delta
+        from services.llm.engine import Delta, ToolCall
+
+        async for item in self.engine.generate(to_chat_request(request, LLMConfig())):
+            if isinstance(item, ToolCall):
+                yield tool_call_delta(item)
+            elif isinstance(item, Delta):
+                yield llm_pb2.GenerateResponse(delta=llm_pb2.TextDelta(text=item.text, tokens=item.tokens))
+            else:
+                yield llm_pb2.GenerateResponse(done=llm_pb2.GenerationDone(finish_reason=FINISH_REASONS[item.reason]))
+
+
 class Synthesizer(tts_pb2_grpc.SpeechSynthesisServicer):
     """Each segment: WORD_S of tone per word, in one chunk with word timings, after `delay_s`."""
 
@@ -159,6 +179,7 @@ class Duplex(moshi_pb2_grpc.DuplexSpeechServicer):
 
 ADDERS = {Recognizer: asr_pb2_grpc.add_SpeechRecognitionServicer_to_server,
           Model: llm_pb2_grpc.add_LanguageModelServicer_to_server,
+          EngineModel: llm_pb2_grpc.add_LanguageModelServicer_to_server,
           Synthesizer: tts_pb2_grpc.add_SpeechSynthesisServicer_to_server,
           Duplex: moshi_pb2_grpc.add_DuplexSpeechServicer_to_server}
 
@@ -185,7 +206,8 @@ class Stages:
         await self.server.stop(None)
 
 
-def edge_config(**persona) -> EdgeConfig:
+def edge_config(tools_config: dict | None = None, **persona) -> EdgeConfig:
     """Fast settings for in-process calls: no fallback line, short timeouts."""
-    return EdgeConfig(persona=PersonaConfig(**persona), resilience={"fallback_text": "", "response_timeout_s": 3.0})
+    return EdgeConfig(persona=PersonaConfig(**persona), resilience={"fallback_text": "", "response_timeout_s": 3.0},
+                      tools=tools_config or {})
 

@@ -1,0 +1,104 @@
+"""How a tool runs: a signed HTTP webhook or a Python callable; every outcome becomes a ToolResult.
+
+Webhook contract (docs/tools.md): POST `{"call_id", "tool_call_id", "name", "arguments"}` as JSON
+with `X-Parley-Timestamp` (unix seconds) and `X-Parley-Signature: sha256=<hex>`, the HMAC-SHA256
+of `<timestamp>.<body>` under the secret in the runner's $secret_env. A 2xx answer's body is the
+result (`{"result": ...}` is unwrapped); anything else, a timeout included, is a tool error the
+model is told about.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.registry import import_object
+from services.edge.tools.config import PythonRunner, WebhookRunner
+
+SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-Parley-Signature", "X-Parley-Timestamp"
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What goes back to the model as the tool message."""
+
+    content: str
+    error: bool = False
+
+    @classmethod
+    def failed(cls, message: str) -> ToolResult:
+        return cls(json.dumps({"error": message}), error=True)
+
+
+class ToolError(Exception):
+    """A tool failed in a way the model should hear about (its message goes to the model)."""
+
+
+@dataclass
+class ToolContext:
+    """What a running tool knows of its call; built-ins act on the call through it."""
+
+    call_id: str
+    tool_call_id: str
+    end_call: Callable[[], None] = lambda: None
+    transfer: Callable[[str], Awaitable[None]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The signature header's value for a webhook body."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: bytes, timestamp: str, body: bytes, signature: str, max_age_s: float = 300.0) -> bool:
+    """A receiver's check: the signature matches and the timestamp is recent (no replays)."""
+    try:
+        fresh = abs(time.time() - int(timestamp)) <= max_age_s
+    except ValueError:
+        return False
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def as_text(value: Any) -> str:
+    """A result as the model reads it: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+async def run_webhook(runner: WebhookRunner, client: Any, name: str, arguments: dict, context: ToolContext) -> str:
+    """POST the call; the answer's body (unwrapped from `result`) or ToolError."""
+    import httpx
+
+    secret = os.environ.get(runner.secret_env, "")
+    if not secret:
+        raise ToolError(f"the tool is not configured (no secret in ${runner.secret_env})")
+    body = json.dumps({"call_id": context.call_id, "tool_call_id": context.tool_call_id, "name": name,
+                       "arguments": arguments}).encode()
+    timestamp = str(int(time.time()))
+    headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
+               SIGNATURE_HEADER: sign(secret.encode(), timestamp, body)}
+    try:
+        response = await client.post(runner.url, content=body, headers=headers)
+    except httpx.HTTPError as error:
+        raise ToolError(f"the tool's service could not be reached ({type(error).__name__})") from None
+    if not 200 <= response.status_code < 300:
+        raise ToolError(f"the tool's service answered HTTP {response.status_code}")
+    try:
+        answer = response.json()
+    except ValueError:
+        return response.text
+    return as_text(answer["result"] if isinstance(answer, dict) and "result" in answer else answer)
+
+
+async def run_python(runner: PythonRunner, arguments: dict, context: ToolContext) -> str:
+    """Call the function (awaited when async) with (arguments, context)."""
+    result = import_object(runner.path)(arguments, context)
+    if inspect.isawaitable(result):
+        result = await result
+    return as_text(result)
