@@ -9,36 +9,36 @@ from pydantic import Field
 from services.common.config import Config, Device
 
 
-class KokoroConfig(Config):
+class KokoroVoiceConfig(Config):
+    """What both Kokoro engines share: the voice and the English G2P."""
+
+    # A voice the model has (PyTorch: a name from <model>/voices or an absolute path to a .pt file;
+    # callers choose voices by name only, since a path from a caller would load arbitrary files).
+    default_voice: str = "af_heart"
+    # Used instead of default_voice wherever the model has it (a pulled English voice).
+    preferred_voice: str | None = "af_heart"
+    # "auto": misaki's spaCy-based G2P when en_core_web_sm is installed, else espeak-ng.
+    g2p: Literal["auto", "misaki", "espeak"] = "auto"
+
+
+class KokoroConfig(KokoroVoiceConfig):
     kind: Literal["kokoro"] = "kokoro"
     # Directory with config.json, the weights (*.pth) and voices/*.pt, in hexgrad/Kokoro-82M's layout.
     model: str = "models/tiny/kokoro"
     device: Device = "auto"
-    # A name from <model>/voices, or an absolute path to a .pt voice file (callers choose voices
-    # by name only: a path from a caller would let it load arbitrary files).
-    default_voice: str = "af_heart"
-    # Used instead of default_voice wherever the model has it (a pulled English voice).
-    preferred_voice: str | None = "af_heart"
     # misaki language code: "a" American English, "b" British English.
     lang_code: Literal["a", "b"] = "a"
-    # "auto": misaki's spaCy-based G2P when en_core_web_sm is installed, else espeak-ng.
-    g2p: Literal["auto", "misaki", "espeak"] = "auto"
     torch_threads: int = Field(1, ge=1)
 
 
-class KokoroOnnxConfig(Config):
+class KokoroOnnxConfig(KokoroVoiceConfig):
     """Kokoro-82M exported to ONNX (kokoro-v1.0, int8 or fp32) on onnxruntime: the CPU deployment."""
 
     kind: Literal["kokoro_onnx"] = "kokoro_onnx"
     # Directory with one *.onnx model, voices.npz (or voices-v1.0.bin: name -> [510, 1, 256]) and
     # vocab.json ({"vocab": {phoneme: id}}).
     model: str = "models/cpu/kokoro-82m-onnx"
-    # A voice in the voices file; preferred_voice wins wherever the file has it.
-    default_voice: str = "af_heart"
-    preferred_voice: str | None = "af_heart"
     lang: Literal["en-us", "en-gb"] = "en-us"
-    # As for the PyTorch engine: misaki's G2P needs spaCy's en_core_web_sm, espeak works anywhere.
-    g2p: Literal["auto", "misaki", "espeak"] = "auto"
     # onnxruntime's intra-op threads (0 = one per core).
     threads: int = Field(1, ge=0)
 
