@@ -19,6 +19,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,30 +33,76 @@ from services.moshi.engine import FRAME_SAMPLES  # noqa: E402
 TICK_MS = 80.0
 
 
-def build_models(args):
-    """(mimi, lm, tokenizer): the checkpoint in --model, or full-size random-weight models."""
+def build_models(model_dir: Path, full_size: bool, device: str):
+    """(mimi, lm, tokenizer): the checkpoint in model_dir, or full-size random-weight models (then
+    only the checkpoint's text tokenizer is read)."""
     import torch
     from moshi.models import loaders
 
     from services.moshi.loading import load_moshi
 
-    if not args.full_size:
-        mimi, lm, tokenizer, _ = load_moshi(Path(args.model), args.device)
+    if not full_size:
+        mimi, lm, tokenizer, _ = load_moshi(Path(model_dir), device)
         return mimi, lm, tokenizer
-    _, _, tokenizer, _ = load_moshi(Path(args.model), "cpu")  # only the text pieces are read from it
+    _, _, tokenizer, _ = load_moshi(Path(model_dir), "cpu")  # only the text pieces are read from it
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    mimi = loaders.get_mimi(None, device=args.device)
-    lm = loaders.get_moshi_lm(None, device=args.device, dtype=dtype)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    mimi = loaders.get_mimi(None, device=device)
+    lm = loaders.get_moshi_lm(None, device=device, dtype=dtype)
     mimi.eval(), lm.eval()
     return mimi, lm, tokenizer
 
 
-def measure(models, batch: int, steps: int, warmup: int, device: str) -> dict:
+def streaming_state_bytes(*modules) -> int:
+    """Bytes held by the streaming state of moshi modules (KV caches, conv buffers, token caches):
+    what each slot adds, on any device. Tensors are counted once, by storage."""
+    import torch
+
+    seen, total = set(), 0
+
+    def add(value, depth: int) -> None:
+        nonlocal total
+        if isinstance(value, torch.Tensor):
+            key = (value.device, value.untyped_storage().data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += value.untyped_storage().nbytes()
+        elif isinstance(value, list | tuple):
+            for item in value:
+                add(item, depth)
+        elif depth < 2 and hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module):
+            for item in vars(value).values():  # a state's helpers, e.g. the ring KV cache
+                add(item, depth + 1)
+
+    for root in modules:
+        for module in root.modules():
+            state = getattr(module, "_streaming_state", None)
+            if state is not None:
+                add(state, 0)
+    return total
+
+
+@dataclass
+class StepTiming:
+    """One batch size's ticks: durations in ms, the slots' streaming state and, on CUDA, the
+    allocator's peak while the engine ran."""
+
+    batch: int
+    times_ms: list[float]
+    state_bytes: int
+    peak_bytes: int | None
+
+
+def time_steps(models, batch: int, steps: int, warmup: int, device: str) -> StepTiming:
+    """Time `steps` calls of the serving engine's step with `batch` active slots fed noise."""
     import torch
 
     from services.moshi.engines.moshi import MoshiEngine
 
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     config = MoshiEngineConfig(model="unused", device=device, slots=batch)
     engine = MoshiEngine(config, *models)
     rng = np.random.default_rng(batch)
@@ -68,11 +115,17 @@ def measure(models, batch: int, steps: int, warmup: int, device: str) -> dict:
             engine.step(frames, active)  # returns host arrays: includes the device sync
             if step >= warmup:
                 times.append((time.perf_counter() - started) * 1000)
+        state = streaming_state_bytes(engine.mimi, engine.lm_gen)
+        peak = torch.cuda.max_memory_allocated() if cuda else None
     finally:
         engine.close()
-        if device == "cuda":
+        if cuda:
             torch.cuda.empty_cache()
-    times.sort()
+    return StepTiming(batch, times, state, peak)
+
+
+def measure(models, batch: int, steps: int, warmup: int, device: str) -> dict:
+    times = sorted(time_steps(models, batch, steps, warmup, device).times_ms)
     p50, p90 = statistics.median(times), times[int(0.9 * (len(times) - 1))]
     return {"batch": batch, "p50_ms": round(p50, 1), "p90_ms": round(p90, 1), "max_ms": round(times[-1], 1),
             "realtime": p90 < TICK_MS}
@@ -97,7 +150,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = build_models(args)
+    models = build_models(Path(args.model), args.full_size, args.device)
     rows = [measure(models, batch, args.steps, args.warmup, args.device) for batch in args.batches]
     fitting = [row["batch"] for row in rows if row["realtime"]]
     conversations = max(fitting, default=0)

@@ -10,6 +10,15 @@ QUANTILES = (50, 95, 99)
 FAILURES = ("dropped", "unanswered", "error")
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table: text columns left-aligned, the rest right-aligned (by the first row)."""
+    first = rows[0] if rows else header
+    align = ["---" if isinstance(value, str) else "---:" for value in first]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join("-" if value is None else str(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 

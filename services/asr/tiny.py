@@ -153,11 +153,11 @@ def _suppressed_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _preprocessor_config() -> dict:
+def _preprocessor_config(n_mels: int = N_MELS) -> dict:
     return {
         "chunk_length": 30,
         "feature_extractor_type": "WhisperFeatureExtractor",
-        "feature_size": N_MELS,
+        "feature_size": n_mels,
         "hop_length": 160,
         "n_fft": 400,
         "n_samples": 30 * SAMPLE_RATE,
@@ -170,7 +170,7 @@ def _preprocessor_config() -> dict:
     }
 
 
-def _save_hf(hf_dir: Path) -> None:
+def _save_hf(hf_dir: Path, dims: dict, n_mels: int) -> None:
     import torch
     from transformers import (
         GenerationConfig,
@@ -185,20 +185,20 @@ def _save_hf(hf_dir: Path) -> None:
     begin_suppress = [space_id, EOT_ID]
     alignment_heads = [
         [layer, head]
-        for layer in range(MODEL_DIMS["decoder_layers"] // 2, MODEL_DIMS["decoder_layers"])
-        for head in range(MODEL_DIMS["decoder_attention_heads"])
+        for layer in range(dims["decoder_layers"] // 2, dims["decoder_layers"])
+        for head in range(dims["decoder_attention_heads"])
     ]
 
     config = WhisperConfig(
         vocab_size=VOCAB_SIZE,
-        num_mel_bins=N_MELS,
+        num_mel_bins=n_mels,
         pad_token_id=EOT_ID,
         bos_token_id=EOT_ID,
         eos_token_id=EOT_ID,
         decoder_start_token_id=SOT_ID,
         suppress_tokens=suppress,
         begin_suppress_tokens=begin_suppress,
-        **MODEL_DIMS,
+        **dims,
     )
     torch.manual_seed(SEED)
     model = WhisperForConditionalGeneration(config).eval()
@@ -208,7 +208,7 @@ def _save_hf(hf_dir: Path) -> None:
         bos_token_id=EOT_ID,
         eos_token_id=EOT_ID,
         pad_token_id=EOT_ID,
-        max_length=MODEL_DIMS["max_target_positions"],
+        max_length=dims["max_target_positions"],
         suppress_tokens=suppress,
         begin_suppress_tokens=begin_suppress,
         alignment_heads=alignment_heads,
@@ -229,18 +229,21 @@ def _save_hf(hf_dir: Path) -> None:
     ).save_pretrained(hf_dir)
     # The tokenizer file faster-whisper reads is the one built here, byte for byte.
     tokenizer.save(str(hf_dir / "tokenizer.json"))
-    (hf_dir / "preprocessor_config.json").write_text(json.dumps(_preprocessor_config(), indent=2))
+    (hf_dir / "preprocessor_config.json").write_text(json.dumps(_preprocessor_config(n_mels), indent=2))
 
 
-def build(out_dir: Path) -> None:
-    """Write the tiny Whisper (CTranslate2 model.bin, config, vocabulary, tokenizer) to out_dir."""
+def build(out_dir: Path, dims: dict | None = None, n_mels: int = N_MELS, quantization: str | None = None) -> None:
+    """Write the tiny Whisper (CTranslate2 model.bin, config, vocabulary, tokenizer) to out_dir.
+
+    `dims` and `n_mels` give another architecture in the same format with the same vocabulary
+    (the GPU benchmark builds large-v3-turbo's this way); `quantization` is CTranslate2's weight type."""
     import ctranslate2
 
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="parley-tiny-whisper-") as tmp:
         hf_dir = Path(tmp) / "hf"
-        _save_hf(hf_dir)
+        _save_hf(hf_dir, dims or MODEL_DIMS, n_mels)
         converter = ctranslate2.converters.TransformersConverter(
             str(hf_dir), copy_files=["tokenizer.json", "preprocessor_config.json"]
         )
-        converter.convert(str(out_dir), force=True)
+        converter.convert(str(out_dir), quantization=quantization, force=True)

@@ -95,13 +95,15 @@ def tiny_config() -> dict:
     }
 
 
-def build(out_dir: Path) -> None:
+def build(out_dir: Path, config: dict | None = None) -> None:
+    """Write the model to out_dir; `config` gives another architecture in the same layout (the GPU
+    benchmark builds Kokoro-82M's own this way)."""
     import torch
     from kokoro import KModel
 
     out_dir = Path(out_dir)
     (out_dir / "voices").mkdir(parents=True, exist_ok=True)
-    config = tiny_config()
+    config = config or tiny_config()
     (out_dir / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n",
                                          encoding="utf-8")
 
