@@ -123,10 +123,11 @@ def markdown(found: dict) -> str:
     lines = [f"### {found['device_name']}" + (" (tiny models: proves the kit, not capacity)" if found["tiny"] else ""), ""]
     duplex_found = found["duplex"]
     if duplex_found:
+        at = (f" (p95 {duplex_found['p95_ms_at_calls']} ms"
+              + (f", peak {duplex_found['peak_gb_at_calls']} GB" if duplex_found["peak_gb_at_calls"] else "") + ")"
+              if duplex_found["calls_per_gpu"] else " (no measured batch is in real time)")
         lines.append(f"Duplex calls per GPU (largest batch with p95 step < {TICK_MS:g} ms): "
-                     f"**{duplex_found['calls_per_gpu']}** (p95 {duplex_found['p95_ms_at_calls']} ms"
-                     + (f", peak {duplex_found['peak_gb_at_calls']} GB" if duplex_found["peak_gb_at_calls"] else "")
-                     + f"); slots that fit in memory: {duplex_found['memory_slots'] or '-'}"
+                     f"**{duplex_found['calls_per_gpu']}**{at}; slots that fit in memory: {duplex_found['memory_slots'] or '-'}"
                      + (f"; ${duplex_found['usd_per_conversation_minute']:.4f} per conversation-minute"
                         if "usd_per_conversation_minute" in duplex_found else ""))
         lines.append("")
