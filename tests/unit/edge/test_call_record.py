@@ -11,6 +11,7 @@ import time
 import pytest
 from aiohttp import web
 
+from services.common.rpc import SESSION_METADATA
 from services.common.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from services.edge.config import EdgeConfig, PersonaConfig
 from services.edge.host import CallHost
@@ -78,11 +79,11 @@ def agent():
                   ["Goodbye! ", {"call": "end_call"}])
 
 
-async def hold_call(edge: EdgeConfig, claims: dict | None = None, say=(SAID, "thanks, bye")):
+async def hold_call(edge: EdgeConfig, claims: dict | None = None, say=(SAID, "thanks, bye"), model=None):
     """One call through the host: the caller says each line once the agent has answered the last;
-    the agent ends it. Returns (host, failure)."""
+    the agent ends it. Returns (host, failure, transport)."""
     asr = Recognizer()
-    async with Stages(asr, EngineModel(agent()), Synthesizer()) as stages:
+    async with Stages(asr, model or EngineModel(agent()), Synthesizer()) as stages:
         host = CallHost(edge, lambda: stages.clients, VoiceCatalog(lambda: asyncio.sleep(0, ["v"])))
         transport = FakeTransport(claims=claims, greeting=False)
 
@@ -98,7 +99,7 @@ async def hold_call(edge: EdgeConfig, claims: dict | None = None, say=(SAID, "th
                 await asyncio.sleep(0.05)
             asr.user_says(text, index)
         failure = await asyncio.wait_for(held, 20)
-        return host, failure
+        return host, failure, transport
 
 
 async def settled(host: CallHost, timeout_s: float = 10.0) -> None:
@@ -111,7 +112,7 @@ async def settled(host: CallHost, timeout_s: float = 10.0) -> None:
 async def test_without_capture_the_record_is_signed_and_holds_no_words(monkeypatch):
     monkeypatch.setenv("PARLEY_RECORD_SECRET", SECRET)
     async with Receiver() as receiver:
-        host, failure = await hold_call(config(dict(url=receiver.url)))
+        host, failure, _ = await hold_call(config(dict(url=receiver.url)))
         await settled(host)
     assert failure.code == "agent_ended" and receiver.verified == [True] and host.records.sent == 1
     (record,) = receiver.records
@@ -131,7 +132,7 @@ async def test_without_capture_the_record_is_signed_and_holds_no_words(monkeypat
 async def test_with_capture_the_transcript_and_arguments_are_in_it(monkeypatch):
     monkeypatch.setenv("PARLEY_RECORD_SECRET", SECRET)
     async with Receiver() as receiver:
-        host, _ = await hold_call(config(dict(url=receiver.url, capture_content=True)))
+        host, _, _ = await hold_call(config(dict(url=receiver.url, capture_content=True)))
         await settled(host)
     (record,) = receiver.records
     assert receiver.verified == [True] and record["content_captured"] is True
@@ -145,9 +146,9 @@ async def test_with_capture_the_transcript_and_arguments_are_in_it(monkeypatch):
 async def test_no_record_by_default_nor_without_the_secret(monkeypatch):
     monkeypatch.delenv("PARLEY_RECORD_SECRET", raising=False)
     async with Receiver() as receiver:
-        host, _ = await hold_call(config())  # no post_call: off
+        host, _, _ = await hold_call(config())  # no post_call: off
         assert (host.records.sent, host.records.dropped) == (0, 0)
-        host, _ = await hold_call(config(dict(url=receiver.url)))  # on, but no secret set
+        host, _, _ = await hold_call(config(dict(url=receiver.url)))  # on, but no secret set
         await settled(host)
     assert receiver.bodies == [] and host.records.dropped == 1
 
@@ -156,7 +157,7 @@ async def test_a_persona_record_replaces_the_edges_and_a_tokens_must_be_on_the_a
     monkeypatch.setenv("PARLEY_RECORD_SECRET", SECRET)
     async with Receiver() as edge_wide, Receiver() as own:
         edge = config(dict(url=edge_wide.url), post_call=PostCallConfig(url=own.url, capture_content=True))
-        host, _ = await hold_call(edge)
+        host, _, _ = await hold_call(edge)
         await settled(host)
         assert edge_wide.bodies == [] and own.records[0]["content_captured"] is True
         with pytest.raises(ProtocolError, match="post_call.url host"):
@@ -170,16 +171,16 @@ async def test_a_slow_or_failing_receiver_neither_delays_the_call_nor_leaks(monk
     monkeypatch.setenv("PARLEY_RECORD_SECRET", SECRET)
     async with Receiver(statuses=(503,), delay_s=0.4) as receiver:
         retried = dict(url=receiver.url, timeout_s=1.0, attempts=3, retry_backoff_s=0.05)
-        host, _ = await hold_call(config(retried))
+        host, _, _ = await hold_call(config(retried))
         assert host.records.pending == 1 and receiver.answered == 0  # the call ended before its record did
         await settled(host)
         assert len(receiver.bodies) == 3 and host.records.failed == 1  # 503: retried, bounded
     async with Receiver(statuses=(400,)) as receiver:
-        host, _ = await hold_call(config(dict(url=receiver.url, attempts=3)))
+        host, _, _ = await hold_call(config(dict(url=receiver.url, attempts=3)))
         await settled(host)
         assert len(receiver.bodies) == 1 and host.records.failed == 1  # refused: not sent again
     async with Receiver(delay_s=3) as receiver:  # a receiver that does not answer in time
-        host, _ = await hold_call(config(dict(url=receiver.url, timeout_s=0.2, attempts=2,
+        host, _, _ = await hold_call(config(dict(url=receiver.url, timeout_s=0.2, attempts=2,
                                                  retry_backoff_s=0)))
         await settled(host)
         # Both attempts gave up at their timeout, before the receiver ever answered.
@@ -189,9 +190,19 @@ async def test_a_slow_or_failing_receiver_neither_delays_the_call_nor_leaks(monk
 async def test_shutdown_cancels_what_is_still_pending(monkeypatch):
     monkeypatch.setenv("PARLEY_RECORD_SECRET", SECRET)
     async with Receiver(delay_s=3) as receiver:
-        host, _ = await hold_call(config(dict(url=receiver.url, timeout_s=30)))
+        host, _, _ = await hold_call(config(dict(url=receiver.url, timeout_s=30)))
         [delivery] = [t for t in asyncio.all_tasks() if t.get_name().endswith(":record")]
         assert host.records.pending == 1
         await host.records.aclose(timeout_s=0.2)
         assert host.records.pending == 0 and delivery.cancelled()
         assert not [t for t in asyncio.all_tasks() if t.get_name().endswith(":record")]
+
+
+async def test_every_llm_request_of_a_call_carries_the_call_id_as_its_routing_key():
+    # Serve's consistent-hash router sends requests with one session_id to one replica; the edge
+    # must send the call's id with every LLM request, tool rounds included (not a per-turn id).
+    model = EngineModel(agent())
+    _, _, transport = await hold_call(config(), model=model)
+    ready = transport.of_type("ready")[0]["conversation_id"]
+    assert len(model.metadata) == 3  # the lookup round, its follow-up, the goodbye
+    assert {m.get(SESSION_METADATA) for m in model.metadata} == {ready}
