@@ -17,7 +17,7 @@ import numpy as np
 from services.common.aio import paced
 from services.common.audio import float_to_pcm16, pcm16_to_float
 from services.common.requests import Converse, Generate, Recognize, Synthesize
-from services.common.rpc import DEFAULT_GRPC_ADDRESS, channel_options, stage_metadata
+from services.common.rpc import DEFAULT_GRPC_ADDRESS, SESSION_METADATA, channel_options, stage_metadata
 from services.proto import (
     asr_pb2,
     asr_pb2_grpc,
@@ -59,11 +59,13 @@ class Reply:
 
 
 async def generate(channel: grpc.aio.Channel, messages: list[tuple[str, str]], application: str = "llm",
-                   **sampling) -> Reply:
+                   session_id: str = "", **sampling) -> Reply:
+    """One reply; `session_id` (a conversation id) is Serve's routing key for replica affinity."""
     stub = llm_pb2_grpc.LanguageModelStub(channel)
     request = Generate.request(messages, **sampling)
     started, first, parts, done = time.perf_counter(), None, [], None
-    async for response in stub.Generate(request, metadata=stage_metadata(application)):
+    session = ((SESSION_METADATA, session_id),) if session_id else ()
+    async for response in stub.Generate(request, metadata=stage_metadata(application, *session)):
         if response.WhichOneof("event") == "delta":
             first = first if first is not None else time.perf_counter() - started
             parts.append(response.delta.text)

@@ -7,6 +7,7 @@ process of that node (Serve replicas included) are exported there, each name pre
     parley_ttfat_seconds (Histogram)  ->  ray_parley_ttfat_seconds_bucket / _count / _sum
     parley_turns (Counter)            ->  ray_parley_turns_total
     parley_active_conversations       ->  ray_parley_active_conversations
+    parley_tool_calls (Counter)       ->  ray_parley_tool_calls_total{tool, outcome}
 
 `EXPORTED_SERIES` lists every series name as it appears at the endpoint; the Grafana dashboard
 (cluster/observability/grafana) may use only those. Two properties of Ray's export to keep in mind
@@ -19,7 +20,7 @@ process, and recording is a no-op in a process that is not connected to Ray (uni
 edge, tools), so observers can be installed unconditionally.
 
 Nothing here records user text or audio, and no label carries a caller, conversation or turn id:
-labels stay low-cardinality (stage, gRPC status code, replica).
+labels stay low-cardinality (stage, gRPC status code, replica, a declared tool's name).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.
                      1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 # A request waiting for a stage replica (or an engine worker): from a millisecond upward.
 QUEUE_WAIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A tool call: a local function (ms) to a slow webhook (tens of seconds, up to a tool's timeout).
+TOOL_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.7, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+# A tool name label for a call the model made to a tool that does not exist: model output must not
+# create label values (the names of declared tools are the operator's, bounded by the persona).
+UNKNOWN_TOOL = "unknown"
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,15 @@ QUEUE_WAIT = MetricSpec("parley_stage_queue_wait_seconds", "histogram",
                         "Seconds a stage request waited before a replica or engine worker started it.",
                         tag_keys=("stage",), boundaries=QUEUE_WAIT_BUCKETS_S)
 
+TOOL_CALLS = MetricSpec("parley_tool_calls", "counter",
+                        "Tool calls of the agent by tool name and outcome (ok, error, cancelled).",
+                        tag_keys=("tool", "outcome"))
+TOOL_LATENCY = MetricSpec("parley_tool_latency_seconds", "histogram",
+                          "Seconds a tool call ran, from its start to its result (or its cancellation).",
+                          tag_keys=("tool",), boundaries=TOOL_LATENCY_BUCKETS_S)
+
 SPECS: tuple[MetricSpec, ...] = (*TURN_HISTOGRAMS.values(), TURNS, BARGE_INS, UNDERRUNS, STAGE_ERRORS,
-                                 ACTIVE_CONVERSATIONS, QUEUE_WAIT)
+                                 ACTIVE_CONVERSATIONS, QUEUE_WAIT, TOOL_CALLS, TOOL_LATENCY)
 EXPORTED_SERIES: frozenset[str] = frozenset(series for spec in SPECS for series in spec.exported_series)
 
 
@@ -208,3 +221,15 @@ def observe_queue_wait(stage: str, seconds: float) -> None:
             metrics[QUEUE_WAIT.name].observe(float(seconds), tags={"stage": str(stage)})
     except Exception as error:  # noqa: BLE001
         _warn("queue wait", error)
+
+
+def record_tool_call(tool: str, outcome: str, seconds: float) -> None:
+    """Count one finished tool call and observe its duration. `tool` is a declared tool's name or
+    UNKNOWN_TOOL (the caller maps the model's other names to it); `outcome` ok | error | cancelled."""
+    try:
+        metrics = _get()
+        if metrics is not None:
+            metrics[TOOL_CALLS.name].inc(tags={"tool": tool, "outcome": outcome})
+            metrics[TOOL_LATENCY.name].observe(max(0.0, float(seconds)), tags={"tool": tool})
+    except Exception as error:  # noqa: BLE001
+        _warn("tool call", error)

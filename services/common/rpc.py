@@ -132,6 +132,11 @@ def channel_options() -> list[tuple[str, int]]:
     ]
 
 
+# gRPC metadata key Serve's proxy reads as the request's session id (the routing key of the
+# consistent-hash request router: every turn of one conversation goes to the same replica).
+SESSION_METADATA = "session_id"
+
+
 def stage_metadata(application: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
     """Metadata that routes a call through Serve's gRPC proxy to `application`, with the bearer
     token when this process has one."""

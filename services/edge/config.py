@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from services.common.config import Config
 from services.common.rpc import DEFAULT_GRPC_ADDRESS
+from services.edge.record.config import PostCallConfig
 from services.edge.tools.config import ToolsConfig, ToolSpec, check_unique
 
 
@@ -97,6 +98,8 @@ class PersonaConfig(Config):
     max_tokens: int = Field(120, ge=1, le=2048)
     # Tools the agent may call (docs/tools.md); names unique.
     tools: Annotated[list[ToolSpec], AfterValidator(check_unique)] = Field([], max_length=64)
+    # This persona's post-call record, instead of the edge's `post_call` (docs/tools.md).
+    post_call: PostCallConfig | None = None
 
 
 class HistoryConfig(Config):
@@ -239,6 +242,8 @@ class EdgeConfig(Config):
     livekit: LiveKitConfig = LiveKitConfig()
     twilio: TwilioConfig = TwilioConfig()
     tools: ToolsConfig = ToolsConfig()
+    # The post-call record (off unless a url is set; a persona's own `post_call` wins).
+    post_call: PostCallConfig = PostCallConfig()
     # Admission: live conversations per edge replica; more are refused with close code 4503.
     max_conversations: int = Field(100, ge=1)
     # A call is ended (close code 4408) after this long: a forgotten client or a stuck line would
@@ -254,7 +259,10 @@ class EdgeConfig(Config):
 
     @model_validator(mode="after")
     def _tool_hosts(self) -> EdgeConfig:
+        from services.edge.record.config import check_host
         from services.edge.tools.toolset import check_hosts
 
         check_hosts(self.persona.tools, self.tools.allowed_hosts, from_token=False)
+        for record in (self.post_call, self.persona.post_call):
+            check_host(record, self.tools.allowed_hosts, from_token=False)
         return self

@@ -21,6 +21,7 @@ from services.common.timeline import TurnTimeline
 from services.edge.config import EdgeConfig, PersonaConfig
 from services.edge.events import AgentAudioStart, Event, Metrics, Ready, serialize
 from services.edge.playout import Playout, Segment, play_alone
+from services.edge.record.log import CallLog
 from services.edge.streams.base import Metadata, StageClients, StageUnavailable
 from services.edge.streams.fallback import FallbackLine
 from services.edge.tracing import ConversationTracing
@@ -38,12 +39,14 @@ class CallCore:
 
     def __init__(self, transport: Transport, stages: StageClients, config: EdgeConfig, call_id: str,
                  persona: PersonaConfig | None = None, *, observers: tuple[Observer, ...] = (),
-                 tracing: ConversationTracing | None = None, fallback: FallbackLine | None = None):
+                 tracing: ConversationTracing | None = None, fallback: FallbackLine | None = None,
+                 log: CallLog | None = None):
         self.id = call_id
         self.transport, self.stages, self.config = transport, stages, config
         self.persona = persona or config.persona
         self.tracing = tracing or ConversationTracing(call_id)  # without a tracer: off
         self.fallback = fallback or FallbackLine(config.resilience.fallback_text)
+        self.log = log or CallLog()  # for the post-call record
         # See each finished turn's timeline; they must not block.
         self.observers = (*observers, self.tracing.turn_finished)
         self._started = time.monotonic()
@@ -105,6 +108,7 @@ class CallCore:
 
     async def emit(self, event: Event) -> None:
         """Send an event to the client; the one place events are serialized."""
+        self.log.event(event)
         await self.transport.send_event(serialize(event, time.monotonic() - self._started))
 
     async def report(self, timeline: TurnTimeline) -> None:

@@ -151,16 +151,20 @@ class EdgeDeployment:
         stats = {"active_conversations": len(self.host.calls), "tasks": len(asyncio.all_tasks()),
                  "active_rooms": len(self.livekit or ()), "fallback_clips": self.host.fallback.clips,
                  # Through the module: Serve pickles this class by value, a bare name would be a copy.
-                 "stage_retries": dict(stream_base.retries_by_stage)}
+                 "stage_retries": dict(stream_base.retries_by_stage),
+                 "post_call_records": {"pending": self.host.records.pending, "sent": self.host.records.sent,
+                                       "failed": self.host.records.failed, "dropped": self.host.records.dropped}}
         if turns:
             stats["turns"] = [vars(timeline).copy() for timeline in self.host.recent_turns]
         return stats
 
     async def __del__(self) -> None:
         """Serve's shutdown hook (after HTTP requests drained): LiveKit rooms hold no request, so
-        let their calls finish here, up to `livekit.drain_timeout_s`."""
+        let their calls finish here, up to `livekit.drain_timeout_s`; then post-call records."""
         if getattr(self, "livekit", None) is not None:
             await self.livekit.drain(self.config.livekit.drain_timeout_s)
+        if getattr(self, "host", None) is not None:
+            await self.host.records.aclose()  # the last calls' records: a short wait, then cancelled
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's custom autoscaling metrics (services/common/autoscaling.py)."""

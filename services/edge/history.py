@@ -8,6 +8,7 @@ fills in when it arrives.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,11 +30,14 @@ class ChatHistory:
         self.max_chars = max_context_tokens * CHARS_PER_TOKEN
         self._messages: deque[Message] = deque()
         self._chars = 0
+        self.listener: Callable[[Message], None] | None = None  # sees every message added (the call record)
 
     def add(self, role: str, content: str, interrupted: bool = False, *, tool_call_id: str = "",
             tool_calls: tuple[Any, ...] = ()) -> Message:
         message = Message(role, content, interrupted, tool_call_id, tool_calls)
         self._messages.append(message)
+        if self.listener is not None:
+            self.listener(message)
         self._chars += len(content) + sum(len(call.arguments_json) + len(call.name) for call in tool_calls)
         # Drop the oldest turns, never the newest message, so memory and prompt stay bounded.
         while self._chars + len(self.system_prompt) > self.max_chars and len(self._messages) > 1:

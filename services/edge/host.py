@@ -2,7 +2,8 @@
 
 Admission (`max_conversations`), the live-call registry, the time limit (`max_call_s`), the
 persona and voice checked at `start`, the cascade/duplex choice (a duplex call that finds no slot
-may fall back to the cascade), and ONE table from errors to close codes and `error` events. It
+may fall back to the cascade), ONE table from errors to close codes and `error` events, and the
+post-call record sent once a call has closed (services/edge/record/). It
 knows nothing of Serve: services/edge/deployment.py is a thin shell of routes over it.
 """
 
@@ -26,6 +27,8 @@ from services.edge.config import EdgeConfig, PersonaConfig
 from services.edge.core import CallCore
 from services.edge.duplex import DuplexCall, call_mode
 from services.edge.persona import VoiceCatalog, persona_for
+from services.edge.record.log import CallLog
+from services.edge.record.sender import RecordSender, end_reason
 from services.edge.streams.base import StageClients, StageUnavailable
 from services.edge.streams.fallback import FallbackLine
 from services.edge.streams.moshi import DuplexFull
@@ -92,6 +95,7 @@ class CallHost:
         self.recent_turns: deque[TurnTimeline] = deque(maxlen=1024)  # for stats() and benchmarks
         self.turn_metrics = metrics.TurnMetricsObserver()  # Prometheus histograms and counters
         self.fallback = FallbackLine(config.resilience.fallback_text)  # shared by the replica's calls
+        self.records = RecordSender()  # post-call records being delivered
 
     # -- admission and checks at `start` -----------------------------------------------------------
 
@@ -112,15 +116,16 @@ class CallHost:
                    transport_name: str, in_room: bool = False) -> Failure | None:
         """Hold one call from its transport's opening to its end. `fail` ends the wire with a
         Failure; returns the Failure, or None for a call that ended normally (or a caller gone)."""
+        held: list[CallCore] = []  # the call, once there is one (its post-call record)
+        failure: Failure | None = None
         try:
             self.admit()
             transport = await open_transport()
             mode = call_mode(self.config.duplex, transport.claims)
             persona = await self.persona(transport.claims, transport.requested_voice)
-            await self._converse(transport, mode, persona, transport_name, in_room)
-            return None
+            await self._converse(transport, mode, persona, transport_name, in_room, held)
         except CallerHungUp:
-            return None
+            pass
         except Exception as error:  # noqa: BLE001 - every failure ends through the table
             failure = failure_of(error, self.config)
             if failure.code == "internal":
@@ -128,13 +133,24 @@ class CallHost:
             elif failure.close_code in (1011, 1013):
                 logger.warning("conversation ended: %s (%s)", failure.message, first_leaf(error))
             await fail(failure)
-            return failure
+        if held:  # after the call closed: its record never delays the teardown
+            self._send_record(held[-1], transport_name, failure)
+        return failure
+
+    def _send_record(self, call: CallCore, transport_name: str, failure: Failure | None) -> None:
+        config = call.persona.post_call or self.config.post_call
+        if config.enabled:
+            reason = end_reason(failure.code if failure else None, call.log.idle_ended)
+            self.records.send(config, call.log.record(call.id, transport_name, call.mode or "cascade", reason))
 
     async def _converse(self, transport: Transport, mode: str, persona: PersonaConfig, transport_name: str,
-                        in_room: bool) -> None:
+                        in_room: bool, held: list[CallCore]) -> None:
         call_id = uuid.uuid4().hex[:12]
         tracing = ConversationTracing(call_id, self._tracer, transport=transport_name)
-        call = self._new_call(mode, transport, persona, call_id, tracing)
+        record = persona.post_call or self.config.post_call
+        log = CallLog(record.enabled and record.capture_content, record.max_transcript_chars)
+        call = self._new_call(mode, transport, persona, call_id, tracing, log)
+        held.append(call)
         async with self._live(call_id, call, in_room):
             try:
                 await call.run()
@@ -142,14 +158,20 @@ class CallHost:
                 if self.config.duplex.when_full != "cascade":  # refused, or queued too long
                     raise
                 logger.info("conversation %s: every duplex slot is taken; answering with the cascade", call_id)
-                call = self.calls[call_id] = self._new_call("cascade", transport, persona, call_id, tracing)
+                call = self.calls[call_id] = self._new_call("cascade", transport, persona, call_id, tracing, log)
+                held.append(call)
                 await call.run()
 
     def _new_call(self, mode: str, transport: Transport, persona: PersonaConfig, call_id: str,
-                  tracing: ConversationTracing) -> CallCore:
+                  tracing: ConversationTracing, log: CallLog) -> CallCore:
         kind = DuplexCall if mode == "duplex" else CascadeCall
-        return kind(transport, self._stages(), self.config, call_id, persona,
-                    observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing, fallback=self.fallback)
+        call = kind(transport, self._stages(), self.config, call_id, persona,
+                    observers=(self.recent_turns.append, self.turn_metrics), tracing=tracing, fallback=self.fallback,
+                    log=log)
+        history = getattr(call, "history", None)
+        if history is not None and log.capture_content:  # the transcript: only under content capture
+            history.listener = log.message
+        return call
 
     @contextlib.asynccontextmanager
     async def _live(self, call_id: str, call: CallCore, in_room: bool) -> AsyncIterator[None]:

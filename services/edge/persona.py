@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import ValidationError
 
 from services.edge.config import PersonaConfig
+from services.edge.record.config import check_host
 from services.edge.tools.toolset import check_hosts
 from services.edge.transport import ProtocolError
 
@@ -26,7 +27,8 @@ def persona_for(base: PersonaConfig, claims: dict, requested_voice: str = "",
                 allowed_hosts: list[str] | None = None) -> PersonaConfig:
     """The call's persona; ProtocolError (4400) for a `persona` claim that does not validate. The
     caller's `voice` applies unless the signed persona names one. A claim's `tools` replace the
-    config's; their webhooks must be on `allowed_hosts`, and they may not name Python callables."""
+    config's; their webhooks must be on `allowed_hosts`, and they may not name Python callables.
+    A claim's `post_call` record URL must be on `allowed_hosts` too."""
     overrides = claims.get("persona")
     if overrides is None:
         overrides = {}
@@ -38,6 +40,8 @@ def persona_for(base: PersonaConfig, claims: dict, requested_voice: str = "",
         persona = PersonaConfig.model_validate({**base.model_dump(), **overrides})
         if "tools" in overrides:
             check_hosts(persona.tools, allowed_hosts or [], from_token=True)
+        if "post_call" in overrides:
+            check_host(persona.post_call, allowed_hosts or [], from_token=True)
         return persona
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'persona'}: {e['msg']}" for e in error.errors())

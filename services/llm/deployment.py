@@ -131,7 +131,7 @@ class LanguageModelDeployment(StageDeployment[LLMConfig]):
                             finish_reason=FINISH_REASONS[item.reason], prompt_tokens=item.prompt_tokens,
                             completion_tokens=item.completion_tokens,
                             time_to_first_token_s=first_token_s if first_token_s is not None else total,
-                            total_s=total, model=self.engine.model_name,
+                            total_s=total, model=self.engine.model_name, replica_id=self.replica_id,
                         ))
         except (GeneratorExit, asyncio.CancelledError):
             if finished is None:

@@ -89,17 +89,19 @@ class TextDelta(_message.Message):
     def __init__(self, text: _Optional[str] = ..., tokens: _Optional[int] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ...) -> None: ...
 
 class GenerationDone(_message.Message):
-    __slots__ = ("finish_reason", "prompt_tokens", "completion_tokens", "time_to_first_token_s", "total_s", "model")
+    __slots__ = ("finish_reason", "prompt_tokens", "completion_tokens", "time_to_first_token_s", "total_s", "model", "replica_id")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIME_TO_FIRST_TOKEN_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     time_to_first_token_s: float
     total_s: float
     model: str
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., total_s: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
+    replica_id: str
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., total_s: _Optional[float] = ..., model: _Optional[str] = ..., replica_id: _Optional[str] = ...) -> None: ...

@@ -2,8 +2,9 @@
 
 The end-to-end test starts a throwaway single-node Ray in a child process (so it neither touches
 this test process's Ray state nor any other cluster on the machine), records a synthetic turn from
-an actor (as an edge replica would), and scrapes the node's metrics export endpoint until the
-series appear. Then every bucket, count and counter is checked against what was recorded.
+an actor (as an edge replica would), runs a call with tool calls through the reply loop in that
+actor, and scrapes the node's metrics export endpoint until the series appear. Then every bucket,
+count and counter is checked against what was recorded.
 """
 
 from __future__ import annotations
@@ -55,8 +56,21 @@ try:
             metrics.observe_queue_wait("tts", 0.004)
             return metrics.replica_tags()
 
+        async def call_with_tools(self):
+            # A cascade call in this process (in-process stages, a scripted LLM): its tool calls
+            # are recorded by the reply loop itself, as in an edge replica.
+            from tests.unit.edge import test_tools as t
+
+            llm = t.engine([{"call": "lookup", "arguments": {"seconds": 0.3}}, {"call": "broken"},
+                            {"call": "made_up"}], ["Done."])
+            tools = [t.tool("lookup", {"kind": "python", "path": "tests.unit.edge.test_tools:slow_lookup"}),
+                     t.tool("broken", {"kind": "python", "path": "tests.unit.edge.test_tools:broken_tool"})]
+            transport, _, _ = await t.call_with(llm, tools, [(0.1, "look it up")], 20.0, t.played(1))
+            return [(e["name"], e["outcome"]) for e in transport.of_type("tool_call")]
+
     actor = EdgeLike.remote()
     tags = ray.get(actor.record.remote(json.loads(sys.argv[1])))
+    tool_calls = ray.get(actor.call_with_tools.remote())
     wanted = set(json.loads(sys.argv[2]))
     deadline, text, error = time.monotonic() + float(sys.argv[3]), "", None
     while time.monotonic() < deadline:
@@ -67,10 +81,12 @@ try:
         except OSError as exc:
             error = repr(exc)
         seen = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_parley_")}
-        if wanted <= seen:
+        # Series of one metric can reach the endpoint in different reports: wait for every tool's.
+        tools = sum(line.startswith("ray_parley_tool_calls_total{") for line in text.splitlines())
+        if wanted <= seen and tools >= len(tool_calls):
             break
         time.sleep(0.5)
-    print(json.dumps({"port": port, "replica_tags": tags, "text": text, "error": error}))
+    print(json.dumps({"port": port, "replica_tags": tags, "tool_calls": tool_calls, "text": text, "error": error}))
 finally:
     ray.shutdown()
 """
@@ -119,7 +135,8 @@ def test_exported_names_are_ray_prefixed_prometheus_series():
     assert {"ray_parley_ttfat_seconds_bucket", "ray_parley_ttfat_seconds_count", "ray_parley_ttfat_seconds_sum",
             "ray_parley_turns_total", "ray_parley_barge_ins_total", "ray_parley_playout_underruns_total",
             "ray_parley_stage_errors_total", "ray_parley_active_conversations",
-            "ray_parley_stage_queue_wait_seconds_bucket"} <= metrics.EXPORTED_SERIES
+            "ray_parley_stage_queue_wait_seconds_bucket", "ray_parley_tool_calls_total",
+            "ray_parley_tool_latency_seconds_bucket"} <= metrics.EXPORTED_SERIES
     for component in ("endpointing", "asr_final", "llm_ttft", "first_sentence", "tts_ttfb"):
         assert f"ray_parley_{component}_seconds_bucket" in metrics.EXPORTED_SERIES
     for spec in metrics.SPECS:
@@ -135,7 +152,7 @@ def test_outside_ray_recording_is_a_cheap_noop():
             "from services.common.timeline import TurnTimeline\n"
             f"metrics.TurnMetricsObserver()(TurnTimeline(**{ANSWERED!r}))\n"
             "metrics.record_stage_error('asr', 'UNAVAILABLE'); metrics.set_active_conversations(1)\n"
-            "metrics.observe_queue_wait('asr', 0.1)\n"
+            "metrics.observe_queue_wait('asr', 0.1); metrics.record_tool_call('lookup', 'ok', 0.2)\n"
             "assert 'ray' not in sys.modules and metrics._metrics is None\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
@@ -183,3 +200,18 @@ def test_counters_and_gauge_reach_the_endpoint(scraped):
     assert _values(samples, "ray_parley_stage_queue_wait_seconds_count", stage="tts") == 1
     assert _values(samples, "ray_parley_stage_queue_wait_seconds_bucket", key="le", stage="tts") == \
         _cumulative([0.004], metrics.QUEUE_WAIT_BUCKETS_S)
+
+
+def test_tool_calls_through_the_reply_loop_reach_the_endpoint(scraped):
+    result, samples = scraped
+    # The loop ran all three: a tool that answered, one that raised, and a name the model made up.
+    assert sorted(result["tool_calls"]) == [["broken", "error"], ["lookup", "ok"], ["made_up", "error"]]
+    assert _values(samples, "ray_parley_tool_calls_total", tool="lookup", outcome="ok") == 1
+    assert _values(samples, "ray_parley_tool_calls_total", tool="broken", outcome="error") == 1
+    # A tool the persona does not declare is counted under one label: model output makes no new series.
+    assert _values(samples, "ray_parley_tool_calls_total", tool=metrics.UNKNOWN_TOOL, outcome="error") == 1
+    assert not [s for s in samples if s.labels.get("tool") == "made_up"]
+    # The lookup slept 0.3 s: above the 0.25 s bucket, one observation.
+    assert _values(samples, "ray_parley_tool_latency_seconds_count", tool="lookup") == 1
+    assert _values(samples, "ray_parley_tool_latency_seconds_bucket", tool="lookup", le="0.25") == 0
+    assert _values(samples, "ray_parley_tool_latency_seconds_bucket", tool="lookup", le="+Inf") == 1

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.common.requests import Generate
-from services.common.rpc import stage_metadata
+from services.common.rpc import SESSION_METADATA, stage_metadata
 from services.edge.config import ResilienceConfig
 from services.edge.streams.base import Metadata, RetryBudget, StageClients, StageTimeout, within
 from services.proto import llm_pb2
@@ -21,13 +21,17 @@ from services.proto import llm_pb2
 
 async def reply_deltas(stages: StageClients, messages: list, *, temperature: float, max_tokens: int,
                        request_id: str, config: ResilienceConfig, metadata: Metadata = (),
-                       tools_json: str = "") -> AsyncIterator[str | llm_pb2.ToolCall]:
-    """The reply's text deltas and tool calls, continuous across re-sent requests."""
+                       tools_json: str = "", session_id: str = "") -> AsyncIterator[str | llm_pb2.ToolCall]:
+    """The reply's text deltas and tool calls, continuous across re-sent requests. `session_id` (the
+    conversation's id) lets Serve route every turn of a conversation to the same LLM replica, whose
+    prefix cache still holds the conversation so far (docs/gpu-packing.md, "LLM turns stay on one replica")."""
     request = Generate.request(messages, request_id=request_id, temperature=temperature, max_tokens=max_tokens,
                                tools_json=tools_json)
     budget, received, calls = RetryBudget("llm", config), 0, 0
+    routing = ((SESSION_METADATA, session_id),) if session_id else ()
     while True:
-        call = stages.llm.Generate(request, metadata=stage_metadata(stages.config.llm_application, *metadata))
+        call = stages.llm.Generate(request, metadata=stage_metadata(stages.config.llm_application, *metadata,
+                                                                    *routing))
         skip, skip_calls = received, calls
         try:
             async for response in within(config.response_timeout_s).read(call):

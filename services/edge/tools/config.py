@@ -9,11 +9,11 @@ token's `persona` claim (there: webhooks and built-ins only, never a Python impo
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
 from services.common.config import Config
+from services.common.signing import check_http_url
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"  # what OpenAI-style function names allow
 
@@ -27,9 +27,7 @@ class WebhookRunner(Config):
 
     @model_validator(mode="after")
     def _http_url(self) -> WebhookRunner:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"a webhook url must be http(s)://host/..., got {self.url!r}")
+        check_http_url(self.url)
         return self
 
 

@@ -17,7 +17,7 @@ from contextlib import aclosing
 from typing import Any
 
 from services.common import attributes as attr
-from services.common import telemetry
+from services.common import metrics, telemetry
 from services.common.text import TextChunker
 from services.edge.events import ToolCalled, Transfer
 from services.edge.history import Message
@@ -74,7 +74,7 @@ class ReplyLoop:
         with call.tracing.llm_call(turn.id, max_tokens=persona.max_tokens, temperature=persona.temperature) as metadata:
             deltas = reply_deltas(call.stages, call.history.chat(), temperature=persona.temperature,
                                   max_tokens=persona.max_tokens, request_id=request_id, config=call.config.resilience,
-                                  metadata=metadata, tools_json=self.tools.schemas_json)
+                                  metadata=metadata, tools_json=self.tools.schemas_json, session_id=call.id)
             if timeline.llm_request is None:
                 timeline.llm_request = time.monotonic()
             # aclosing: a barge-in cancels the RPC at once, and the LLM stage aborts the generation.
@@ -121,14 +121,19 @@ class ReplyLoop:
                 result = await self.tools.run(call.name, call.arguments_json, call.error, context)
                 outcome = "error" if result.error else "ok"
             finally:
+                seconds = time.monotonic() - started
                 self.call.history.resolve(placeholder, result.content)
                 if span.is_recording():
                     span.set_attribute(attr.TOOL_OUTCOME, outcome)
                     if telemetry.content_enabled():
                         span.set_attributes({attr.GEN_AI_TOOL_CALL_ARGUMENTS: call.arguments_json,
                                              attr.GEN_AI_TOOL_CALL_RESULT: result.content})
-                await self.call.emit(ToolCalled(turn_id, call.id, call.name or "", outcome,
-                                                round((time.monotonic() - started) * 1000, 1)))
+                # The label is a declared tool's name: the model's inventions must not make new series.
+                metrics.record_tool_call(call.name if self.tools.spec(call.name) else metrics.UNKNOWN_TOOL, outcome,
+                                         seconds)
+                self.call.log.tool_call(turn_id, call.id, call.name or "", outcome, round(seconds * 1000, 1),
+                                        call.arguments_json, result.content)
+                await self.call.emit(ToolCalled(turn_id, call.id, call.name or "", outcome, round(seconds * 1000, 1)))
 
     def _end_call(self) -> None:
         self.ending = CallEnded("agent_ended")

@@ -2,27 +2,23 @@
 
 Webhook contract (docs/tools.md): POST `{"call_id", "tool_call_id", "name", "arguments"}` as JSON
 with `X-Parley-Timestamp` (unix seconds) and `X-Parley-Signature: sha256=<hex>`, the HMAC-SHA256
-of `<timestamp>.<body>` under the secret in the runner's $secret_env. A 2xx answer's body is the
+of `<timestamp>.<body>` under the secret in the runner's $secret_env (services/common/signing.py). A 2xx answer's body is the
 result (`{"result": ...}` is unwrapped); anything else, a timeout included, is a tool error the
 model is told about.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import inspect
 import json
 import os
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.registry import import_object
+from services.common.signing import signed_headers
 from services.edge.tools.config import PythonRunner, WebhookRunner
-
-SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-Parley-Signature", "X-Parley-Timestamp"
 
 
 @dataclass(frozen=True)
@@ -52,20 +48,6 @@ class ToolContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """The signature header's value for a webhook body."""
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
-def verify(secret: bytes, timestamp: str, body: bytes, signature: str, max_age_s: float = 300.0) -> bool:
-    """A receiver's check: the signature matches and the timestamp is recent (no replays)."""
-    try:
-        fresh = abs(time.time() - int(timestamp)) <= max_age_s
-    except ValueError:
-        return False
-    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
-
-
 def as_text(value: Any) -> str:
     """A result as the model reads it: strings as they are, anything else as JSON."""
     return value if isinstance(value, str) else json.dumps(value, default=str)
@@ -80,11 +62,8 @@ async def run_webhook(runner: WebhookRunner, client: Any, name: str, arguments: 
         raise ToolError(f"the tool is not configured (no secret in ${runner.secret_env})")
     body = json.dumps({"call_id": context.call_id, "tool_call_id": context.tool_call_id, "name": name,
                        "arguments": arguments}).encode()
-    timestamp = str(int(time.time()))
-    headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
-               SIGNATURE_HEADER: sign(secret.encode(), timestamp, body)}
     try:
-        response = await client.post(runner.url, content=body, headers=headers)
+        response = await client.post(runner.url, content=body, headers=signed_headers(secret, body))
     except httpx.HTTPError as error:
         raise ToolError(f"the tool's service could not be reached ({type(error).__name__})") from None
     if not 200 <= response.status_code < 300:

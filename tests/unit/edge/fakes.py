@@ -114,8 +114,10 @@ class EngineModel(llm_pb2_grpc.LanguageModelServicer):
 
     def __init__(self, engine):
         self.engine = engine
+        self.metadata: list[dict[str, str]] = []  # each request's gRPC metadata
 
     async def Generate(self, request, context):
+        self.metadata.append(dict(context.invocation_metadata()))
         from services.llm.config import LLMConfig
         from services.llm.deployment import FINISH_REASONS, to_chat_request, tool_call_delta
         from services.llm.engine import Delta, ToolCall

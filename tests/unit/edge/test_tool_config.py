@@ -11,9 +11,10 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
+from services.common.signing import sign, verify
 from services.edge.config import EdgeConfig, PersonaConfig, TwilioConfig
 from services.edge.persona import persona_for
-from services.edge.tools.runners import ToolContext, sign, verify
+from services.edge.tools.runners import ToolContext
 from services.edge.tools.toolset import ToolSet
 from services.edge.tools.transfer import check_transfer, transfer, transfer_twiml
 from services.edge.transport import ProtocolError

@@ -9,10 +9,10 @@ import json
 import pytest
 from aiohttp import web
 
+from services.common.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from services.edge.cascade import CascadeCall
 from services.edge.host import failure_of
 from services.edge.tools.loop import PENDING
-from services.edge.tools.runners import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from services.edge.tools.transfer import CallEnded
 from services.llm.config import PluginConfig
 from services.llm.engines import load_engine
