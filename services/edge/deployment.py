@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve import Application
 
 from services.common import telemetry
+from services.common.unserved import RefusesUnservedMethods
 from services.edge.auth import load_secret
 from services.edge.config import EdgeConfig
 from services.edge.host import CallHost, Failure
@@ -52,7 +53,7 @@ def _tts_voices(application: str):
 
 @serve.deployment(name="Edge", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=200)
 @serve.ingress(app)
-class EdgeDeployment:
+class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `edge`: UNIMPLEMENTED
     def __init__(self, config: EdgeConfig):
         self.config = EdgeConfig.model_validate(config)
         telemetry.setup("parley-edge")
@@ -108,7 +109,8 @@ class EdgeDeployment:
         async def fail(failure: Failure) -> None:
             if json_errors and failure.error_event:
                 try:
-                    await websocket.send_json({"type": "error", "code": failure.code, "message": failure.message})
+                    await websocket.send_json({"type": "error", "code": failure.code, "message": failure.message,
+                                               **({"stage": failure.stage} if failure.stage else {})})
                 except Exception:
                     pass
             await _close(websocket, failure.close_code, failure.message)
