@@ -44,6 +44,8 @@ SERVICER_FUNCTIONS = (
     "services.proto.llm_pb2_grpc.add_LanguageModelServicer_to_server",
     "services.proto.tts_pb2_grpc.add_SpeechSynthesisServicer_to_server",
     "services.proto.moshi_pb2_grpc.add_DuplexSpeechServicer_to_server",
+    # Not a service: the HTTP proxy's header deadline (services/common/http_limits.py).
+    "services.common.http_limits.add_header_deadline_to_server",
 )
 
 
