@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve import Application
 
 from services.common import telemetry
+from services.common.request_body import BodyError, read_json_body
 from services.common.unserved import RefusesUnservedMethods
 from services.edge.auth import load_secret
 from services.edge.config import EdgeConfig
@@ -134,8 +135,12 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
         """Send the agent into a room: `{"room": "<name>"}` with `Authorization: Bearer <edge token>`."""
         from services.edge.livekit_dispatch import dispatch_request
 
-        body, status = await dispatch_request(self.livekit, await request.body(),
-                                              request.headers.get("authorization", ""), self.secret, self.host.persona)
+        try:
+            raw = await read_json_body(request)  # size, time and nesting depth limits: 413/408/400
+        except BodyError as error:
+            return JSONResponse({"error": error.message}, error.status)
+        body, status = await dispatch_request(self.livekit, raw, request.headers.get("authorization", ""), self.secret,
+                                              self.host.persona)
         return JSONResponse(body, status)
 
     @app.post("/v1/livekit/webhook")
@@ -143,8 +148,11 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
         """LiveKit's webhooks: dispatch by `livekit.webhook_dispatch`; room_finished ends the room's call."""
         from services.edge.livekit_dispatch import webhook_request
 
-        body, status = await webhook_request(self.livekit, await request.body(),
-                                             request.headers.get("authorization", ""))
+        try:
+            raw = await read_json_body(request)
+        except BodyError as error:
+            return JSONResponse({"error": error.message}, error.status)
+        body, status = await webhook_request(self.livekit, raw, request.headers.get("authorization", ""))
         return JSONResponse(body, status)
 
     async def stats(self, turns: bool = False) -> dict:
