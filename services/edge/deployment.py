@@ -104,9 +104,9 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
         if not await self.twilio.admit_media(websocket):  # unsigned: refused before accept (HTTP 403)
             return
         await websocket.accept()
-        await self._hold(websocket, TwilioTransport, json_errors=False)
+        await self._hold(websocket, TwilioTransport, json_errors=False, admit=self.twilio.admit_stream)
 
-    async def _hold(self, websocket: WebSocket, transport_type, json_errors: bool) -> None:
+    async def _hold(self, websocket: WebSocket, transport_type, json_errors: bool, admit=None) -> None:
         async def fail(failure: Failure) -> None:
             if json_errors and failure.error_event:
                 try:
@@ -116,10 +116,13 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
                     pass
             await _close(websocket, failure.close_code, failure.message)
 
-        def open_transport():
-            return transport_type.open(websocket, self.secret, start_timeout_s=self.config.start_timeout_s,
-                                       max_frame_ms=self.config.max_frame_ms,
-                                       max_control_bytes=self.config.max_control_bytes)
+        async def open_transport():
+            transport = await transport_type.open(websocket, self.secret, start_timeout_s=self.config.start_timeout_s,
+                                                  max_frame_ms=self.config.max_frame_ms,
+                                                  max_control_bytes=self.config.max_control_bytes)
+            if admit is not None:  # e.g. spend a single-use token (ProtocolError ends the call)
+                admit(transport)
+            return transport
 
         name = transport_type.__name__.removesuffix("Transport").lower()
         if await self.host.hold(open_transport, fail, name) is None:
@@ -128,7 +131,12 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
     @app.post("/v1/twilio/voice")
     async def twilio_voice(self, request: Request) -> Response:
         """Twilio's incoming-call webhook: signed by Twilio, answered with TwiML (twilio_ingress.py)."""
-        return await self.twilio.voice(request)
+        return await self.twilio.voice(request, full=self.host.full)
+
+    @app.post("/v1/twilio/status")
+    async def twilio_status(self, request: Request) -> Response:
+        """Twilio's call and stream status callbacks, signed by Twilio: counted by status."""
+        return await self.twilio.status(request)
 
     @app.post("/v1/livekit/dispatch")
     async def livekit_dispatch(self, request: Request) -> JSONResponse:

@@ -104,9 +104,14 @@ class CallHost:
 
     # -- admission and checks at `start` -----------------------------------------------------------
 
+    @property
+    def full(self) -> bool:
+        """No more calls fit on this replica (a Twilio call is then turned away before its stream)."""
+        return len(self.calls) >= self.config.max_conversations
+
     def admit(self) -> None:
         """Raise OverCapacity when no more calls fit."""
-        if len(self.calls) >= self.config.max_conversations:
+        if self.full:
             raise OverCapacity()
 
     async def persona(self, claims: dict, requested_voice: str = "") -> PersonaConfig:
