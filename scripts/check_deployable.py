@@ -9,7 +9,7 @@ deployable as shipped:
 - every pod gets, through `envFrom` Secrets, the variables the edge and the stages read (edge
   token secret, gRPC token, LiveKit settings when LiveKit is on; Twilio's may be optional), and
   each Secret it names exists (with those keys) among the example Secrets under cluster/;
-- every pod sets the autoscaling metric push intervals to 2 s;
+- every pod sets the autoscaling metric push intervals to 2 s and the gRPC ingress's 4 MiB message limit;
 - GCS fault tolerance points at a Redis Service and a password Secret defined under cluster/;
 - a new-cluster upgrade keeps the old cluster at least as long as the longest replica drain.
 """
@@ -31,10 +31,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from validate_manifests import manifest_files  # noqa: E402
 
+from services.cluster import INGRESS_ENV  # noqa: E402
+
 CLUSTER = ROOT / "cluster"
 IMAGES = CLUSTER / "images"
-PUSH_INTERVALS = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2",
-                  "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2"}
+# What every node's environment must set: the autoscaling push intervals, the ingress limits.
+NODE_ENV = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2",
+            "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2", **INGRESS_ENV}
 _SERVE_DEFAULT_GRACEFUL_S = 20  # Serve's default graceful_shutdown_timeout_s
 
 
@@ -156,7 +159,7 @@ def _env_problems(cluster: dict, serve_config: dict) -> list[str]:
         problems += [f"{name}: no envFrom Secret provides {var}" for var in sorted(optional - provided - maybe)]
         env = {e["name"]: e.get("value") for e in container.get("env") or []}
         problems += [f"{name}: env {var} is {env.get(var)!r}, not {value!r}"
-                     for var, value in PUSH_INTERVALS.items() if env.get(var) != value]
+                     for var, value in NODE_ENV.items() if env.get(var) != value]
     return problems
 
 
@@ -204,7 +207,7 @@ def launcher_problems(launcher: dict, serve_config: dict) -> list[str]:
     required, optional = required_env(serve_config)
     problems += [f"launcher: {var} is not passed into the containers" for var in sorted((required | optional) - set(passed))]
     problems += [f"launcher: {var} is {passed.get(var)!r}, not {value!r}"
-                 for var, value in PUSH_INTERVALS.items() if passed.get(var) != value]
+                 for var, value in NODE_ENV.items() if passed.get(var) != value]
     return problems
 
 

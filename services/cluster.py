@@ -20,6 +20,13 @@ from pathlib import Path
 
 import yaml
 
+from services.common.rpc import MAX_MESSAGE_BYTES
+
+# Every node's environment (the RayService, the launcher, `parley up`): Serve's gRPC proxy refuses a
+# message over the documented 4 MiB with RESOURCE_EXHAUSTED as its header arrives (Serve's own
+# default is 2 GiB, read whole before anything else, authentication included, looks at it).
+INGRESS_ENV = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(MAX_MESSAGE_BYTES)}
+
 
 class ClusterError(RuntimeError):
     pass
@@ -51,7 +58,7 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, **self.env}
+        return {**INGRESS_ENV, **os.environ, **self.env}
 
     def is_running(self) -> bool:
         try:

@@ -85,6 +85,9 @@ STAGE_ERRORS = MetricSpec("parley_stage_errors", "counter", "Failed stage RPCs b
 ACTIVE_CONVERSATIONS = MetricSpec("parley_active_conversations", "gauge",
                                   "Live conversations held by one edge replica.",
                                   tag_keys=("application", "deployment", "replica"))
+TWILIO_CALLS = MetricSpec("parley_twilio_calls", "counter",
+                          "Twilio call outcomes: Twilio's status callbacks (CallStatus or StreamEvent) and calls "
+                          "the edge turned away busy (`rejected_busy`).", tag_keys=("status",))
 QUEUE_WAIT = MetricSpec("parley_stage_queue_wait_seconds", "histogram",
                         "Seconds a stage request waited before a replica or engine worker started it.",
                         tag_keys=("stage",), boundaries=QUEUE_WAIT_BUCKETS_S)
@@ -97,7 +100,7 @@ TOOL_LATENCY = MetricSpec("parley_tool_latency_seconds", "histogram",
                           tag_keys=("tool",), boundaries=TOOL_LATENCY_BUCKETS_S)
 
 SPECS: tuple[MetricSpec, ...] = (*TURN_HISTOGRAMS.values(), TURNS, BARGE_INS, UNDERRUNS, STAGE_ERRORS,
-                                 ACTIVE_CONVERSATIONS, QUEUE_WAIT, TOOL_CALLS, TOOL_LATENCY)
+                                 ACTIVE_CONVERSATIONS, QUEUE_WAIT, TOOL_CALLS, TOOL_LATENCY, TWILIO_CALLS)
 EXPORTED_SERIES: frozenset[str] = frozenset(series for spec in SPECS for series in spec.exported_series)
 
 
@@ -182,6 +185,16 @@ def record_stage_error(stage: str, code: Any) -> None:
             metrics[STAGE_ERRORS.name].inc(tags={"stage": str(stage), "code": name})
     except Exception as error:  # noqa: BLE001
         _warn("stage error", error)
+
+
+def record_twilio_call(status: str) -> None:
+    """Count one Twilio call outcome (a status Twilio reported, or `rejected_busy`)."""
+    try:
+        metrics = _get()
+        if metrics is not None:
+            metrics[TWILIO_CALLS.name].inc(tags={"status": status})
+    except Exception as error:  # noqa: BLE001
+        _warn("twilio call", error)
 
 
 def replica_tags() -> dict[str, str]:

@@ -7,13 +7,19 @@ one stream cleanly and the replica keeps serving everyone else.
 Stage RPCs are authenticated when a token is configured ($PARLEY_GRPC_TOKEN, or a file named by
 $PARLEY_GRPC_TOKEN_FILE, in the replicas' and the callers' environment): every call must carry
 `authorization: Bearer <token>`, else it ends UNAUTHENTICATED before the stage reads a message.
+
+No traceback ever reaches a caller: an unexpected error in a stage is logged on its replica and
+answered INTERNAL with a one-line message; a method the application does not serve (another
+application's, or any on `edge`) is answered UNIMPLEMENTED, after the token check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import inspect
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -23,6 +29,8 @@ import grpc
 
 from services.common.aio import first_leaf
 from services.common.audio import AudioFormatError
+
+logger = logging.getLogger("ray.serve")
 
 # Serve application names double as the `application` metadata a client sends to the proxy.
 APPLICATIONS = ("asr", "llm", "tts", "moshi")
@@ -36,6 +44,8 @@ SERVICER_FUNCTIONS = (
     "services.proto.llm_pb2_grpc.add_LanguageModelServicer_to_server",
     "services.proto.tts_pb2_grpc.add_SpeechSynthesisServicer_to_server",
     "services.proto.moshi_pb2_grpc.add_DuplexSpeechServicer_to_server",
+    # Not a service: the HTTP proxy's header deadline (services/common/http_limits.py).
+    "services.common.http_limits.add_header_deadline_to_server",
 )
 
 
@@ -71,6 +81,35 @@ def resource_exhausted(message: str) -> StageError:
     return StageError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
+# The details of a RESOURCE_EXHAUSTED that no other replica or retry can serve (the prompt does not
+# fit the model's context) start with this: callers must not retry it (OpenAI's name for the error).
+CONTEXT_EXCEEDED = "context_length_exceeded"
+
+
+def context_exceeded(prompt_tokens: int, context_tokens: int) -> StageError:
+    """The prompt does not fit the model's context: RESOURCE_EXHAUSTED, never worth a retry."""
+    return resource_exhausted(f"{CONTEXT_EXCEEDED}: the prompt of {prompt_tokens} tokens does not fit "
+                              f"the model's context of {context_tokens} tokens")
+
+
+def is_permanent(code: grpc.StatusCode, details: str) -> bool:
+    """A RESOURCE_EXHAUSTED that a retry cannot cure (see CONTEXT_EXCEEDED)."""
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith(CONTEXT_EXCEEDED)
+
+
+def as_stage_error(error: BaseException, stage: str) -> StageError:
+    """The status a caller sees for an error raised in a stage: StageError as it is, malformed audio
+    INVALID_ARGUMENT, anything else INTERNAL with a short message (the traceback stays in the log)."""
+    error = first_leaf(error)
+    if isinstance(error, StageError):
+        return error
+    if isinstance(error, AudioFormatError):
+        return invalid_argument(str(error))
+    logger.error("%s stream failed", stage, exc_info=error)
+    return StageError(grpc.StatusCode.INTERNAL, f"the {stage} stage failed ({type(error).__name__}); "
+                                                "see the replica's log")
+
+
 def grpc_stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     """Map StageError (and malformed audio) raised by a streaming Serve method to a gRPC status."""
 
@@ -85,10 +124,10 @@ def grpc_stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., Asyn
             responses = method(self, request, grpc_context=grpc_context) if wants_context else method(self, request)
             async for response in responses:
                 yield response
-        except* (StageError, AudioFormatError) as group:
-            error = first_leaf(group)
-            if not isinstance(error, StageError):
-                error = invalid_argument(str(error))
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as raised:  # noqa: BLE001 - every failure leaves as a status with a short message
+            error = as_stage_error(raised, getattr(self, "stage", type(self).__name__))
             if grpc_context is not None:
                 grpc_context.set_code(error.code)
                 grpc_context.set_details(error.message)

@@ -21,6 +21,7 @@ from services.common import autoscaling, telemetry
 from services.common.aio import first_leaf
 from services.common.audio import AudioFormatError
 from services.common.config import model_dump_public
+from services.common.unserved import RefusesUnservedMethods
 from services.common.workers import EngineWorker
 
 logger = logging.getLogger("ray.serve")
@@ -71,8 +72,9 @@ def cap_gpu_memory(fraction: float | None) -> None:
         logger.info("capped torch CUDA memory to %.0f%% of the GPU", fraction * 100)
 
 
-class StageDeployment(Generic[ConfigT]):
-    """Base of the asr/llm/tts/moshi deployment classes (plain classes that Serve decorates)."""
+class StageDeployment(RefusesUnservedMethods, Generic[ConfigT]):
+    """Base of the asr/llm/tts/moshi deployment classes (plain classes that Serve decorates); another
+    stage's gRPC method is refused UNIMPLEMENTED (services/common/unserved.py)."""
 
     config_type: type[ConfigT]
     stage: str = "stage"  # asr | llm | tts | moshi: names the tracer, the service and the spans' parley.stage

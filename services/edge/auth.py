@@ -47,3 +47,29 @@ def verify_token(token: object, secret: str) -> dict:
         raise AuthError("the token has expired") from None
     except jwt.InvalidTokenError as error:
         raise AuthError(f"invalid token: {error}") from None
+
+
+class SingleUse:
+    """Token ids (`jti`) already used in this process, each kept until its token expires, so a token
+    opens one stream only. The record is per process: with several edge replicas a token could be
+    used once on each replica it reaches within its lifetime (docs/twilio.md)."""
+
+    def __init__(self, clock=time.time):
+        self._clock = clock
+        self._used: dict[str, float] = {}  # jti -> the token's expiry (epoch seconds)
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+    def spend(self, claims: dict) -> None:
+        """Record the token as used; AuthError if it was used before or carries no id."""
+        now = self._clock()
+        for jti in [jti for jti, expires in self._used.items() if expires <= now]:
+            del self._used[jti]
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise AuthError("the token has no id (jti), so it cannot be single-use")
+        if jti in self._used:
+            raise AuthError("the token was used already: it opens one stream")
+        expires = claims.get("exp")
+        self._used[jti] = float(expires) if isinstance(expires, int | float) else now

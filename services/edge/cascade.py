@@ -141,6 +141,14 @@ class CascadeCall(CallCore):
             self._goodbye = turn
         await self.emit(IdlePrompt(turn.id, final=final))
 
+    async def on_dtmf(self, digit: str) -> None:
+        """A key press is a `dtmf` event; with tools, also a user turn "[DTMF <digit>]", so the
+        model can act on a menu choice (docs/twilio.md)."""
+        await super().on_dtmf(digit)
+        if self.persona.tools:
+            self._speech_end = self._vad_stopped = None
+            await self._on_user_turn(f"[DTMF {digit}]", None)
+
     async def _on_user_text(self, text: str) -> None:
         """Typed input (WebSocket `user_text`): a user turn with no utterance (and no speech timing)."""
         self._speech_end = self._vad_stopped = None

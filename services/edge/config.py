@@ -206,6 +206,14 @@ class TwilioConfig(Config):
     stream_token_ttl_s: float = Field(60.0, ge=5, le=3600)
     # Twilio's REST API (the `transfer` tool updates the live call there); a stand-in in tests.
     api_base_url: str = "https://api.twilio.com"
+    # When the edge is at max_conversations, the voice webhook turns the call away at once: empty
+    # (default) answers <Reject reason="busy"/> (the caller hears a busy tone, nothing is billed);
+    # a text answers <Say> with it, then <Hangup/>.
+    busy_message: str = Field("", max_length=500)
+    # Where Twilio posts the media stream's status (stream-started/-stopped/-error), given as the
+    # <Stream statusCallback>. Empty: none. `/v1/twilio/status` on this edge counts the outcomes
+    # (and may also be set as the number's call status callback URL).
+    status_callback_url: str = ""
 
     @model_validator(mode="after")
     def _public_url_is_a_base(self) -> TwilioConfig:
@@ -214,6 +222,8 @@ class TwilioConfig(Config):
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
                 raise ValueError("twilio.public_url must be an http(s):// base URL without query or fragment, "
                                  f"got {self.public_url!r}")
+        if self.status_callback_url and urlsplit(self.status_callback_url).scheme not in ("http", "https"):
+            raise ValueError(f"twilio.status_callback_url must be an http(s):// URL, got {self.status_callback_url!r}")
         return self
 
 

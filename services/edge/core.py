@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from services.common.aio import first_leaf
 from services.common.timeline import TurnTimeline
 from services.edge.config import EdgeConfig, PersonaConfig
-from services.edge.events import AgentAudioStart, Event, Metrics, Ready, serialize
+from services.edge.events import AgentAudioStart, Dtmf, Event, Metrics, Ready, serialize
 from services.edge.playout import Playout, Segment, play_alone
 from services.edge.record.log import CallLog
 from services.edge.streams.base import Metadata, StageClients, StageUnavailable
@@ -64,6 +64,7 @@ class CallCore:
                 await self.emit(Ready(self.id, self.transport.input_sample_rate, self.transport.output_sample_rate,
                                       mode=self.mode))
                 self.fallback.warm(self.stages, self.persona.voice, self.transport.output_sample_rate)
+                self.transport.on_dtmf = self.on_dtmf
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self.playout.run(), name=f"{self.id}:playout")
                     self._start(tasks)
@@ -103,6 +104,10 @@ class CallCore:
 
     def _on_underrun(self, turn_id: int) -> None:
         """The caller heard a gap in turn `turn_id`'s audio."""
+
+    async def on_dtmf(self, digit: str) -> None:
+        """The caller pressed a key: a `dtmf` event (the cascade also hands it to the LLM)."""
+        await self.emit(Dtmf(digit))
 
     # -- shared pieces --------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from ray import serve
 from ray.serve import Application
 
 from services.common import telemetry
+from services.common.request_body import BodyError, read_json_body
+from services.common.unserved import RefusesUnservedMethods
 from services.edge.auth import load_secret
 from services.edge.config import EdgeConfig
 from services.edge.host import CallHost, Failure
@@ -52,7 +54,7 @@ def _tts_voices(application: str):
 
 @serve.deployment(name="Edge", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=200)
 @serve.ingress(app)
-class EdgeDeployment:
+class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `edge`: UNIMPLEMENTED
     def __init__(self, config: EdgeConfig):
         self.config = EdgeConfig.model_validate(config)
         telemetry.setup("parley-edge")
@@ -102,21 +104,25 @@ class EdgeDeployment:
         if not await self.twilio.admit_media(websocket):  # unsigned: refused before accept (HTTP 403)
             return
         await websocket.accept()
-        await self._hold(websocket, TwilioTransport, json_errors=False)
+        await self._hold(websocket, TwilioTransport, json_errors=False, admit=self.twilio.admit_stream)
 
-    async def _hold(self, websocket: WebSocket, transport_type, json_errors: bool) -> None:
+    async def _hold(self, websocket: WebSocket, transport_type, json_errors: bool, admit=None) -> None:
         async def fail(failure: Failure) -> None:
             if json_errors and failure.error_event:
                 try:
-                    await websocket.send_json({"type": "error", "code": failure.code, "message": failure.message})
+                    await websocket.send_json({"type": "error", "code": failure.code, "message": failure.message,
+                                               **({"stage": failure.stage} if failure.stage else {})})
                 except Exception:
                     pass
             await _close(websocket, failure.close_code, failure.message)
 
-        def open_transport():
-            return transport_type.open(websocket, self.secret, start_timeout_s=self.config.start_timeout_s,
-                                       max_frame_ms=self.config.max_frame_ms,
-                                       max_control_bytes=self.config.max_control_bytes)
+        async def open_transport():
+            transport = await transport_type.open(websocket, self.secret, start_timeout_s=self.config.start_timeout_s,
+                                                  max_frame_ms=self.config.max_frame_ms,
+                                                  max_control_bytes=self.config.max_control_bytes)
+            if admit is not None:  # e.g. spend a single-use token (ProtocolError ends the call)
+                admit(transport)
+            return transport
 
         name = transport_type.__name__.removesuffix("Transport").lower()
         if await self.host.hold(open_transport, fail, name) is None:
@@ -125,15 +131,24 @@ class EdgeDeployment:
     @app.post("/v1/twilio/voice")
     async def twilio_voice(self, request: Request) -> Response:
         """Twilio's incoming-call webhook: signed by Twilio, answered with TwiML (twilio_ingress.py)."""
-        return await self.twilio.voice(request)
+        return await self.twilio.voice(request, full=self.host.full)
+
+    @app.post("/v1/twilio/status")
+    async def twilio_status(self, request: Request) -> Response:
+        """Twilio's call and stream status callbacks, signed by Twilio: counted by status."""
+        return await self.twilio.status(request)
 
     @app.post("/v1/livekit/dispatch")
     async def livekit_dispatch(self, request: Request) -> JSONResponse:
         """Send the agent into a room: `{"room": "<name>"}` with `Authorization: Bearer <edge token>`."""
         from services.edge.livekit_dispatch import dispatch_request
 
-        body, status = await dispatch_request(self.livekit, await request.body(),
-                                              request.headers.get("authorization", ""), self.secret, self.host.persona)
+        try:
+            raw = await read_json_body(request)  # size, time and nesting depth limits: 413/408/400
+        except BodyError as error:
+            return JSONResponse({"error": error.message}, error.status)
+        body, status = await dispatch_request(self.livekit, raw, request.headers.get("authorization", ""), self.secret,
+                                              self.host.persona)
         return JSONResponse(body, status)
 
     @app.post("/v1/livekit/webhook")
@@ -141,8 +156,11 @@ class EdgeDeployment:
         """LiveKit's webhooks: dispatch by `livekit.webhook_dispatch`; room_finished ends the room's call."""
         from services.edge.livekit_dispatch import webhook_request
 
-        body, status = await webhook_request(self.livekit, await request.body(),
-                                             request.headers.get("authorization", ""))
+        try:
+            raw = await read_json_body(request)
+        except BodyError as error:
+            return JSONResponse({"error": error.message}, error.status)
+        body, status = await webhook_request(self.livekit, raw, request.headers.get("authorization", ""))
         return JSONResponse(body, status)
 
     async def stats(self, turns: bool = False) -> dict:

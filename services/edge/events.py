@@ -153,6 +153,14 @@ class Transfer(TurnEvent):
 
 
 @dataclass(frozen=True)
+class Dtmf(Event):
+    """The caller pressed a key on the phone (Twilio calls): 0-9, * or #."""
+
+    type: ClassVar[str] = "dtmf"
+    digit: str
+
+
+@dataclass(frozen=True)
 class Metrics(Event):
     """A finished turn's latency components (services/common/timeline.py)."""
 

@@ -29,7 +29,7 @@ from services.edge.duplex import DuplexCall, call_mode
 from services.edge.persona import VoiceCatalog, persona_for
 from services.edge.record.log import CallLog
 from services.edge.record.sender import RecordSender, end_reason
-from services.edge.streams.base import StageClients, StageUnavailable
+from services.edge.streams.base import StageClients, StageRefused, StageUnavailable, describe
 from services.edge.streams.fallback import FallbackLine
 from services.edge.streams.moshi import DuplexFull
 from services.edge.tools.transfer import CallEnded
@@ -51,11 +51,19 @@ class Failure:
     code: str
     message: str
     error_event: bool = True  # False for a normal end the agent chose (the close reason says why)
+    stage: str = ""  # the stage that refused, for a `stage_error` event
 
 
 def _rpc_failure(error: grpc.aio.AioRpcError) -> Failure:
+    # Stage streams turn what they do not retry into StageRefused; an RPC error that arrives bare
+    # came from none of them, so the edge is the honest label.
     metrics.record_stage_error("edge", error.code())
-    return Failure(1011, "stage_error", f"a stage failed: {error.code().name}")
+    return Failure(1011, "stage_error", f"a stage failed: {describe(error)}")
+
+
+def _refused(error: StageRefused) -> Failure:
+    metrics.record_stage_error(error.stage, error.code)
+    return Failure(1011, "stage_error", str(error), stage=error.stage)
 
 
 # The one table from errors to how the call ends, first match wins.
@@ -69,6 +77,7 @@ FAILURES: tuple[tuple[type[BaseException], Callable[[BaseException, EdgeConfig],
     (DuplexFull, lambda e, c: Failure(4503, "over_capacity", "every duplex slot is taken; try again")),
     (StageUnavailable, lambda e, c: Failure(1013, "stage_unavailable",
                                             f"the {e.stage} stage is unavailable; call again shortly")),
+    (StageRefused, lambda e, c: _refused(e)),
     (grpc.aio.AioRpcError, lambda e, c: _rpc_failure(e)),
     (Exception, lambda e, c: Failure(1011, "internal", "the conversation failed")),
 )
@@ -99,9 +108,14 @@ class CallHost:
 
     # -- admission and checks at `start` -----------------------------------------------------------
 
+    @property
+    def full(self) -> bool:
+        """No more calls fit on this replica (a Twilio call is then turned away before its stream)."""
+        return len(self.calls) >= self.config.max_conversations
+
     def admit(self) -> None:
         """Raise OverCapacity when no more calls fit."""
-        if len(self.calls) >= self.config.max_conversations:
+        if self.full:
             raise OverCapacity()
 
     async def persona(self, claims: dict, requested_voice: str = "") -> PersonaConfig:

@@ -63,6 +63,8 @@ class Transport(ABC):
     requested_voice: str = ""
     # Set by a call that takes typed input (`user_text`): called with the text, as a user turn.
     on_user_text: Callable[[str], Awaitable[None]] | None = None
+    # Set by every call: called with each key the caller presses (Twilio's `dtmf`).
+    on_dtmf: Callable[[str], Awaitable[None]] | None = None
 
     @abstractmethod
     async def receive_audio(self) -> bytes:

@@ -57,6 +57,10 @@ def otlp_receiver():
     receiver.stop()
 
 
+# The HTTP proxy's header deadline in the test cluster (production default 10 s), short so the
+# slowloris test waits less (services/common/http_limits.py).
+HEADER_TIMEOUT_S = 3.0
+
 # Stage RPCs are authenticated in the test cluster as in production: the replicas get the token
 # from the cluster's environment, the test process's clients (stage_metadata) from its own.
 GRPC_TOKEN = "parley-test-grpc-token"
@@ -68,6 +72,7 @@ def serve_cluster(tmp_path_factory, otlp_receiver) -> ServeCluster:
     os.environ[GRPC_TOKEN_ENV] = GRPC_TOKEN
     cluster = LocalCluster(gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT, num_cpus=4, num_gpus=1, workdir=ROOT,
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0",
+                                "PARLEY_HTTP_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
                                 **fast_tracing_env(otlp_receiver.endpoint)})
     config = render_config(ROOT / "serve_config.cpu.yaml", tmp_path_factory.mktemp("serve") / "serve.yaml",
                            http_port=HTTP_PORT, grpc_port=GRPC_PORT, tracing=True,

@@ -191,3 +191,25 @@ async def test_a_signed_stream_without_a_valid_token_is_refused(serve_cluster, e
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(socket.recv(), 5)
         assert socket.close_code == 4401
+
+
+async def test_the_stream_token_opens_one_stream_only(serve_cluster, edge_http_url, twilio_auth_token, ray_client):
+    voice_url = edge_http_url + "/v1/twilio/voice"
+    form = voice_form("CA00000000000000000000000000000002")
+    stream_url, parameters = connect_stream((await post_voice(voice_url, form, sign(twilio_auth_token, voice_url,
+                                                                                    form))).text)
+    headers = {"X-Twilio-Signature": sign(twilio_auth_token, stream_url)}
+    start = json.dumps({"event": "start", "streamSid": SID, "start": {
+        "streamSid": SID, "callSid": form["CallSid"], "customParameters": {"token": parameters["token"]},
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
+    async with websockets.connect(stream_url, additional_headers=headers) as first:
+        await first.send(start)
+        assert json.loads(await asyncio.wait_for(first.recv(), 30))["event"] in ("media", "mark")  # the call is up
+        async with websockets.connect(stream_url, additional_headers=headers) as second:  # the same token again
+            await second.send(start)
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(second.recv(), 10)
+        assert second.close_code == 4401 and "used already" in second.close_reason
+        await first.send(json.dumps({"event": "stop", "streamSid": SID, "stop": {"callSid": form["CallSid"]}}))
+    await assert_quiet(ray_client)

@@ -10,6 +10,7 @@ import time
 import pytest
 import pytest_asyncio
 
+from services.common.rpc import StageError, is_permanent
 from services.llm.config import OpenAIConfig, TransformersConfig
 from services.llm.engine import ChatRequest, ChatTurn, Delta, Finished, Sampling
 
@@ -210,9 +211,11 @@ async def test_worker_errors_surface_and_are_not_aborts(engine, monkeypatch):
 
 async def test_prompt_longer_than_the_context_is_refused(engine):
     long = ChatRequest(messages=(ChatTurn("user", "hello there " * 1500),))
-    with pytest.raises(ValueError, match="does not fit the model's context of 2048"):
+    with pytest.raises(StageError, match="does not fit the model's context of 2048 tokens") as refused:
         await collect(engine.generate(long))
     assert engine.stats.active == 0
+    # RESOURCE_EXHAUSTED, marked as one no retry can cure (the edge does not retry it)
+    assert is_permanent(refused.value.code, refused.value.message)
 
 
 def test_missing_model_path_names_the_fix():

@@ -54,6 +54,7 @@ try:
             metrics.record_stage_error("llm", grpc.StatusCode.UNAVAILABLE)
             metrics.set_active_conversations(3)
             metrics.observe_queue_wait("tts", 0.004)
+            metrics.record_twilio_call("completed")
             return metrics.replica_tags()
 
         async def call_with_tools(self):
@@ -198,6 +199,7 @@ def test_counters_and_gauge_reach_the_endpoint(scraped):
     assert result["replica_tags"]["replica"].startswith("pid-")
     assert _values(samples, "ray_parley_active_conversations", replica=result["replica_tags"]["replica"]) == 3
     assert _values(samples, "ray_parley_stage_queue_wait_seconds_count", stage="tts") == 1
+    assert _values(samples, "ray_parley_twilio_calls_total", status="completed") == 1
     assert _values(samples, "ray_parley_stage_queue_wait_seconds_bucket", key="le", stage="tts") == \
         _cumulative([0.004], metrics.QUEUE_WAIT_BUCKETS_S)
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import grpc
 
 from services.common.clients import RequestStream, open_channel
-from services.common.rpc import stage_metadata
+from services.common.rpc import is_permanent, stage_metadata
 from services.edge.config import ResilienceConfig, StagesConfig
 from services.proto import asr_pb2_grpc, llm_pb2_grpc, moshi_pb2_grpc, tts_pb2_grpc
 
@@ -41,6 +41,15 @@ class StageUnavailable(Exception):
     def __init__(self, stage: str, cause: str):
         super().__init__(f"the {stage} stage is unavailable: {cause}")
         self.stage, self.cause = stage, cause
+
+
+class StageRefused(Exception):
+    """A stage answered with a status no retry can cure (a caller mistake, a prompt over the model's
+    context): the stage that refused, its status code and a short message."""
+
+    def __init__(self, stage: str, error: grpc.aio.AioRpcError):
+        super().__init__(f"the {stage} stage refused the request: {describe(error)}")
+        self.stage, self.code = stage, error.code()
 
 
 class StageTimeout(Exception):
@@ -94,9 +103,10 @@ class RetryBudget:
         self.retries = 0
 
     async def spend(self, error: BaseException) -> None:
-        """Wait before the next attempt, or raise StageUnavailable when the budget is spent."""
-        if isinstance(error, grpc.aio.AioRpcError) and error.code() not in RETRYABLE:
-            raise error
+        """Wait before the next attempt, or raise StageUnavailable when the budget is spent
+        (StageRefused at once for an error no retry can cure)."""
+        if isinstance(error, grpc.aio.AioRpcError) and not retryable(error):
+            raise StageRefused(self.stage, error) from error
         now = time.monotonic()
         for spent in (self._failures, self._timeouts):
             while spent and now - spent[0] > self.config.retry_window_s:
@@ -114,11 +124,24 @@ class RetryBudget:
         await asyncio.sleep(delay)
 
 
+def retryable(error: grpc.aio.AioRpcError) -> bool:
+    """Worth another attempt: a broken or full replica, not a request no replica can serve."""
+    return error.code() in RETRYABLE and not is_permanent(error.code(), error.details() or "")
+
+
+# A stage's details are one short line; a longer one (a traceback from an older or foreign stage)
+# is cut, so a client's `error` event never carries it.
+MAX_DETAILS_CHARS = 160
+
+
 def describe(error: BaseException) -> str:
-    """A one-line account of a stage failure for logs and error events."""
+    """A one-line, short account of a stage failure for logs and error events."""
     if isinstance(error, grpc.aio.AioRpcError):
-        return f"{error.code().name}: {error.details()}"
-    return type(error).__name__ if not str(error) else f"{type(error).__name__}: {error}"
+        text = f"{error.code().name}: {error.details() or ''}"
+    else:
+        text = type(error).__name__ if not str(error) else f"{type(error).__name__}: {error}"
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= MAX_DETAILS_CHARS else line[:MAX_DETAILS_CHARS - 1] + "…"
 
 
 class Deadline:

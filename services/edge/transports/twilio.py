@@ -38,6 +38,7 @@ from services.edge.transports import mulaw
 SAMPLE_RATE = 8000
 ENCODING = "audio/x-mulaw"
 TOKEN_PARAMETER = "token"
+DTMF_DIGITS = frozenset("0123456789*#")  # what Twilio reports; anything else is dropped
 CALL_SUBJECT_PREFIX = "twilio:"
 INBOUND_TRACK = "inbound"
 # Room for the JSON around a media payload, and for a `start` with its custom parameters.
@@ -208,8 +209,10 @@ class TwilioTransport(Transport):
                 self._mark_played(_section(message, "mark").get("name"))
             elif event == "dtmf":
                 digit = _section(message, "dtmf").get("digit")
-                if isinstance(digit, str):
+                if isinstance(digit, str) and digit in DTMF_DIGITS:
                     self.dtmf_digits.append(digit)
+                    if self.on_dtmf is not None:
+                        await self.on_dtmf(digit)
             elif event == "stop":
                 self._hang_up()
                 raise CallerHungUp("Twilio stopped the stream")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import is_local_path, require_path, resolve_device
+from services.common.rpc import context_exceeded
 from services.llm.config import TransformersConfig
 from services.llm.engine import (
     ChatRequest,
@@ -274,9 +275,7 @@ class TransformersEngine(LLMEngine):
                 if self.max_context is not None:
                     room = self.max_context - len(prompt_ids)
                     if room <= 0:
-                        raise ValueError(
-                            f"prompt of {len(prompt_ids)} tokens does not fit the model's context of {self.max_context}"
-                        )
+                        raise context_exceeded(len(prompt_ids), self.max_context)
                     max_new = min(max_new, room)
                 if max_new < 1:
                     raise ValueError(f"max_tokens must be >= 1, got {request.sampling.max_tokens}")

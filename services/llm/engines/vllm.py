@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import is_local_path, require_path
+from services.common.rpc import context_exceeded
 from services.llm.config import VLLMConfig
 from services.llm.engine import (
     ChatRequest,
@@ -173,6 +174,11 @@ class VLLMEngine(LLMEngine):
         # The chat template already wrote BOS and other special tokens: add none here.
         return list(tokenizer.encode(text, add_special_tokens=False))
 
+    def context_tokens(self) -> int | None:
+        """The model's context length as vLLM runs it (max_model_len, or the model's own)."""
+        model_config = getattr(self.engine, "model_config", None)
+        return getattr(model_config, "max_model_len", None) or self.config.max_model_len
+
     def sampling_params(self, sampling: Sampling) -> Any:
         greedy = sampling.temperature <= 0.0
         kwargs: dict[str, Any] = dict(
@@ -206,6 +212,9 @@ class VLLMEngine(LLMEngine):
         with self.stats.track(request_id) as tracked:
             try:
                 prompt_ids = await self.encode_prompt(request)
+                context = self.context_tokens()
+                if context is not None and len(prompt_ids) >= context:  # vLLM would raise its own traceback
+                    raise context_exceeded(len(prompt_ids), context)
                 params = self.sampling_params(request.sampling)
                 delta_mode = self._delta_kind is not None
                 sent_text = 0  # cumulative mode only: characters already yielded
