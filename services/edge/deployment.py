@@ -65,9 +65,12 @@ class EdgeDeployment:
         self.livekit = None  # RoomAgents when LiveKit is enabled
         if self.config.livekit.enabled:
             from services.edge.livekit_dispatch import LiveKitCredentials, RoomAgents
+            from services.edge.livekit_rooms import RoomRegistry
 
+            host = self.host
             self.livekit = RoomAgents(self.config.livekit, LiveKitCredentials.from_env(self.config.livekit),
-                                      self.host.hold_room, self.config.max_conversations)
+                                      host.hold_room, self.config.max_conversations, registry=RoomRegistry.actor(),
+                                      other_calls=lambda: len(host.calls) - len(host.room_calls))
 
     def stages(self) -> StageClients:
         if self._stages is None:  # the gRPC channel must be made on the replica's event loop
@@ -130,20 +133,20 @@ class EdgeDeployment:
     @app.post("/v1/livekit/dispatch")
     async def livekit_dispatch(self, request: Request) -> JSONResponse:
         """Send the agent into a room: `{"room": "<name>"}` with `Authorization: Bearer <edge token>`."""
-        from services.edge.livekit_dispatch import dispatch_request
+        from services.edge.livekit_dispatch import dispatch_request, response_headers
 
         body, status = await dispatch_request(self.livekit, await request.body(),
                                               request.headers.get("authorization", ""), self.secret, self.host.persona)
-        return JSONResponse(body, status)
+        return JSONResponse(body, status, headers=response_headers(status))
 
     @app.post("/v1/livekit/webhook")
     async def livekit_webhook(self, request: Request) -> JSONResponse:
         """LiveKit's webhooks: dispatch by `livekit.webhook_dispatch`; room_finished ends the room's call."""
-        from services.edge.livekit_dispatch import webhook_request
+        from services.edge.livekit_dispatch import response_headers, webhook_request
 
         body, status = await webhook_request(self.livekit, await request.body(),
                                              request.headers.get("authorization", ""))
-        return JSONResponse(body, status)
+        return JSONResponse(body, status, headers=response_headers(status))
 
     async def stats(self, turns: bool = False) -> dict:
         """Live conversations and asyncio tasks on this replica (the autoscaling signal; leak checks),
