@@ -158,6 +158,8 @@ class RoomAgents:
                 await transport.close()
             finally:
                 del self.rooms[room]
+                if not self.rooms and self._poll is not None:
+                    self._poll.cancel()  # no room left to be told to leave, no claim to keep alive
                 await asyncio.shield(self.registry.release(room, self.holder))
 
     def _start_polling(self) -> None:
