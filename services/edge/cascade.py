@@ -77,6 +77,8 @@ class CascadeCall(CallCore):
         if self.turn is not None and self.turn.id == turn_id:
             self.turn.first_audio()
         await super()._on_first_audio(turn_id)
+        if self.turn is not None and self.turn.id == turn_id:
+            await self.set_agent_state("speaking")
 
     def _on_underrun(self, turn_id: int) -> None:
         if self.turn is not None and self.turn.id == turn_id:
@@ -170,6 +172,8 @@ class CascadeCall(CallCore):
 
     async def _run_turn(self, turn: Turn, fixed_text: str | None) -> None:
         voice, rate = self.persona.voice, self.transport.output_sample_rate
+        if self.turn is turn:
+            await self.set_agent_state("thinking")  # until the reply's first audio
         with self.tracing.tts_call(turn.id, voice=voice, sample_rate=rate) as metadata:
             tts = TtsStream(self.stages, voice, rate, self.config.resilience, metadata)
             try:
@@ -232,6 +236,8 @@ class CascadeCall(CallCore):
             await self.transport.clear_audio()
         await turn.announce_end()
         await self.report(turn.timeline)
+        if self.turn is None:
+            await self.set_agent_state("listening")
         self.idle.activity()
         if turn is self._goodbye:
             self._goodbye = None

@@ -175,6 +175,12 @@ class LiveKitConfig(Config):
     # leaves them; keep it under the deployment's graceful_shutdown_timeout_s.
     drain_timeout_s: float = Field(600.0, ge=0)
     webhook_dispatch: list[WebhookDispatchRule] = []
+    # Explicit dispatch, the LiveKit way: join rooms with an agent dispatch for this agent name (a
+    # RoomAgentDispatch in a participant's token, or the AgentDispatchService API), found when a
+    # room_started or participant_joined webhook comes. "" = off.
+    dispatch_agent_name: str = Field("", max_length=128)
+    # The server's HTTP API (dispatches, SIP transfer); "" = `url` with http(s):// for ws(s)://.
+    api_url: str = ""
 
     @model_validator(mode="after")
     def _url_scheme(self) -> LiveKitConfig:

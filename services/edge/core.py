@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from services.common.aio import first_leaf
 from services.common.timeline import TurnTimeline
 from services.edge.config import EdgeConfig, PersonaConfig
-from services.edge.events import AgentAudioStart, Dtmf, Event, Metrics, Ready, serialize
+from services.edge.events import AgentAudioStart, AgentState, Dtmf, Event, Metrics, Ready, serialize
 from services.edge.playout import Playout, Segment, play_alone
 from services.edge.record.log import CallLog
 from services.edge.streams.base import Metadata, StageClients, StageUnavailable
@@ -50,9 +50,10 @@ class CallCore:
         # See each finished turn's timeline; they must not block.
         self.observers = (*observers, self.tracing.turn_finished)
         self._started = time.monotonic()
+        self.agent_state = "initializing"  # sent as `agent_state` events when it changes
         lead_ms, prebuffer_ms = self._playout_timing()
         self.playout = Playout(self._output(), config.playout_frame_ms, lead_ms, self._on_first_audio,
-                               self._on_underrun, prebuffer_ms)
+                               self._on_underrun, prebuffer_ms, on_segment_start=self._on_segment_start)
 
     # -- the skeleton ---------------------------------------------------------------------------
 
@@ -63,6 +64,7 @@ class CallCore:
             try:
                 await self.emit(Ready(self.id, self.transport.input_sample_rate, self.transport.output_sample_rate,
                                       mode=self.mode))
+                await self.set_agent_state("listening")
                 self.fallback.warm(self.stages, self.persona.voice, self.transport.output_sample_rate)
                 self.transport.on_dtmf = self.on_dtmf
                 async with asyncio.TaskGroup() as tasks:
@@ -109,12 +111,22 @@ class CallCore:
         """The caller pressed a key: a `dtmf` event (the cascade also hands it to the LLM)."""
         await self.emit(Dtmf(digit))
 
+    async def _on_segment_start(self, turn_id: int, segment: Segment) -> None:
+        """The caller starts hearing `segment` of turn `turn_id`: the transport may caption it in step."""
+        await self.transport.agent_speech(turn_id, segment.text)
+
     # -- shared pieces --------------------------------------------------------------------------
 
     async def emit(self, event: Event) -> None:
         """Send an event to the client; the one place events are serialized."""
         self.log.event(event)
         await self.transport.send_event(serialize(event, time.monotonic() - self._started))
+
+    async def set_agent_state(self, state: str) -> None:
+        """Tell the client what the agent does now (`agent_state`), once per change."""
+        if state != self.agent_state:
+            self.agent_state = state
+            await self.emit(AgentState(state))
 
     async def report(self, timeline: TurnTimeline) -> None:
         """A turn is over: observers (tracing, Prometheus, stats) and the client's `metrics` event."""

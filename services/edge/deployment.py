@@ -67,9 +67,12 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
         self.livekit = None  # RoomAgents when LiveKit is enabled
         if self.config.livekit.enabled:
             from services.edge.livekit_dispatch import LiveKitCredentials, RoomAgents
+            from services.edge.livekit_rooms import RoomRegistry
 
+            host = self.host
             self.livekit = RoomAgents(self.config.livekit, LiveKitCredentials.from_env(self.config.livekit),
-                                      self.host.hold_room, self.config.max_conversations)
+                                      host.hold_room, self.config.max_conversations, registry=RoomRegistry.actor(),
+                                      other_calls=lambda: len(host.calls) - len(host.room_calls))
 
     def stages(self) -> StageClients:
         if self._stages is None:  # the gRPC channel must be made on the replica's event loop
@@ -141,7 +144,7 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
     @app.post("/v1/livekit/dispatch")
     async def livekit_dispatch(self, request: Request) -> JSONResponse:
         """Send the agent into a room: `{"room": "<name>"}` with `Authorization: Bearer <edge token>`."""
-        from services.edge.livekit_dispatch import dispatch_request
+        from services.edge.livekit_dispatch import dispatch_request, response_headers
 
         try:
             raw = await read_json_body(request)  # size, time and nesting depth limits: 413/408/400
@@ -149,19 +152,19 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
             return JSONResponse({"error": error.message}, error.status)
         body, status = await dispatch_request(self.livekit, raw, request.headers.get("authorization", ""), self.secret,
                                               self.host.persona)
-        return JSONResponse(body, status)
+        return JSONResponse(body, status, headers=response_headers(status))
 
     @app.post("/v1/livekit/webhook")
     async def livekit_webhook(self, request: Request) -> JSONResponse:
         """LiveKit's webhooks: dispatch by `livekit.webhook_dispatch`; room_finished ends the room's call."""
-        from services.edge.livekit_dispatch import webhook_request
+        from services.edge.livekit_dispatch import response_headers, webhook_request
 
         try:
             raw = await read_json_body(request)
         except BodyError as error:
             return JSONResponse({"error": error.message}, error.status)
         body, status = await webhook_request(self.livekit, raw, request.headers.get("authorization", ""))
-        return JSONResponse(body, status)
+        return JSONResponse(body, status, headers=response_headers(status))
 
     async def stats(self, turns: bool = False) -> dict:
         """Live conversations and asyncio tasks on this replica (the autoscaling signal; leak checks),

@@ -37,6 +37,8 @@ from services.edge.transport import AudioOutput, ProtocolError, Transport
 TURN_ID = 0  # the whole call is one continuous agent stream
 # Audio whose RMS is below this (about -40 dBFS) counts as silence, for both sides.
 SPEECH_RMS = 0.01
+# The agent counts as `listening` (agent_state) once its audio has been this long below SPEECH_RMS.
+AGENT_QUIET_S = 0.5
 
 
 class InferredTurns:
@@ -100,6 +102,7 @@ class DuplexCall(CallCore):
         self.moshi: MoshiStream | None = None
         self.underruns = 0  # gaps the caller heard, over the whole call
         self._underruns_reported = 0
+        self._agent_audible = 0.0  # when the agent's latest audible frame went out
 
     # -- hooks of the core ----------------------------------------------------------------------
 
@@ -159,7 +162,13 @@ class DuplexCall(CallCore):
                 await self.emit(AgentText(TURN_ID, response.text.text))
 
     async def _on_agent_frame(self, frame: bytes) -> None:
-        turn = self._turns.agent_audio(frame, time.monotonic()) if self._turns is not None else None
+        now = time.monotonic()
+        if frame and pcm_rms(frame) >= SPEECH_RMS:
+            self._agent_audible = now
+            await self.set_agent_state("speaking")
+        elif now - self._agent_audible >= AGENT_QUIET_S:
+            await self.set_agent_state("listening")
+        turn = self._turns.agent_audio(frame, now) if self._turns is not None else None
         if turn is not None:
             turn.underruns, self._underruns_reported = self.underruns - self._underruns_reported, self.underruns
             await self.report(turn)

@@ -152,6 +152,19 @@ class Transfer(TurnEvent):
     target: str
 
 
+AGENT_STATES = ("initializing", "listening", "thinking", "speaking")
+
+
+@dataclass(frozen=True)
+class AgentState(Event):
+    """What the agent is doing now, sent when it changes (the values of LiveKit's
+    `lk.agent.state` attribute): `listening` after `ready` and after each reply, `thinking` from
+    the end of the caller's turn to the reply's first audio, `speaking` while its audio plays."""
+
+    type: ClassVar[str] = "agent_state"
+    state: str
+
+
 @dataclass(frozen=True)
 class Dtmf(Event):
     """The caller pressed a key on the phone (Twilio calls): 0-9, * or #."""

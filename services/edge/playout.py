@@ -53,7 +53,8 @@ class Playout:
 
     def __init__(self, transport: AudioOutput, frame_ms: int, lead_ms: int,
                  on_first_audio: Callable[[int], Awaitable[None]], on_underrun: Callable[[int], None],
-                 prebuffer_ms: int = 0):
+                 prebuffer_ms: int = 0,
+                 on_segment_start: Callable[[int, Segment], Awaitable[None]] | None = None):
         self._transport = transport
         self._rate = transport.output_sample_rate
         self._frame = self._rate * frame_ms // 1000
@@ -62,6 +63,8 @@ class Playout:
         self._lead_s = lead_ms / 1000
         self._prebuffer_s = prebuffer_ms / 1000
         self._on_first_audio, self._on_underrun = on_first_audio, on_underrun
+        self._on_segment_start = on_segment_start
+        self._last_segment: Segment | None = None  # of the latest frame sent
         self._frames: deque[_Frame] = deque()
         self._ready = asyncio.Event()
         self._segments: dict[int, list[Segment]] = {}
@@ -168,6 +171,10 @@ class Playout:
                 await asyncio.sleep(due - self._lead_s - now)
                 continue  # the queue may have been cut by a barge-in meanwhile
             self._frames.popleft()
+            if frame.segment is not self._last_segment:
+                self._last_segment = frame.segment
+                if self._on_segment_start is not None:
+                    await self._on_segment_start(frame.turn_id, frame.segment)
             frame.segment.played_s += self._frame_s
             self._burst_frames += 1
             self._sent.append((due, frame))

@@ -81,3 +81,7 @@ class Transport(ABC):
 
     async def clear_audio(self) -> None:
         """Drop agent audio the caller's side has queued but not played (barge-in)."""
+
+    async def agent_speech(self, turn_id: int, text: str) -> None:
+        """The caller starts hearing this sentence of turn `turn_id` now (captions kept in step with
+        the audio; `agent_text` events come earlier, when the text goes to speech synthesis)."""

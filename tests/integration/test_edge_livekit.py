@@ -110,9 +110,22 @@ async def test_http_dispatch_runs_a_turn_with_captions_metrics_and_agent_audio(
         user_captions = [c for c in human.captions if c.segment_id.startswith("user-")]
         assert user_captions and all(c.track_sid == human.mic_track_sid for c in user_captions)
         assert [c.text for c in user_captions if c.final] == finals
+        # The agent's sentences: interim when their audio starts, final once heard, in order (the
+        # text streams travel apart from the events: the last final may follow agent_audio_end).
+        spoken = [e["text"] for e in human.of_type("agent_text")]
+        for _ in range(100):
+            if len([c for c in human.captions if c.segment_id.startswith("agent-") and c.final]) >= len(spoken):
+                break
+            await asyncio.sleep(0.1)
         agent_captions = [c for c in human.captions if c.segment_id.startswith("agent-")]
-        assert [c.text for c in agent_captions] == [e["text"] for e in human.of_type("agent_text")]
+        assert [c.text for c in agent_captions if c.final] == spoken
+        assert [c.final for c in agent_captions] == [False, True] * (len(agent_captions) // 2)
         assert all(c.track_sid == agent_track_sid(human) for c in agent_captions)
+        # The state a stock frontend shows, from the agent's participant attribute.
+        agent = next(p for p in human.room.remote_participants.values() if p.identity == AGENT)
+        assert agent.attributes["lk.agent.state"] == "listening"
+        assert [e["state"] for e in human.of_type("agent_state")][:4] == ["listening", "thinking", "speaking",
+                                                                         "listening"]
         # The agent's voice reached the human through the room (tiny TTS: noise, but not silence).
         assert human.voiced_seconds_between(0.0, float("inf")) > 0.3
     finally:

@@ -2,7 +2,8 @@
 
 It publishes a microphone track fed in real time (speech from a WAV, silence otherwise, as a live
 mic does), records the agent's audio with arrival times, and collects what a captioning frontend
-sees: `lk.transcription` text streams and the agent's JSON data messages.
+sees: `lk.transcription` text streams, `lk.chat` messages from others, and the agent's JSON
+data messages.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Human:
     room: rtc.Room = field(default_factory=rtc.Room)
     events: list[dict] = field(default_factory=list)  # data messages from the agent, in order
     captions: list[Caption] = field(default_factory=list)
+    chat: list[tuple[str, str]] = field(default_factory=list)  # lk.chat (sender, text) from others, in order
     agent_audio: list[np.ndarray] = field(default_factory=list)  # 48 kHz float32 chunks
     audio_arrivals: list[float] = field(default_factory=list)
     mic_track_sid: str = ""
@@ -59,6 +61,7 @@ class Human:
         self.room.on("track_subscribed", self._on_track)
         self.room.on("disconnected", lambda *_: self.disconnected.set())
         self.room.register_text_stream_handler("lk.transcription", self._on_caption)
+        self.room.register_text_stream_handler("lk.chat", self._on_chat)
 
     async def join(self) -> Human:
         await asyncio.wait_for(self.room.connect(self.url, self.token), 20)
@@ -115,6 +118,11 @@ class Human:
             self.captions.append(Caption(sender, attributes.get("lk.transcribed_track_id", ""),
                                          attributes.get("lk.segment_id", ""),
                                          attributes.get("lk.transcription_final") == "true", text))
+        self._spawn(read())
+
+    def _on_chat(self, reader: rtc.TextStreamReader, sender: str) -> None:
+        async def read() -> None:
+            self.chat.append((sender, await reader.read_all()))
         self._spawn(read())
 
     def of_type(self, kind: str) -> list[dict]:

@@ -15,10 +15,17 @@ and exchange data packets. What it covers:
   and answering its next offer with the relayed track (aiortc MediaRelay) and `mid_to_track_id`;
 - data packets (user data, transcriptions, text/byte streams, RPC) relayed between participants;
 - ping/pong, leave from the client, and deleting a room (every participant gets a leave);
-- signed webhooks (room_started, participant_joined, participant_left, room_finished) to a URL.
+- participant attributes: a participant's own updates (UpdateParticipantMetadata, e.g. the
+  agent's `lk.agent.state`) answered with a RequestResponse and sent to everyone as a
+  ParticipantUpdate; a token's `kind` (`agent`, `sip`) and `attributes`;
+- signed webhooks (room_started, participant_joined, participant_left, room_finished) to a URL;
+- agent dispatches recorded from a joining participant's token (`roomConfig.agents`), and a Twirp
+  API (tests/livekit_standin/server_api.py) for AgentDispatchService and TransferSIPParticipant.
 
 Not covered: simulcast/video layers, TURN, reconnection/resume, dual peer connection mode,
-permissions beyond the join grant, speaker detection, room service API, egress/ingress/SIP.
+permissions beyond the join grant, speaker detection, room service API, egress/ingress, real SIP
+(a "SIP participant" is an SDK client with a `sip` token kind), and the agent worker protocol
+(`/agent`: the server handing dispatched jobs to registered workers).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from aiortc.sdp import candidate_from_sdp
 from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.api import access_token
-from livekit.protocol import models, webhook
+from livekit.protocol import agent_dispatch, models, webhook
 from livekit.protocol import rtc as signal
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -96,6 +103,7 @@ class Participant:
     subscribed: set[str] = field(default_factory=set)  # track sids wanted
     delivered: set[str] = field(default_factory=set)  # track sids sent on the peer connection
     data_channels: dict[str, object] = field(default_factory=dict)  # by label
+    attributes: dict[str, str] = field(default_factory=dict)
     offered_track_ids: dict[str, str] = field(default_factory=dict)  # mid -> the client's track id (cid)
     signal_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
@@ -103,7 +111,7 @@ class Participant:
     def info(self, state=models.ParticipantInfo.State.ACTIVE) -> models.ParticipantInfo:
         return models.ParticipantInfo(
             sid=self.sid, identity=self.identity, name=self.name, kind=self.kind, state=state, joined_at=self.joined_at,
-            tracks=[track.info for track in self.tracks.values()],
+            tracks=[track.info for track in self.tracks.values()], attributes=self.attributes,
             permission=models.ParticipantPermission(can_subscribe=True, can_publish=True, can_publish_data=True),
         )
 
@@ -135,13 +143,16 @@ class StandInServer:
     """Run with `async with StandInServer(key, secret) as server:`; `server.url` is the ws:// URL."""
 
     def __init__(self, api_key: str, api_secret: str, *, host: str = "127.0.0.1", port: int = 0,
-                 webhook_url: str | None = None):
+                 webhook_url: str | None = None, api_port: int = 0):
         self.api_key, self.api_secret = api_key, api_secret
+        self.api = None  # the Twirp API (server_api.ServerApi), started with the server
+        self._api_port = api_port
         self.host, self.port = host, port
         self.webhook_url = webhook_url
         self.rooms: dict[str, Room] = {}
         self.relay = MediaRelay()
         self.webhooks_sent: list[tuple[str, int]] = []  # (event, HTTP status)
+        self.dispatches: dict[str, list[agent_dispatch.AgentDispatch]] = {}  # by room name
         self._server = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -153,11 +164,27 @@ class StandInServer:
         self._server = await serve(self._handle, self.host, self.port, process_request=self._check_request,
                                    max_size=4 * 1024 * 1024)
         self.port = self._server.sockets[0].getsockname()[1]
+        from tests.livekit_standin.server_api import ServerApi
+
+        self.api = await ServerApi(self, self.host, self._api_port).start()
         return self
+
+    @property
+    def api_url(self) -> str:
+        return self.api.url
+
+    def open_room(self, name: str) -> Room:
+        """The room, created (room_started) if it does not exist, as a join or CreateDispatch does."""
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name)
+            self._webhook("room_started", room)
+        return room
 
     async def __aexit__(self, *exc) -> None:
         for name in list(self.rooms):
             await self.delete_room(name)
+        await self.api.stop()
         self._server.close()
         await self._server.wait_closed()
         for task in list(self._tasks):
@@ -202,15 +229,16 @@ class StandInServer:
                 data = gzip.decompress(data)
             join.ParseFromString(data)
         room_name = claims.video.room
-        room = self.rooms.get(room_name)
-        if room is None:
-            room = self.rooms[room_name] = Room(room_name)
-            self._webhook("room_started", room)
+        if room_name not in self.rooms and claims.room_config is not None:  # the token's agents, dispatched
+            self.dispatches_for(room_name, list(claims.room_config.agents))
+        room = self.open_room(room_name)
         previous = room.participants.get(claims.identity)
         if previous is not None:  # same identity joins again: the old session is replaced
             await self._leave(previous, models.DisconnectReason.DUPLICATE_IDENTITY)
-        kind = models.ParticipantInfo.Kind.AGENT if claims.kind == "agent" else models.ParticipantInfo.Kind.STANDARD
-        participant = Participant(_sid("PA"), claims.identity, claims.name or claims.identity, kind, room, socket)
+        kind = {"agent": models.ParticipantInfo.Kind.AGENT, "sip": models.ParticipantInfo.Kind.SIP}.get(
+            claims.kind, models.ParticipantInfo.Kind.STANDARD)
+        participant = Participant(_sid("PA"), claims.identity, claims.name or claims.identity, kind, room, socket,
+                                  attributes=dict(claims.attributes or {}))
         self._wire_peer_connection(participant)
         await participant.send(join=signal.JoinResponse(
             room=room.info(), participant=participant.info(),
@@ -269,6 +297,16 @@ class StandInServer:
                                                          timestamp=int(time.time() * 1000)))
         elif kind == "leave":
             return False
+        elif kind == "update_metadata":
+            update = request.update_metadata
+            for key, value in update.attributes.items():  # an empty value deletes the attribute
+                if value:
+                    participant.attributes[key] = value
+                else:
+                    participant.attributes.pop(key, None)
+            await participant.send(request_response=signal.RequestResponse(
+                request_id=update.request_id, reason=signal.RequestResponse.Reason.OK))
+            await self._broadcast_update(participant, to_self=True)
         elif kind == "mute":
             for track in participant.tracks.values():
                 if track.info.sid == request.mute.sid:
@@ -392,11 +430,19 @@ class StandInServer:
 
     # -- leaving --------------------------------------------------------------------------------
 
-    async def _broadcast_update(self, participant: Participant,
-                                state=models.ParticipantInfo.State.ACTIVE) -> None:
+    async def _broadcast_update(self, participant: Participant, state=models.ParticipantInfo.State.ACTIVE,
+                                to_self: bool = False) -> None:
         update = signal.ParticipantUpdate(participants=[participant.info(state)])
-        for other in participant.room.others(participant):
+        for other in participant.room.others(participant) + ([participant] if to_self else []):
             await other.send(update=update)
+
+    def dispatches_for(self, room_name: str, agents: list) -> list[agent_dispatch.AgentDispatch]:
+        """Record agent dispatches (RoomAgentDispatch) in a room, as the server does for a token's
+        room configuration or CreateDispatch. The stand-in hands them to no worker."""
+        made = [agent_dispatch.AgentDispatch(id=_sid("AD"), agent_name=agent.agent_name, room=room_name,
+                                             metadata=agent.metadata) for agent in agents]
+        self.dispatches.setdefault(room_name, []).extend(made)
+        return made
 
     async def _leave(self, participant: Participant, reason) -> None:
         if participant.closed:
@@ -414,6 +460,7 @@ class StandInServer:
         await participant.socket.close()
         if not room.participants and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            self.dispatches.pop(room.name, None)
             self._webhook("room_finished", room)
 
     async def delete_room(self, name: str) -> None:
@@ -426,6 +473,10 @@ class StandInServer:
                 can_reconnect=False, reason=models.DisconnectReason.ROOM_DELETED,
                 action=signal.LeaveRequest.Action.DISCONNECT))
             await self._leave(participant, models.DisconnectReason.ROOM_DELETED)
+        if self.rooms.get(name) is room:  # a room nobody had joined (made by CreateDispatch)
+            del self.rooms[name]
+            self.dispatches.pop(name, None)
+            self._webhook("room_finished", room)
 
     # -- webhooks -------------------------------------------------------------------------------
 

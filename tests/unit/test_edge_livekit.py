@@ -147,7 +147,7 @@ async def _rooms_with_a_listening_agent(server, calls: list):
             call["ended"] = True
 
     config = LiveKitConfig(enabled=True, url=server.url, caller_track_grace_s=1.0)
-    return RoomAgents(config, LiveKitCredentials(server.url, KEY, SECRET), converse, max_rooms=4)
+    return RoomAgents(config, LiveKitCredentials(server.url, KEY, SECRET), converse, max_calls=4)
 
 
 async def test_the_caller_leaving_ends_the_call_and_the_agent_leaves_the_room():

@@ -2,7 +2,9 @@
 
 WebSocket: the client gets a `transfer` event and connects the caller itself. Twilio: the live
 call is updated through Twilio's REST API with TwiML that dials the target, which also ends the
-media stream. LiveKit: not yet (a SIP transfer needs a SIP participant in the room).
+media stream. LiveKit: the room's phone (SIP) participant is transferred by the server's
+TransferSIPParticipant API; in a room without one the tool answers the model with an error.
+Transports that transfer by themselves offer `transfer_problem()` and `transfer_caller(target)`.
 """
 
 from __future__ import annotations
@@ -36,12 +38,21 @@ def check_transfer(transport: Transport, twilio: TwilioConfig) -> None:
         if not (transport.call_sid and transport.account_sid and os.environ.get(twilio.auth_token_env)):
             raise ToolError("transfer is not available: the phone line lacks its Twilio call or credentials")
         return
+    own = getattr(transport, "transfer_problem", None)
+    if own is not None:
+        problem = own()
+        if problem:
+            raise ToolError(problem)
+        return
     if not getattr(transport, "can_transfer", False):
         raise ToolError("transfer is not available on this line")
 
 
 async def transfer(transport: Transport, target: str, twilio: TwilioConfig) -> None:
     """Hand the caller to `target` (after the `transfer` event went out)."""
+    if hasattr(transport, "transfer_caller"):
+        await transport.transfer_caller(target)
+        return
     if getattr(transport, "call_sid", None) is None:
         return  # WebSocket: the event is the transfer
     import httpx
