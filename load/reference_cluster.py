@@ -59,9 +59,9 @@ def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_tur
     if not real_asr:
         apps["asr"]["args"]["engine"] = {"kind": f"{ENGINES}:ReferenceASR", "asr_ms": timings.asr_ms,
                                          "num_workers": 64}
-    # No partial transcripts: the reference ASR answers every decode after asr_ms, and a partial
-    # in flight when the utterance ends would delay its final.
-    apps["asr"]["args"]["partial_interval_ms"] = 600_000
+        # No partial transcripts: the reference ASR answers every decode after asr_ms, and a
+        # partial in flight when the utterance ends would delay its final.
+        apps["asr"]["args"]["partial_interval_ms"] = 600_000
     apps["llm"]["args"]["engine"] = {"kind": f"{ENGINES}:ReferenceLLM", "ttft_ms": timings.ttft_ms,
                                      "tok_ms": timings.tok_ms}
     apps["tts"]["args"]["engine"] = {"kind": f"{ENGINES}:ReferenceTTS", "ttfb_ms": timings.ttfb_ms,
