@@ -91,7 +91,9 @@ def render(dialogue: Dialogue, speak=None) -> tuple[np.ndarray, list[Span]]:
         elif step.noise is not None:
             sound, kind = noise_burst(step.noise, seed=index + 17 * len(dialogue.name)), "noise"
         else:
-            sound, kind = np.asarray(speak(step.say, RATE), np.float32), step.label
+            speech = np.asarray(speak(step.say, RATE), np.float32)
+            first, last = speech_bounds(speech, RATE)
+            sound, kind = speech[first:last], step.label  # the synthesizer's own silences would lengthen pauses
         if kind is not None:
             first, last = speech_bounds(sound, RATE)
             spans.append(Span(kind, (offset + first) / RATE, (offset + last) / RATE))
