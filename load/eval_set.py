@@ -25,18 +25,19 @@ Label = Literal["question", "continuation", "backchannel", "barge_in"]
 
 
 class Step(BaseModel):
-    """One step of a dialogue: exactly one of say, pause, noise."""
+    """One step of a dialogue: exactly one of say, pause, noise, wait_agent."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     say: str | None = None
     label: Label = "question"
     pause: float | None = Field(None, gt=0, le=30)
     noise: float | None = Field(None, gt=0, le=2)
+    wait_agent: float | None = Field(None, ge=0, le=10)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
-        if sum(value is not None for value in (self.say, self.pause, self.noise)) != 1:
-            raise ValueError("a step is exactly one of say, pause, noise")
+        if sum(value is not None for value in (self.say, self.pause, self.noise, self.wait_agent)) != 1:
+            raise ValueError("a step is exactly one of say, pause, noise, wait_agent")
         return self
 
 
@@ -52,6 +53,15 @@ class Span:
     kind: str  # a say step's label, or "noise"
     start_s: float
     end_s: float
+
+
+@dataclass(frozen=True)
+class Wait:
+    """At `offset` samples the caller keeps silent until the agent's audio has been arriving for
+    `speaking_s` seconds (0: until any agent audio arrives)."""
+
+    offset: int
+    speaking_s: float
 
 
 @dataclass(frozen=True)
@@ -77,15 +87,21 @@ def noise_burst(seconds: float, seed: int) -> np.ndarray:
     return (0.4 * envelope * noise / np.abs(noise).max()).astype(np.float32)
 
 
-def render(dialogue: Dialogue, speak=None) -> tuple[np.ndarray, list[Span]]:
-    """The dialogue's caller audio at RATE and its spans. `speak(text, rate)` synthesizes speech
+def render(dialogue: Dialogue, speak=None) -> tuple[np.ndarray, list[Span], list[Wait]]:
+    """The dialogue's caller audio at RATE, its spans and its waits for the agent: each
+    `wait_agent` step, and one after the last step (before the tail) for the agent's reply to
+    start, so a slow system is watched long enough. `speak(text, rate)` synthesizes speech
     (default: espeak-ng through tests/speech.py)."""
     if speak is None:
         from tests.speech import espeak as speak
     from load.timed_call import speech_bounds
 
     parts, spans, offset = [np.zeros(int(LEAD_S * RATE), np.float32)], [], int(LEAD_S * RATE)
+    waits = []
     for index, step in enumerate(dialogue.steps):
+        if step.wait_agent is not None:
+            waits.append(Wait(offset, step.wait_agent))
+            continue
         if step.pause is not None:
             sound, kind = np.zeros(int(step.pause * RATE), np.float32), None
         elif step.noise is not None:
@@ -99,5 +115,7 @@ def render(dialogue: Dialogue, speak=None) -> tuple[np.ndarray, list[Span]]:
             spans.append(Span(kind, (offset + first) / RATE, (offset + last) / RATE))
         parts.append(sound)
         offset += sound.size
+    if spans:
+        waits.append(Wait(offset, 0.0))
     parts.append(np.zeros(int(TAIL_S * RATE), np.float32))
-    return np.concatenate(parts), spans
+    return np.concatenate(parts), spans, waits

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,11 @@ import websockets
 from services.common.audio import float_to_pcm16
 
 FRAME_MS = 20
+MAX_HOLD_S = 20.0  # a hold whose condition never comes true ends after this long
+
+
+# A hold: at this sample offset the caller sends silence until ready(call, held_since) is true.
+Hold = tuple[int, Callable[["TimedCall", float], bool]]
 
 
 @dataclass
@@ -26,6 +32,7 @@ class TimedCall:
     audio: list[float] = field(default_factory=list)  # arrival of each agent audio frame
     events: list[tuple[float, dict]] = field(default_factory=list)
     started: float = 0.0  # the first frame left
+    ended: float = 0.0  # the caller stopped listening
     error: str | None = None
 
     def of_type(self, kind: str) -> list[tuple[float, dict]]:
@@ -44,12 +51,15 @@ def speech_bounds(audio: np.ndarray, rate: int, floor: float = 0.01) -> tuple[in
 
 
 async def timed_call(url: str, token: str, audio: np.ndarray, rate: int, marks: list[int], *,
-                     tail_s: float = 2.0, result: TimedCall | None = None) -> TimedCall:
+                     tail_s: float = 2.0, holds: list[Hold] = (), result: TimedCall | None = None) -> TimedCall:
     """Stream `audio` in real time (20 ms frames) and listen `tail_s` longer; `marks` are sample
-    offsets whose frame's send time is recorded (a mark inside a frame counts from that frame)."""
+    offsets whose frame's send time is recorded (a mark inside a frame counts from that frame).
+    At each hold's offset the caller goes on sending silence until the hold is ready (reacting
+    to the agent, e.g. speaking only once the agent's reply is playing), at most MAX_HOLD_S."""
     result = result or TimedCall()
     step = rate * FRAME_MS // 1000
-    pending = sorted(marks)
+    pending, waits = sorted(marks), sorted(holds, key=lambda hold: hold[0])
+    silence = np.zeros(step, np.float32)
     try:
         async with websockets.connect(url, max_size=2**22) as socket:
             await socket.send(json.dumps({"type": "start", "token": token, "input_sample_rate": rate,
@@ -65,14 +75,26 @@ async def timed_call(url: str, token: str, audio: np.ndarray, rate: int, marks: 
             listener = asyncio.create_task(listen())
             try:
                 result.started = began = time.monotonic()
-                for index, start in enumerate(range(0, audio.size, step)):
-                    await asyncio.sleep(max(0.0, began + index * FRAME_MS / 1000 - time.monotonic()))
+                frames = 0
+
+                async def send(chunk: np.ndarray) -> None:
+                    nonlocal frames
+                    await asyncio.sleep(max(0.0, began + frames * FRAME_MS / 1000 - time.monotonic()))
+                    await socket.send(float_to_pcm16(chunk))
+                    frames += 1
+
+                for start in range(0, audio.size, step):
+                    while waits and waits[0][0] <= start:
+                        ready, since = waits.pop(0)[1], time.monotonic()
+                        while not (ready(result, since) or time.monotonic() - since > MAX_HOLD_S or listener.done()):
+                            await send(silence)
                     if listener.done():
                         break
-                    await socket.send(float_to_pcm16(audio[start:start + step]))
+                    await send(audio[start:start + step])
                     while pending and pending[0] < start + step:
                         result.sent[pending.pop(0)] = time.monotonic()
                 await asyncio.sleep(tail_s)
+                result.ended = time.monotonic()
                 if not listener.done():
                     await socket.send(json.dumps({"type": "stop"}))
                     await asyncio.wait_for(listener, 10)

@@ -43,14 +43,22 @@ ROWS = (("premature replies (of turns)", "premature_replies", "turns"),
         ("unanswered turns", "unanswered", None))
 
 
+def agent_speaking_for(seconds: float):
+    """A hold that is ready once agent audio has been arriving for `seconds` since the hold began."""
+    def ready(call: TimedCall, since: float) -> bool:
+        first = next((at for at in call.audio if at >= since), None)
+        return first is not None and call.audio[-1] - first >= seconds
+    return ready
+
+
 async def run_dialogue(url: str, token: str, dialogue: Dialogue) -> dict:
-    audio, spans = render(dialogue)
+    audio, spans, waits = render(dialogue)
     marks = [round(t * RATE) for span in spans for t in (span.start_s, span.end_s)]
-    call: TimedCall = await timed_call(url, token, audio, RATE, marks, tail_s=0.5)
+    holds = [(wait.offset, agent_speaking_for(wait.speaking_s)) for wait in waits]
+    call: TimedCall = await timed_call(url, token, audio, RATE, marks, tail_s=0.5, holds=holds)
     sounds = [Sound(span.kind, call.sent.get(round(span.start_s * RATE), float("nan")),
                     call.sent.get(round(span.end_s * RATE), float("nan"))) for span in spans]
-    ended = max([call.started + audio.size / RATE, *(at for at, _ in call.events)])
-    timeline = Timeline(sounds, call.audio, call.events, ended=ended)
+    timeline = Timeline(sounds, call.audio, call.events, ended=call.ended or float("inf"))
     row = {"dialogue": dialogue.name, "category": dialogue.category, "error": call.error,
            **score(dialogue.category, timeline)}
     heard = [event.get("text") for _, event in call.of_type("transcript") if event.get("final")]

@@ -26,8 +26,9 @@ def test_the_spec_holds_a_few_dozen_dialogues_of_every_category_with_consistent_
             assert labels == ["question", "continuation"] and len(pauses) == 1 and 0.5 <= pauses[0] <= 1.2
         elif dialogue.category in ("backchannel", "barge_in"):
             assert labels == ["question", dialogue.category]
+            assert dialogue.steps[1].wait_agent  # the overlap comes while the agent speaks
         elif dialogue.category == "noise":
-            assert labels == ["question"] and any(s.noise for s in dialogue.steps)
+            assert labels == ["question"] and any(s.noise for s in dialogue.steps) and dialogue.steps[1].wait_agent
         elif dialogue.category == "silent":
             assert not labels and not any(s.noise for s in dialogue.steps)
 
@@ -48,13 +49,14 @@ def fake_speech(text: str, rate: int) -> np.ndarray:
 def test_render_places_each_sound_where_it_is_heard_and_is_deterministic():
     dialogue = Dialogue("pause-x", "pause", (Step(say="one two three"), Step(pause=0.8),
                                              Step(say="four five", label="continuation"), Step(noise=0.3)))
-    audio, spans = render(dialogue, speak=fake_speech)
+    audio, spans, waits = render(dialogue, speak=fake_speech)
     assert [s.kind for s in spans] == ["question", "continuation", "noise"]
     # The synthesizer's leading and trailing silence is cut: a pause is as long as the spec says.
     assert spans[0].start_s == pytest.approx(LEAD_S, abs=0.001) and spans[0].end_s == pytest.approx(LEAD_S + 0.3, abs=0.001)
     assert spans[1].start_s - spans[0].end_s == pytest.approx(0.8, abs=0.001)
     assert audio.size == pytest.approx((LEAD_S + 0.3 + 0.8 + 0.2 + 0.3 + TAIL_S) * RATE, abs=2)
-    again, _ = render(dialogue, speak=fake_speech)
+    assert [(w.offset, w.speaking_s) for w in waits] == [(audio.size - int(TAIL_S * RATE), 0.0)]  # the reply's start
+    again, _, _ = render(dialogue, speak=fake_speech)
     assert np.array_equal(audio, again)
     assert 0.1 < np.abs(noise_burst(0.3, 1)).max() <= 0.4 and np.array_equal(noise_burst(0.3, 1), noise_burst(0.3, 1))
 
