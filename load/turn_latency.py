@@ -11,9 +11,11 @@ token, audio `ttfb_ms` after each text segment. For each level N, N WebSocket ca
 (starts spread over 3 s), each speaks `--utterances` questions synthesized by espeak-ng, waits
 out the agent's reply in silence after each, and stays connected throughout (real time).
 
-Per turn: TTFAT at the caller = the first agent audio frame that arrives after the frame holding
-the end of the caller's speech actually left, minus that send time (host monotonic clock; both
-ends live on this machine). Reported per level: TTFAT p50/p95/max, the edge's own TTFAT p50
+Per turn: TTFAT at the caller = the first agent audio frame of the reply (after its
+`agent_audio_start`) minus the time the frame holding the end of the caller's speech actually
+left (host monotonic clock; both ends live on this machine). A turn whose reply has not started
+before the caller's next utterance, or that ends while earlier replies are still pending, counts
+as unanswered. Reported per level: TTFAT p50/p95/max, the edge's own TTFAT p50
 (`metrics` events), the engine budget of a strictly serial pipeline (silence + ASR + first
 sentence's tokens + TTS first audio), the time the pipeline hides by overlapping (budget - p50;
 negative: orchestration overhead), the CPU the cluster and the callers used (cores, over the
@@ -67,12 +69,19 @@ def caller_audio(index: int, utterances: int, rng: random.Random) -> tuple[np.nd
 
 
 def turn_rows(call: TimedCall, bounds: list[tuple[int, int]]) -> list[dict]:
-    """Per utterance: its TTFAT at the caller (None: no reply before the next utterance)."""
+    """Per utterance: its TTFAT at the caller, None when its reply did not start before the next
+    utterance. The reply to utterance k is the (k+1)-th `agent_audio_start`: when earlier replies
+    are still pending at the end of utterance k (a backlog), its reply cannot be told apart from
+    theirs and it counts as unanswered rather than be credited with a late reply's audio."""
+    starts = sorted(at for at, _ in call.of_type("agent_audio_start"))
     rows = []
     for turn, (_, end) in enumerate(bounds):
         ended = call.sent.get(end)
         following = call.sent.get(bounds[turn + 1][0], float("inf")) if turn + 1 < len(bounds) else float("inf")
-        first = None if ended is None else call.first_audio_between(ended, following)
+        first = None
+        if ended is not None and sum(at < ended for at in starts) == turn:
+            start = next((at for at in starts if ended <= at < following), None)
+            first = None if start is None else call.first_audio_between(start, following)
         rows.append({"turn": turn, "ttfat_ms": None if first is None else (first - ended) * 1000})
     return rows
 

@@ -116,3 +116,17 @@ def test_summarize_counts_each_outcome():
     assert summary["missed_barge_ins"] == 1 and summary["backchannels_interrupted"] == 1
     assert summary["false_interruption_recoveries"] == 1 and summary["not_speaking_at_overlap"] == 1
     assert summary["ttfat_p50_ms"] == 400.0 and summary["spurious_replies"] == 0 and summary["unanswered"] == 0
+
+
+def test_turn_latency_credits_each_reply_to_its_own_utterance():
+    from load.timed_call import TimedCall
+    from load.turn_latency import turn_rows
+
+    bounds = [(0, 100), (200, 300)]
+    call = TimedCall(sent={0: 1.0, 100: 2.0, 200: 10.0, 300: 11.0},
+                     audio=[2.9, 2.92, 11.8],
+                     events=[(2.85, {"type": "agent_audio_start"}), (11.7, {"type": "agent_audio_start"})])
+    assert [round(row["ttfat_ms"]) for row in turn_rows(call, bounds)] == [900, 800]
+    # The first reply comes only after the second utterance ended: neither turn is credited with it.
+    late = TimedCall(sent=call.sent, audio=[11.3], events=[(11.2, {"type": "agent_audio_start"})])
+    assert [row["ttfat_ms"] for row in turn_rows(late, bounds)] == [None, None]
