@@ -80,6 +80,6 @@ async def test_turn_eval_scores_an_answer_a_barge_in_and_a_silent_caller(eval_ed
     complete, barge_in, silent = rows
     assert not any(row["error"] for row in rows), rows
     assert complete["answered"] and not complete["premature"], complete
-    assert 0 < complete["ttfat_ms"] < 5000, complete
-    assert barge_in["agent_speaking"] and barge_in["interrupted"] and barge_in["stop_ms"] is not None, barge_in
+    assert complete["ttfat_ms"] > 0, complete  # no latency bound here: speed is for load/ benchmarks
+    assert barge_in["interrupted"] and barge_in["stop_ms"] is not None, barge_in
     assert not silent["spurious_reply"], silent
