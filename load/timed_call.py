@@ -84,7 +84,7 @@ async def timed_call(url: str, token: str, audio: np.ndarray, rate: int, marks: 
                     frames += 1
 
                 for start in range(0, audio.size, step):
-                    while waits and waits[0][0] <= start:
+                    while waits and waits[0][0] < start + step:  # before the frame holding its offset
                         ready, since = waits.pop(0)[1], time.monotonic()
                         while not (ready(result, since) or time.monotonic() - since > MAX_HOLD_S or listener.done()):
                             await send(silence)
