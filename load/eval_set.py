@@ -87,6 +87,17 @@ def noise_burst(seconds: float, seed: int) -> np.ndarray:
     return (0.4 * envelope * noise / np.abs(noise).max()).astype(np.float32)
 
 
+def _pad_to_frame(parts: list[np.ndarray], offset: int) -> int:
+    """Pad with silence to the next caller frame boundary (a wait must sit on one, see
+    load/timed_call.py: the sound after it is then stamped after the wait, the sound before it before)."""
+    from load.timed_call import FRAME_MS
+
+    frame = RATE * FRAME_MS // 1000
+    padding = -offset % frame
+    parts.append(np.zeros(padding, np.float32))
+    return offset + padding
+
+
 def render(dialogue: Dialogue, speak=None) -> tuple[np.ndarray, list[Span], list[Wait]]:
     """The dialogue's caller audio at RATE, its spans and its waits for the agent: each
     `wait_agent` step, and one after the last step (before the tail) for the agent's reply to
@@ -100,6 +111,7 @@ def render(dialogue: Dialogue, speak=None) -> tuple[np.ndarray, list[Span], list
     waits = []
     for index, step in enumerate(dialogue.steps):
         if step.wait_agent is not None:
+            offset = _pad_to_frame(parts, offset)
             waits.append(Wait(offset, step.wait_agent))
             continue
         if step.pause is not None:
@@ -116,6 +128,7 @@ def render(dialogue: Dialogue, speak=None) -> tuple[np.ndarray, list[Span], list
         parts.append(sound)
         offset += sound.size
     if spans:
+        offset = _pad_to_frame(parts, offset)
         waits.append(Wait(offset, 0.0))
     parts.append(np.zeros(int(TAIL_S * RATE), np.float32))
     return np.concatenate(parts), spans, waits

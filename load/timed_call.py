@@ -55,7 +55,9 @@ async def timed_call(url: str, token: str, audio: np.ndarray, rate: int, marks: 
     """Stream `audio` in real time (20 ms frames) and listen `tail_s` longer; `marks` are sample
     offsets whose frame's send time is recorded (a mark inside a frame counts from that frame).
     At each hold's offset the caller goes on sending silence until the hold is ready (reacting
-    to the agent, e.g. speaking only once the agent's reply is playing), at most MAX_HOLD_S."""
+    to the agent, e.g. speaking only once the agent's reply is playing), at most MAX_HOLD_S. Put
+    holds on frame boundaries (multiples of FRAME_MS): a mark in the frame that starts at a hold
+    is stamped after it, a mark in an earlier frame before it."""
     result = result or TimedCall()
     step = rate * FRAME_MS // 1000
     pending, waits = sorted(marks), sorted(holds, key=lambda hold: hold[0])
@@ -84,7 +86,7 @@ async def timed_call(url: str, token: str, audio: np.ndarray, rate: int, marks: 
                     frames += 1
 
                 for start in range(0, audio.size, step):
-                    while waits and waits[0][0] < start + step:  # before the frame holding its offset
+                    while waits and waits[0][0] <= start:
                         ready, since = waits.pop(0)[1], time.monotonic()
                         while not (ready(result, since) or time.monotonic() - since > MAX_HOLD_S or listener.done()):
                             await send(silence)

@@ -54,8 +54,10 @@ def test_render_places_each_sound_where_it_is_heard_and_is_deterministic():
     # The synthesizer's leading and trailing silence is cut: a pause is as long as the spec says.
     assert spans[0].start_s == pytest.approx(LEAD_S, abs=0.001) and spans[0].end_s == pytest.approx(LEAD_S + 0.3, abs=0.001)
     assert spans[1].start_s - spans[0].end_s == pytest.approx(0.8, abs=0.001)
-    assert audio.size == pytest.approx((LEAD_S + 0.3 + 0.8 + 0.2 + 0.3 + TAIL_S) * RATE, abs=2)
-    assert [(w.offset, w.speaking_s) for w in waits] == [(audio.size - int(TAIL_S * RATE), 0.0)]  # the reply's start
+    assert audio.size == pytest.approx((LEAD_S + 0.3 + 0.8 + 0.2 + 0.3 + TAIL_S) * RATE, abs=320)
+    # After the last sound, on a caller frame boundary: the reply's start is awaited.
+    assert [(w.offset, w.speaking_s) for w in waits] == [(audio.size - int(TAIL_S * RATE), 0.0)]
+    assert waits[0].offset % 320 == 0 and waits[0].offset >= spans[-1].end_s * RATE
     again, _, _ = render(dialogue, speak=fake_speech)
     assert np.array_equal(audio, again)
     assert 0.1 < np.abs(noise_burst(0.3, 1)).max() <= 0.4 and np.array_equal(noise_burst(0.3, 1), noise_burst(0.3, 1))
@@ -130,3 +132,11 @@ def test_turn_latency_credits_each_reply_to_its_own_utterance():
     # The first reply comes only after the second utterance ended: neither turn is credited with it.
     late = TimedCall(sent=call.sent, audio=[11.3], events=[(11.2, {"type": "agent_audio_start"})])
     assert [row["ttfat_ms"] for row in turn_rows(late, bounds)] == [None, None]
+
+
+def test_a_wait_for_the_agent_sits_on_a_frame_boundary_where_the_overlap_starts():
+    dialogue = Dialogue("barge_in-x", "barge_in", (Step(say="one two three"), Step(wait_agent=1.5),
+                                                    Step(say="stop please", label="barge_in")))
+    _, spans, waits = render(dialogue, speak=fake_speech)
+    assert waits[0].speaking_s == 1.5 and waits[0].offset % 320 == 0
+    assert spans[1].start_s * RATE == pytest.approx(waits[0].offset, abs=0.5)
