@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from services.common.config import Config, Device
+from services.common.registry import PluginEngineConfig, engine_config_union
 
 
 class FasterWhisperConfig(Config):
@@ -33,7 +34,15 @@ class FasterWhisperConfig(Config):
     max_new_tokens: int | None = Field(None, ge=1, le=440)
 
 
-ASREngineConfig = FasterWhisperConfig
+class ASRPluginConfig(PluginEngineConfig):
+    """Any ASR engine class by import path (services.common.registry.PluginEngineConfig)."""
+
+    interface = "services.asr.engine:ASREngine"
+    # Parallel transcribe calls inside one replica (the engine worker's threads).
+    num_workers: int = Field(1, ge=1)
+
+
+ASREngineConfig = engine_config_union(ASRPluginConfig, FasterWhisperConfig)
 
 
 class ASRConfig(Config):

@@ -19,7 +19,8 @@ class SpeechRecognitionDeployment(StageDeployment[ASRConfig]):
     stage = "asr"
 
     def __init__(self, config: ASRConfig):
-        super().__init__(config, load_engine, worker_threads=ASRConfig.model_validate(config).engine.num_workers)
+        config = ASRConfig.model_validate(config)  # validated here once: the base class takes it as is
+        super().__init__(config, load_engine, worker_threads=config.engine.num_workers)
 
     @grpc_stream
     async def Recognize(self, requests, grpc_context=None):

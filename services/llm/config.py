@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from services.common.config import Config, Device
+from services.common.registry import PluginEngineConfig, engine_config_union
 
 
 class TransformersConfig(Config):
@@ -52,17 +53,14 @@ class OpenAIConfig(Config):
     max_retries: int = Field(2, ge=0, le=10)
 
 
-class PluginConfig(Config):
-    """Any engine class by import path ("package.module:Class"); it is built with this config."""
+class PluginConfig(PluginEngineConfig):
+    """Any LLM engine class by import path (services.common.registry.PluginEngineConfig); the
+    older spelling `{kind: plugin, path: "pkg.mod:Class", options: {...}}` is still read."""
 
-    kind: Literal["plugin"] = "plugin"
-    path: str = Field(pattern=r"^[\w.]+:[\w.]+$")
-    model: str = "plugin"
-    options: dict[str, Any] = {}
+    interface = "services.llm.engine:LLMEngine"
 
 
-LLMEngineConfig = Annotated[TransformersConfig | VLLMConfig | OpenAIConfig | PluginConfig,
-                            Field(discriminator="kind")]
+LLMEngineConfig = engine_config_union(PluginConfig, TransformersConfig, VLLMConfig, OpenAIConfig)
 
 
 class LLMConfig(Config):

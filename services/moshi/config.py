@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from services.common.config import Config, Device
+from services.common.registry import PluginEngineConfig, engine_config_union
 
 
 class MoshiEngineConfig(Config):
@@ -26,8 +27,24 @@ class MoshiEngineConfig(Config):
     torch_threads: int = Field(1, ge=1)
 
 
+class DuplexPluginConfig(PluginEngineConfig):
+    """Any duplex engine class by import path (services.common.registry.PluginEngineConfig), with
+    the settings the deployment itself reads: the slots and the shared sampling settings that
+    streams may only repeat."""
+
+    interface = "services.moshi.engine:DuplexEngine"
+    slots: int = Field(4, ge=1, le=256)
+    text_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    audio_temperature: float = Field(0.8, ge=0.0, le=2.0)
+    text_top_k: int = Field(25, ge=0)
+    audio_top_k: int = Field(250, ge=0)
+
+
+DuplexEngineConfig = engine_config_union(DuplexPluginConfig, MoshiEngineConfig)
+
+
 class MoshiConfig(Config):
-    engine: MoshiEngineConfig = MoshiEngineConfig()
+    engine: DuplexEngineConfig = MoshiEngineConfig()
     # A client may run ahead of the tick by this many frames (jitter); beyond it the oldest
     # buffered frames are dropped so the conversation's delay stays bounded.
     max_buffered_frames: int = Field(25, ge=1, le=250)

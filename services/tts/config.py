@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from services.common.config import Config, Device
+from services.common.registry import PluginEngineConfig, engine_config_union
 
 
 class KokoroVoiceConfig(Config):
@@ -43,7 +44,15 @@ class KokoroOnnxConfig(KokoroVoiceConfig):
     threads: int = Field(1, ge=0)
 
 
-TTSEngineConfig = Annotated[KokoroConfig | KokoroOnnxConfig, Field(discriminator="kind")]
+class TTSPluginConfig(PluginEngineConfig):
+    """Any TTS engine class by import path (services.common.registry.PluginEngineConfig)."""
+
+    interface = "services.tts.engine:TTSEngine"
+    # Parallel synthesize calls inside one replica (the engine worker's threads).
+    num_workers: int = Field(1, ge=1)
+
+
+TTSEngineConfig = engine_config_union(TTSPluginConfig, KokoroConfig, KokoroOnnxConfig)
 
 
 class TTSConfig(Config):

@@ -8,7 +8,7 @@ from ray.serve import Application
 from services.common import attributes as attr
 from services.common.rpc import grpc_stream
 from services.common.stage import StageDeployment
-from services.tts.config import TTSConfig
+from services.tts.config import TTSConfig, TTSPluginConfig
 from services.tts.engines import load_engine
 from services.tts.session import SynthesisSession
 
@@ -19,7 +19,9 @@ class SpeechSynthesisDeployment(StageDeployment[TTSConfig]):
     stage = "tts"
 
     def __init__(self, config: TTSConfig):
-        super().__init__(config, load_engine)
+        config = TTSConfig.model_validate(config)  # validated here once: the base class takes it as is
+        workers = config.engine.num_workers if isinstance(config.engine, TTSPluginConfig) else 1
+        super().__init__(config, load_engine, worker_threads=workers)
 
     @grpc_stream
     async def Synthesize(self, requests, grpc_context=None):

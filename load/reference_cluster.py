@@ -1,0 +1,111 @@
+"""A local cluster whose stages run the reference engines (load/reference_engines.py): what the
+orchestration benchmark (turn_latency.py) and the turn-taking evaluation (turn_eval.py) deploy.
+
+The config is serve_config.cpu.yaml with the cascade's applications only (asr, llm, tts, edge),
+LiveKit off, each stage's engine replaced by its reference engine (or, for the evaluation, the
+ASR kept real: Whisper must hear which words a caller said), and the edge's end of turn set to
+silence endpointing or Smart Turn.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINES = "load.reference_engines"
+STAGES = ("asr", "llm", "tts", "edge")
+STREAMS_PER_REPLICA = 256  # one ASR and one TTS stream per call: room for every caller of a run
+
+
+@dataclass(frozen=True)
+class Timings:
+    """The reference engines' latencies, and the VAD silence that ends a turn."""
+
+    asr_ms: float = 50
+    ttft_ms: float = 100
+    tok_ms: float = 20
+    ttfb_ms: float = 80
+    silence_ms: int = 300
+
+    def budget_ms(self, first_segment_words: int) -> float:
+        """The engine budget of a strictly serial pipeline: silence, ASR, the first segment's
+        tokens, its first audio."""
+        return self.silence_ms + self.asr_ms + self.ttft_ms + (first_segment_words - 1) * self.tok_ms + self.ttfb_ms
+
+
+@dataclass(frozen=True)
+class Ports:
+    gcs: int
+    dashboard: int
+    http: int
+    grpc: int
+
+
+def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_turn: str = "silence",
+                     real_asr: bool = False) -> Path:
+    """Write the serve config (see the module docstring) to `target`."""
+    from services.cluster import render_config
+
+    render_config(ROOT / "serve_config.cpu.yaml", target, http_port=ports.http, grpc_port=ports.grpc,
+                  applications=list(STAGES))
+    config = yaml.safe_load(target.read_text())
+    apps = {app["name"]: app for app in config["applications"]}
+    if not real_asr:
+        apps["asr"]["args"]["engine"] = {"kind": f"{ENGINES}:ReferenceASR", "asr_ms": timings.asr_ms,
+                                         "num_workers": 64}
+        # No partial transcripts: the reference ASR answers every decode after asr_ms, and a
+        # partial in flight when the utterance ends would delay its final.
+        apps["asr"]["args"]["partial_interval_ms"] = 600_000
+    apps["llm"]["args"]["engine"] = {"kind": f"{ENGINES}:ReferenceLLM", "ttft_ms": timings.ttft_ms,
+                                     "tok_ms": timings.tok_ms}
+    apps["tts"]["args"]["engine"] = {"kind": f"{ENGINES}:ReferenceTTS", "ttfb_ms": timings.ttfb_ms,
+                                     "num_workers": 64}
+    for name in ("asr", "llm", "tts"):
+        for deployment in apps[name].get("deployments", []):
+            deployment["max_ongoing_requests"] = STREAMS_PER_REPLICA
+    edge = apps["edge"]["args"]
+    edge["livekit"] = {"enabled": False}
+    edge["persona"] = {"greeting": "", "max_tokens": 64}
+    turn_taking = edge.setdefault("turn_taking", {})
+    turn_taking["min_silence_ms"] = timings.silence_ms
+    if end_of_turn == "silence":
+        turn_taking["end_of_turn"] = {"kind": "silence"}
+    else:
+        turn_taking["end_of_turn"] = {"kind": "smart_turn", "model": "models/cpu/smart-turn-v3.2"}
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+@contextmanager
+def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "silence", real_asr: bool = False,
+                      log=print) -> Iterator[tuple[str, object]]:
+    """A private local cluster running the reference config; yields (the edge's WebSocket URL, the
+    LocalCluster). The cluster is stopped after."""
+    from services.cluster import LocalCluster
+
+    cluster = LocalCluster(gcs_port=ports.gcs, dashboard_port=ports.dashboard, num_cpus=4, workdir=ROOT,
+                           env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"})
+    with tempfile.TemporaryDirectory() as tmp:
+        config = reference_config(Path(tmp) / "serve.yaml", timings, ports, end_of_turn=end_of_turn, real_asr=real_asr)
+        cluster.stop()  # a cluster of ours left behind by an interrupted run
+        cluster.start(log=log)
+        try:
+            cluster.deploy(config, log=log)
+            cluster.wait_running(list(STAGES), timeout_s=600, log=log)
+            yield f"ws://127.0.0.1:{ports.http}/v1/conversation", cluster
+        finally:
+            cluster.stop()
+
+
+def caller_token() -> str:
+    """A caller token for the local config's edge secret, persona without a greeting."""
+    from load.edge_overhead import token
+    from services.cli import edge_secret
+
+    return token(edge_secret(ROOT / "serve_config.cpu.yaml"), greeting="")
