@@ -17,9 +17,9 @@ class SpeechGateConfig(Config):
 
     enabled: bool = True
     # A frame whose RMS reaches this level (dB below full scale) opens the gate.
-    open_dbfs: float = Field(-50.0, ge=-90, le=-10)
+    open_dbfs: float = Field(-55.0, ge=-90, le=-10)
     # Audio sent ahead of the opening frame, so the ASR hears every speech onset whole.
-    preroll_ms: int = Field(300, ge=0, le=2000)
+    preroll_ms: int = Field(600, ge=0, le=2000)
     # Quiet time after the ASR's utterance ended (and the last loud frame) before it closes again.
     hangover_ms: int = Field(1000, ge=100, le=10_000)
 

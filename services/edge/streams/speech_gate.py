@@ -4,7 +4,8 @@ Every message on the ASR stream costs a hop through Serve's gRPC proxy and a tur
 replica's VAD, even when the caller says nothing; an idle call is mostly silence. The gate holds
 quiet audio back and opens on the first frame loud enough to be speech, sending the held pre-roll
 (`preroll_ms`) ahead of it so the ASR hears the onset, and its own VAD its lead-in, as if nothing
-had been held. It closes again only once the ASR has finished the utterance (its VAD saw the
+had been held (600 ms and -55 dBFS by default: 300 ms and -50 dBFS changed one transcript of the
+real-speech test set). It closes again only once the ASR has finished the utterance (its VAD saw the
 trailing silence it needs to end it) and the caller has stayed quiet for `hangover_ms` since.
 
 The test is frame energy, not a model: it must be cheap (it runs on every caller frame of every
