@@ -2,11 +2,12 @@
 
 One ASR stream for the whole call; per agent turn (services/edge/turn.py) one LLM RPC and one TTS
 stream, owned by the turn's task. Caller audio goes to the ASR as PCM, batched into
-`stages.asr_frame_ms` frames; the ASR stream counts it (offsets, wall clock) for the timeline and
-for barge-in. What counts as the end of the caller's turn and as an interruption are decisions
-of their own (services/edge/turn_taking/): caller speech over the agent goes through `Overlap`
-(pause, resume after a false interruption, interrupt, or a backchannel ignored). The reply itself,
-tool calls included, is the reply loop's (services/edge/tools/loop.py).
+`stages.asr_frame_ms` frames, silence held back by the speech gate; the ASR stream counts it
+(offsets, wall clock) for the timeline and for barge-in. What counts as the end of the caller's
+turn and as an interruption are decisions of their own (services/edge/turn_taking/): caller
+speech over the agent goes through `Overlap` (pause, resume after a false interruption,
+interrupt, or a backchannel ignored). The reply itself, tool calls included, is the reply loop's
+(services/edge/tools/loop.py).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class CascadeCall(CallCore):
 
     async def _open(self, metadata: Metadata) -> None:
         self.asr = AsrStream(self.stages, self.transport.input_sample_rate, self.endpointing.silence_ms,
-                             self.config.resilience, metadata)
+                             self.config.resilience, metadata, gate=self.config.stages.speech_gate)
 
     def _start(self, tasks: asyncio.TaskGroup) -> None:
         self._tasks = tasks

@@ -13,6 +13,18 @@ from services.edge.record.config import PostCallConfig
 from services.edge.tools.config import ToolsConfig, ToolSpec, check_unique
 
 
+class SpeechGateConfig(Config):
+    """Caller silence held back from the ASR stream (services/edge/streams/speech_gate.py)."""
+
+    enabled: bool = True
+    # A frame whose RMS reaches this level (dB below full scale) opens the gate.
+    open_dbfs: float = Field(-55.0, ge=-90, le=-10)
+    # Audio sent ahead of the opening frame, so the ASR hears every speech onset whole.
+    preroll_ms: int = Field(600, ge=0, le=2000)
+    # Quiet time after the ASR's utterance ended (and the last loud frame) before it closes again.
+    hangover_ms: int = Field(1000, ge=100, le=10_000)
+
+
 class StagesConfig(Config):
     # Serve's gRPC proxy; with proxy_location EveryNode the local node's proxy is on localhost.
     grpc_address: str = DEFAULT_GRPC_ADDRESS
@@ -22,6 +34,7 @@ class StagesConfig(Config):
     moshi_application: str = "moshi"
     # Caller audio is batched into frames of this size for the ASR stream (cost is per message).
     asr_frame_ms: int = Field(40, ge=20, le=500)
+    speech_gate: SpeechGateConfig = SpeechGateConfig()
 
 
 # Words that acknowledge without taking the turn, per language (ASR language codes). Whisper's

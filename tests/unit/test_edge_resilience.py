@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from services.common.audio import float_to_pcm16, pcm16_to_float
-from services.edge.config import ResilienceConfig, StagesConfig
+from services.edge.config import ResilienceConfig, SpeechGateConfig, StagesConfig
 from services.edge.streams.asr import AsrStream
 from services.edge.streams.base import StageClients, StageUnavailable
 from services.edge.streams.llm import reply_deltas
@@ -131,11 +131,13 @@ async def stage(request):
     await server.stop(None)
 
 
-@pytest.mark.parametrize("stage", [[Recognizer("die")], [Recognizer("stall")], [Recognizer("no_final")]],
-                         indirect=True, ids=["died", "stalled", "final-overdue"])
-async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage):
+@pytest.mark.parametrize(("stage", "gate"), [([Recognizer(fault)], gate) for gate in (None, SpeechGateConfig())
+                                             for fault in ("die", "stall", "no_final")],
+                         indirect=["stage"], ids=[f"{gate}-{fault}" for gate in ("ungated", "gated")
+                                                  for fault in ("died", "stalled", "final-overdue")])
+async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage, gate):
     clients, servicer = stage
-    asr = AsrStream(clients, RATE, 300, FAST)
+    asr = AsrStream(clients, RATE, 300, FAST, gate=gate)
     events = []
 
     async def read():

@@ -10,6 +10,10 @@ Deadlines: the stream reports its progress through the caller's audio every `PRO
 Audio left unacknowledged for `stall_timeout_s` by a stream that has been answering means it
 stalled; a new stream (which may be waiting for a replica to start) gets `response_timeout_s` to
 begin. After the end of speech the final is due within `response_timeout_s`.
+
+Caller silence goes through the speech gate (services/edge/streams/speech_gate.py), so the RPC
+hears only the audio around speech: its offsets skip the held silence. The stream maps them back
+to call offsets (`_OffsetMap`) before anyone sees an event; the call counts in call offsets only.
 """
 
 from __future__ import annotations
@@ -21,29 +25,54 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.common.requests import Recognize
-from services.edge.config import ResilienceConfig
+from services.edge.config import ResilienceConfig, SpeechGateConfig
 from services.edge.streams.base import BidiCall, Deadline, Metadata, RetryBudget, StageClients, StageTimeout
+from services.edge.streams.speech_gate import SpeechGate
 
 # The ASR stream reports its progress this often (in audio): how the edge tells a quiet caller
 # from a stalled stream.
 PROGRESS_MS = 500
 # Caller audio positions kept to map ASR stream offsets back to wall-clock time.
 _AUDIO_CLOCK_ENTRIES = 600
+# Gaps the gate left in one RPC's audio that are kept to map its offsets (older ones are long answered).
+_OFFSET_ANCHORS = 256
+
+
+class _OffsetMap:
+    """One RPC's audio offsets -> the call's offsets, across the gaps the speech gate left."""
+
+    def __init__(self):
+        self.sent_s = 0.0  # audio sent on this RPC
+        self._call_end: float | None = None  # call offset just after the last audio sent
+        self._anchors: deque[tuple[float, float]] = deque(maxlen=_OFFSET_ANCHORS)  # (RPC offset, call offset)
+
+    def sent(self, call_offset_s: float, duration_s: float) -> None:
+        if self._call_end is None or abs(call_offset_s - self._call_end) > 1e-6:
+            self._anchors.append((self.sent_s, call_offset_s))
+        self.sent_s += duration_s
+        self._call_end = call_offset_s + duration_s
+
+    def to_call(self, rpc_offset_s: float) -> float:
+        for rpc_s, call_s in reversed(self._anchors):
+            if rpc_s <= rpc_offset_s + 1e-9:
+                return call_s + rpc_offset_s - rpc_s
+        return self._anchors[0][1] + rpc_offset_s - self._anchors[0][0] if self._anchors else rpc_offset_s
 
 
 class AsrStream:
     """One call's recognizer stream, continuous across re-opens."""
 
     def __init__(self, stages: StageClients, sample_rate: int, min_silence_ms: int, config: ResilienceConfig,
-                 metadata: Metadata = ()):
+                 metadata: Metadata = (), gate: SpeechGateConfig | None = None):
         self._stages, self._rate, self._config, self._metadata = stages, sample_rate, config, metadata
+        self.gate = SpeechGate(gate, sample_rate) if gate is not None and gate.enabled else None
         self._min_silence_ms = min_silence_ms
         self._budget = RetryBudget("asr", config)
         self._call = self._open()
         self._sent: deque[tuple[float, bytes]] = deque()  # (stream offset, audio) kept for replay
         self.sent_s = 0.0  # caller audio sent, in seconds (the call's stream offsets)
         self._clock: deque[tuple[float, float]] = deque(maxlen=_AUDIO_CLOCK_ENTRIES)  # (offset, arrival)
-        self._base_s = 0.0  # offset of the current RPC's first sample
+        self._offsets = _OffsetMap()  # the current RPC's offsets in the call's
         self._utterance_base = 0  # utterance ids of the current RPC start after this one
         self._next_utterance = 0  # the first not yet finished: a replay starts its ids here
         self._speech_from: float | None = None  # start of the utterance in progress
@@ -64,13 +93,18 @@ class AsrStream:
         return self._budget.retries
 
     def send(self, pcm: bytes) -> None:
-        """Send caller audio (PCM s16le at the stream's rate) that reached the edge just now."""
-        self._call.send(Recognize.audio(pcm))
-        self._sent.append((self.sent_s, pcm))
+        """Caller audio (PCM s16le at the stream's rate) that reached the edge just now: counted,
+        and sent to the ASR unless the speech gate holds it back as silence."""
+        offset_s = self.sent_s
         self.sent_s += len(pcm) / 2 / self._rate
         self._clock.append((self.sent_s, time.monotonic()))
+        chunks = [(offset_s, pcm)] if self.gate is None else self.gate.push(offset_s, pcm, self._speech_from is not None)
+        for chunk_offset_s, chunk in chunks:
+            self._call.send(Recognize.audio(chunk))
+            self._sent.append((chunk_offset_s, chunk))
+            self._offsets.sent(chunk_offset_s, len(chunk) / 2 / self._rate)
         self._trim()
-        if self._owed_since is None and self._owes_progress():
+        if chunks and self._owed_since is None and self._owes_progress():
             self._owed_since = time.monotonic()
             self._deadline.moved()
 
@@ -83,7 +117,7 @@ class AsrStream:
 
     def _owes_progress(self) -> bool:
         # Progress comes every PROGRESS_MS of audio, so the newest two intervals may be unreported.
-        return self.sent_s - self._base_s - 2 * PROGRESS_MS / 1000 > self._acked_s
+        return self._offsets.sent_s - 2 * PROGRESS_MS / 1000 > self._acked_s
 
     def _due(self, waiting_since: float) -> float | None:
         deadlines = []
@@ -124,7 +158,7 @@ class AsrStream:
         kind = event.WhichOneof("event")
         body = getattr(event, kind) if kind else None
         if kind in ("speech_started", "speech_stopped"):
-            body.audio_offset_s += self._base_s
+            body.audio_offset_s = self._offsets.to_call(body.audio_offset_s)
         if kind in ("speech_started", "speech_stopped", "partial", "final"):
             body.utterance_id += self._utterance_base
         if kind == "speech_started":
@@ -139,10 +173,11 @@ class AsrStream:
     def _reopen(self) -> None:
         self._call.cancel()
         self._call = self._open()
-        self._base_s = self._sent[0][0] if self._sent else self.sent_s
+        self._offsets = _OffsetMap()
         self._utterance_base = self._next_utterance
-        for _, pcm in self._sent:
+        for offset_s, pcm in self._sent:
             self._call.send(Recognize.audio(pcm))
+            self._offsets.sent(offset_s, len(pcm) / 2 / self._rate)
         self._answering, self._acked_s, self._stopped_at = False, 0.0, None
         self._owed_since = time.monotonic() if self._owes_progress() else None
 
