@@ -13,6 +13,7 @@ proxies through RAY_SERVE_TRACING_* (Serve does not hand `tracing_config` to its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from services.cluster import LocalCluster, application_names, render_config, tracing_env
 from services.common.audio import read_wav
@@ -145,6 +147,21 @@ async def assert_quiet(ray_client, timeout_s: float = 60.0, edge: str = "edge",
     """Nothing leaked: every call, room and stage stream ends within `timeout_s`."""
     stats = await wait_quiet(ray_client, timeout_s, edge, stages)
     assert _quiet(stats, edge, stages), stats
+
+
+@contextlib.asynccontextmanager
+async def deployed_beside(serve_cluster: ServeCluster, config: dict, names: list[str], path: Path):
+    """`config` (the session's applications plus `names`) deployed while the block runs, then the
+    session's config again. The session's applications are unchanged in it, so Serve leaves them running."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    cluster = serve_cluster.cluster
+    await asyncio.to_thread(cluster.deploy, path)
+    try:
+        await asyncio.to_thread(cluster.wait_running, names, 300)
+        yield
+    finally:
+        await asyncio.to_thread(cluster.deploy, serve_cluster.config)
+        await asyncio.to_thread(cluster.wait_removed, names)
 
 
 async def replica_of(serve_cluster: ServeCluster, application: str, deployment: str):

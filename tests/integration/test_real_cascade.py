@@ -25,7 +25,7 @@ from services.common.rpc import stage_metadata
 from services.edge import caller
 from services.edge.config import PersonaConfig
 from services.proto import llm_pb2, llm_pb2_grpc
-from tests.integration.conftest import HTTP_PORT, assert_quiet, stage_stats
+from tests.integration.conftest import HTTP_PORT, assert_quiet, deployed_beside, stage_stats
 from tests.integration.test_edge_websocket import token
 from tests.speech import espeak, require_real_models, wer
 
@@ -67,19 +67,10 @@ def real_models() -> Path:
 @pytest.fixture(scope="module")
 async def real_apps(real_models, serve_cluster, tmp_path_factory) -> str:
     """The real set deployed beside the session's apps; yields the real edge's WebSocket URL."""
-    models = real_models
-    extended = tmp_path_factory.mktemp("real") / "serve.yaml"
-    extended.write_text(yaml.safe_dump(real_set_config(serve_cluster.config, models), sort_keys=False))
-    cluster = serve_cluster.cluster
-    names = [*STAGES.values(), EDGE]
-    # The session's applications are unchanged in it, so Serve leaves them running as they are.
-    await asyncio.to_thread(cluster.deploy, extended)
-    try:
-        await asyncio.to_thread(cluster.wait_running, names, 300)
+    config = real_set_config(serve_cluster.config, real_models)
+    path = tmp_path_factory.mktemp("real") / "serve.yaml"
+    async with deployed_beside(serve_cluster, config, [*STAGES.values(), EDGE], path):
         yield f"ws://127.0.0.1:{HTTP_PORT}/{EDGE}/v1/conversation"
-    finally:
-        await asyncio.to_thread(cluster.deploy, serve_cluster.config)
-        await asyncio.to_thread(cluster.wait_removed, names)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import yaml
 
 from load.eval_set import load_spec
 from load.turn_eval import run_dialogue
-from tests.integration.conftest import HTTP_PORT
+from tests.integration.conftest import HTTP_PORT, deployed_beside
 from tests.integration.test_edge_websocket import token
 from tests.speech import require_real_models
 
@@ -60,17 +60,10 @@ def eval_config(session_config: Path, models: Path) -> dict:
 async def eval_edge(serve_cluster, tmp_path_factory) -> str:
     """The evaluation's applications deployed beside the session's; yields their edge's URL."""
     models = require_real_models()
-    extended = tmp_path_factory.mktemp("turn_eval") / "serve.yaml"
-    extended.write_text(yaml.safe_dump(eval_config(serve_cluster.config, models), sort_keys=False))
-    cluster = serve_cluster.cluster
-    names = [*STAGES.values(), EDGE]
-    await asyncio.to_thread(cluster.deploy, extended)
-    try:
-        await asyncio.to_thread(cluster.wait_running, names, 300)
+    config = eval_config(serve_cluster.config, models)
+    path = tmp_path_factory.mktemp("turn_eval") / "serve.yaml"
+    async with deployed_beside(serve_cluster, config, [*STAGES.values(), EDGE], path):
         yield f"ws://127.0.0.1:{HTTP_PORT}/{EDGE}/v1/conversation"
-    finally:
-        await asyncio.to_thread(cluster.deploy, serve_cluster.config)
-        await asyncio.to_thread(cluster.wait_removed, names)
 
 
 async def test_turn_eval_scores_an_answer_a_barge_in_and_a_silent_caller(eval_edge, edge_secret):
