@@ -139,8 +139,8 @@ class CascadeCall(CallCore):
         if held is not None:  # play the reply prepared for exactly these words
             held.timeline.turn_confirmed = time.monotonic()
             self.turn = held
+            await held.release()  # its held events (agent_text) go out before its audio starts
             self.playout.resume(held.id)
-            await held.release()
             return
         now = time.monotonic()
         timeline = TurnTimeline(self._next_turn_id(), speech_end=self._speech_end, vad_stopped=self._vad_stopped,
