@@ -73,6 +73,7 @@ class Endpointing:
         self._utterance_id = 0
         self._needed_s = self._done_s  # the silence the held text needs to be a turn
         self._confirm_at: float | None = None  # when (monotonic) the held text becomes the turn
+        self._speaking = False  # the caller speaks now (a final may come after their next words began)
         self.waits = 0  # turns the detector held back (the caller sounded unfinished)
 
     def push(self, pcm: bytes, rate: int) -> None:
@@ -90,9 +91,11 @@ class Endpointing:
     def speech_started(self) -> None:
         self._confirm_at = None  # the caller goes on: the held words wait for the rest
         self._stop_offset_s = None
+        self._speaking = True
 
     def speech_stopped(self, offset_s: float) -> None:
         self._stop_offset_s = offset_s
+        self._speaking = False
 
     async def final(self, text: str, utterance_id: int) -> None:
         """A final transcript that is the caller's (not a backchannel); it may have no words (noise
@@ -102,6 +105,8 @@ class Endpointing:
             self._utterance_id = utterance_id
         elif not self._text:
             return
+        if self._speaking:
+            return  # the final of an utterance the caller has already gone on from: the words wait
         turn_text = " ".join(self._text)
         stop = self._audio_end_s - self.silence_ms / 1000 if self._stop_offset_s is None else self._stop_offset_s
         # A reply starts before the turn is confirmed: before the model is asked, or while the

@@ -181,3 +181,21 @@ async def test_a_held_reply_is_confirmed_only_for_the_same_words():
     timeline = TurnTimeline(2)
     tracker.charge(timeline)
     assert (timeline.discarded_replies, timeline.discarded_llm_tokens, timeline.discarded_tts_s) == (1, 5, 1.2)
+
+
+async def test_a_final_that_arrives_after_the_caller_went_on_waits_for_the_rest():
+    model, tts = Model(REPLY), Synthesizer()
+
+    async def script(asr, call, transport):
+        _say(asr, call, "speech_started", utterance_id=0)
+        _say(asr, call, "speech_stopped", utterance_id=0)
+        _say(asr, call, "speech_started", utterance_id=1)  # before the first final: still speaking
+        _say(asr, call, "final", "I need a table", 0)
+        await asyncio.sleep(1.5)
+        assert _users(call) == [] and not model.requests  # neither answered nor prepared mid-speech
+        _say(asr, call, "speech_stopped", utterance_id=1)
+        _say(asr, call, "final", "for two.", 1)
+        await asyncio.sleep(2.0)
+
+    call, _ = await _call(_config(), script, model, tts)
+    assert _users(call) == ["I need a table for two."]
