@@ -10,10 +10,9 @@ turn.
 
 The ASR's VAD ends an utterance after the shortest of these silences (with preemptive replies on,
 `preemptive.silence_ms`), so a final comes early: `on_pause` is told the turn's text at once and
-may start a reply, held until `on_turn` confirms it. The silence still missing when the final
-arrives is read from the caller's audio (stream offsets); the turn is confirmed once that much
-more time has passed, checked as caller audio arrives and by a timer (`wake`) for a caller whose
-audio stops.
+may start a reply, held until `on_turn` confirms it: once the rest of the turn's silence has
+passed after the final with no new speech, checked as caller audio arrives and by a timer
+(`wake`) for a caller whose audio stops.
 """
 
 from __future__ import annotations
@@ -108,16 +107,18 @@ class Endpointing:
         if self._speaking:
             return  # the final of an utterance the caller has already gone on from: the words wait
         turn_text = " ".join(self._text)
-        stop = self._audio_end_s - self.silence_ms / 1000 if self._stop_offset_s is None else self._stop_offset_s
+        vad_s = self.silence_ms / 1000
         # A reply starts before the turn is confirmed: before the model is asked, or while the
         # silence that ends the turn is still to come.
-        if self._on_pause is not None and (self.uses_audio or self._audio_end_s < stop + self._needed_s):
+        if self._on_pause is not None and (self.uses_audio or self._needed_s > vad_s):
             await self._on_pause(turn_text, self._utterance_id)
         if text.strip():
             self._needed_s = await self._needed_silence(turn_text)
-        # The VAD has heard silence_ms of it already (whatever audio reached us so far).
-        missing_s = min(stop + self._needed_s - self._audio_end_s, self._needed_s - self.silence_ms / 1000)
-        if self._needed_s <= self.silence_ms / 1000 or missing_s <= 0:
+        # The VAD has heard silence_ms of it; the rest is counted from now, not from the caller audio
+        # already sent: the ASR may not have heard that yet (a lagging ASR would report the caller
+        # going on too late).
+        missing_s = self._needed_s - vad_s
+        if missing_s <= 0:
             await self._finish()  # the VAD's silence was the turn's: confirmed now
             return
         self._confirm_at = time.monotonic() + missing_s
