@@ -85,6 +85,8 @@ TURN_KIND = "parley.turn.kind"                 # greeting | reply
 TURN_INTERRUPTED = "parley.turn.interrupted"   # cut by barge-in
 TURN_UNDERRUNS = "parley.turn.underruns"
 TURN_UNFINISHED = "parley.turn.unfinished"     # the call ended before the turn did
+TURN_PREEMPTIVE = "parley.turn.preemptive"     # started before the caller's turn was confirmed
+TURN_DISCARDED = "parley.turn.discarded"       # a preemptive reply thrown away (the caller went on)
 TURN_USER_TEXT = "parley.turn.user_text"       # CONTENT: the caller's final transcript
 TOOL_OUTCOME = "parley.tool.outcome"           # ok | error | cancelled
 # The turn's latency components are `parley.latency.<component>_ms`, named by the turn timeline

@@ -80,6 +80,13 @@ TURNS = MetricSpec("parley_turns", "counter", "Agent turns finished (answered or
 BARGE_INS = MetricSpec("parley_barge_ins", "counter", "Agent turns interrupted by the caller (barge-in).")
 UNDERRUNS = MetricSpec("parley_playout_underruns", "counter",
                        "Playout underruns: the caller's audio ran dry mid-reply while the agent had more to say.")
+PREEMPTIVE_REPLIES = MetricSpec("parley_preemptive_replies", "counter",
+                                "Replies started before the caller's turn was confirmed, by outcome "
+                                "(confirmed: played; discarded: the caller went on).", tag_keys=("outcome",))
+DISCARDED_LLM_TOKENS = MetricSpec("parley_preemptive_discarded_llm_tokens", "counter",
+                                  "LLM tokens generated for preemptive replies that were discarded.")
+DISCARDED_TTS_SECONDS = MetricSpec("parley_preemptive_discarded_tts_seconds", "counter",
+                                   "Seconds of TTS audio synthesized for preemptive replies that were discarded.")
 STAGE_ERRORS = MetricSpec("parley_stage_errors", "counter", "Failed stage RPCs by stage and gRPC status code.",
                           tag_keys=("stage", "code"))
 ACTIVE_CONVERSATIONS = MetricSpec("parley_active_conversations", "gauge",
@@ -99,8 +106,9 @@ TOOL_LATENCY = MetricSpec("parley_tool_latency_seconds", "histogram",
                           "Seconds a tool call ran, from its start to its result (or its cancellation).",
                           tag_keys=("tool",), boundaries=TOOL_LATENCY_BUCKETS_S)
 
-SPECS: tuple[MetricSpec, ...] = (*TURN_HISTOGRAMS.values(), TURNS, BARGE_INS, UNDERRUNS, STAGE_ERRORS,
-                                 ACTIVE_CONVERSATIONS, QUEUE_WAIT, TOOL_CALLS, TOOL_LATENCY, TWILIO_CALLS)
+SPECS: tuple[MetricSpec, ...] = (*TURN_HISTOGRAMS.values(), TURNS, BARGE_INS, UNDERRUNS, PREEMPTIVE_REPLIES,
+                                 DISCARDED_LLM_TOKENS, DISCARDED_TTS_SECONDS, STAGE_ERRORS, ACTIVE_CONVERSATIONS,
+                                 QUEUE_WAIT, TOOL_CALLS, TOOL_LATENCY, TWILIO_CALLS)
 EXPORTED_SERIES: frozenset[str] = frozenset(series for spec in SPECS for series in spec.exported_series)
 
 
@@ -174,6 +182,21 @@ class TurnMetricsObserver:
                 metrics[UNDERRUNS.name].inc(timeline.underruns)
         except Exception as error:  # noqa: BLE001 - an observer must not break the conversation
             _warn("turn", error)
+
+
+def record_preemptive(confirmed: bool, llm_tokens: int = 0, tts_s: float = 0.0) -> None:
+    """Count one preemptive reply's outcome; a discarded one's engine work goes to its own counters."""
+    try:
+        metrics = _get()
+        if metrics is None:
+            return
+        metrics[PREEMPTIVE_REPLIES.name].inc(tags={"outcome": "confirmed" if confirmed else "discarded"})
+        if not confirmed and llm_tokens > 0:
+            metrics[DISCARDED_LLM_TOKENS.name].inc(llm_tokens)
+        if not confirmed and tts_s > 0:
+            metrics[DISCARDED_TTS_SECONDS.name].inc(tts_s)
+    except Exception as error:  # noqa: BLE001 - metrics must not break the call
+        _warn("preemptive", error)
 
 
 def record_stage_error(stage: str, code: Any) -> None:

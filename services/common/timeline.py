@@ -40,6 +40,8 @@ COMPONENTS: tuple[Component, ...] = (
               "end of the caller's speech to the ASR's end-of-speech event", attr.SPAN_ENDPOINTING),
     Component("asr_final", "vad_stopped", "asr_final", "ASR end-of-speech event to the final transcript",
               attr.SPAN_ASR),
+    Component("turn_confirm", "asr_final", "turn_confirmed",
+              "final transcript to the end of the caller's turn confirmed (a preemptive reply is held meanwhile)"),
     Component("llm_ttft", "llm_request", "llm_first_token", "LLM request sent to its first token", attr.SPAN_LLM),
     Component("first_sentence", "llm_request", "first_sentence",
               "LLM request sent to the first complete sentence or clause"),
@@ -57,6 +59,7 @@ class TurnTimeline:
     speech_end: float | None = None        # the caller's last speech sample reached the edge
     vad_stopped: float | None = None       # the ASR's end-of-speech event arrived
     asr_final: float | None = None         # the final transcript arrived
+    turn_confirmed: float | None = None    # the caller's turn was confirmed over
     llm_request: float | None = None       # the LLM request was sent
     llm_first_token: float | None = None
     first_sentence: float | None = None    # the first sentence or clause was complete
@@ -65,6 +68,12 @@ class TurnTimeline:
     first_audio_sent: float | None = None  # the first agent sample went to the caller
     interrupted: bool = False
     underruns: int = 0
+    preemptive: bool = False  # the reply was started before the caller's turn was confirmed
+    # Preemptive replies thrown away (the caller went on) since the previous reported turn, and
+    # their engine work: LLM tokens generated and TTS audio synthesized for nobody.
+    discarded_replies: int = 0
+    discarded_llm_tokens: int = 0
+    discarded_tts_s: float = 0.0
 
     def seconds(self, component: Component) -> float | None:
         """The component's duration; None when the turn did not reach both ends (or they are reversed)."""
@@ -84,4 +93,6 @@ class TurnTimeline:
     def to_event(self) -> dict:
         """The client `metrics` event's fields (services/edge/events.py sends it)."""
         return {"type": "metrics", "turn_id": self.turn_id, **self.latencies_ms(),
-                "interrupted": self.interrupted, "underruns": self.underruns}
+                "interrupted": self.interrupted, "underruns": self.underruns, "preemptive": self.preemptive,
+                "discarded_replies": self.discarded_replies, "discarded_llm_tokens": self.discarded_llm_tokens,
+                "discarded_tts_s": round(self.discarded_tts_s, 3)}

@@ -6,7 +6,9 @@ stream, owned by the turn's task. Caller audio goes to the ASR as PCM, batched i
 (offsets, wall clock) for the timeline and for barge-in. What counts as the end of the caller's
 turn and as an interruption are decisions of their own (services/edge/turn_taking/): caller
 speech over the agent goes through `Overlap` (pause, resume after a false interruption,
-interrupt, or a backchannel ignored). The reply itself, tool calls included, is the reply loop's
+interrupt, or a backchannel ignored). When the caller pauses, a preemptive reply starts before
+their turn is confirmed, held until it is and thrown away if they go on
+(turn_taking/preemptive.py). The reply itself, tool calls included, is the reply loop's
 (services/edge/tools/loop.py).
 """
 
@@ -31,6 +33,7 @@ from services.edge.turn_taking import EndOfTurnDetector, InterruptPolicy
 from services.edge.turn_taking.endpointing import Endpointing, detector_for
 from services.edge.turn_taking.idle import IdleAction, IdleCaller, IdleHangUp
 from services.edge.turn_taking.overlap import Overlap
+from services.edge.turn_taking.preemptive import PreemptiveReply
 
 
 class CascadeCall(CallCore):
@@ -40,7 +43,9 @@ class CascadeCall(CallCore):
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.endpointing = Endpointing(detector or detector_for(self.config.turn_taking), self.config.turn_taking,
-                                       self.transport.input_sample_rate, self._on_user_turn)
+                                       self.transport.input_sample_rate, self._on_user_turn, self._prepare_reply,
+                                       self._tick_after)
+        self.preemptive = PreemptiveReply()
         self.policy = policy or InterruptPolicy(self.config.turn_taking)
         self.overlap = Overlap(self.policy, self.playout, self.emit, self.interrupt, self.transport.clear_audio,
                                self.config.turn_taking.false_interruption_timeout_ms)
@@ -105,6 +110,7 @@ class CascadeCall(CallCore):
         async for event in self.asr.events():
             kind = event.WhichOneof("event")
             if kind == "speech_started":
+                await self._discard_preemptive()  # the caller goes on
                 if self.turn is not None:
                     self.overlap.speech_started(event.speech_started.audio_offset_s)
                 self.endpointing.speech_started()
@@ -122,19 +128,53 @@ class CascadeCall(CallCore):
                 await self.emit(Transcript(transcript.utterance_id, transcript.text, final=kind == "final"))
                 if kind == "partial":
                     await self.overlap.partial(self.turn, transcript.text, transcript.language, self.asr.sent_s)
-                elif await self.overlap.final(self.turn, transcript.text, transcript.language, transcript.utterance_id):
+                elif (await self.overlap.final(self.turn, transcript.text, transcript.language, transcript.utterance_id)
+                      or self.turn is None):  # no agent turn: even a final without words ends a pause
                     await self.endpointing.final(transcript.text, transcript.utterance_id)
 
     async def _on_user_turn(self, text: str, utterance_id: int | None) -> None:
+        held = self.preemptive.confirm(text)
+        if held is None:
+            await self._discard_preemptive()  # it answered other words
         if self.turn is not None:
             await self.interrupt()
         self.history.add("user", text)
+        if held is not None:  # play the reply prepared for exactly these words
+            held.timeline.turn_confirmed = time.monotonic()
+            self.turn = held
+            await held.release()  # its held events (agent_text) go out before its audio starts
+            self.playout.resume(held.id)
+            return
+        now = time.monotonic()
         timeline = TurnTimeline(self._next_turn_id(), speech_end=self._speech_end, vad_stopped=self._vad_stopped,
-                                asr_final=time.monotonic())
+                                asr_final=now, turn_confirmed=now)
         self._begin_turn(timeline, utterance_id=utterance_id, user_text=text)
 
+    async def _prepare_reply(self, text: str, utterance_id: int) -> None:
+        """The caller paused after `text`: start its reply now, held until the turn is confirmed."""
+        if self.preemptive.answers(text) or self.turn is not None:
+            return  # already prepared, or the agent still holds a turn (it is interrupted on confirmation)
+        await self._discard_preemptive()
+        timeline = TurnTimeline(self._next_turn_id(), speech_end=self._speech_end, vad_stopped=self._vad_stopped,
+                                asr_final=time.monotonic())
+        self.preemptive.hold(self._begin_turn(timeline, utterance_id=utterance_id, user_text=text, held=True), text)
+
+    async def _discard_preemptive(self) -> None:
+        turn = self.preemptive.discard()
+        if turn is not None:
+            self.playout.interrupt(turn.id)  # its held audio goes nowhere
+            self.tracing.turn_discarded(turn.timeline)
+
+    def _tick_after(self, delay_s: float) -> None:
+        """Check the end of turn again after `delay_s`, even if no caller audio comes (a task of the call)."""
+        async def tick() -> None:
+            await asyncio.sleep(delay_s)
+            await self.endpointing.tick()
+
+        self._tasks.create_task(tick(), name=f"{self.id}:endpointing")
+
     async def _check_idle(self) -> None:
-        action = self.idle.check(agent_busy=self.turn is not None)
+        action = self.idle.check(agent_busy=self.turn is not None or self.preemptive.turn is not None)
         if action is IdleAction.NONE or self._goodbye is not None:
             return
         final = action is IdleAction.GOODBYE
@@ -164,11 +204,16 @@ class CascadeCall(CallCore):
         return self._turn_ids
 
     def _begin_turn(self, timeline: TurnTimeline, fixed_text: str | None = None, utterance_id: int | None = None,
-                    user_text: str | None = None) -> Turn:
+                    user_text: str | None = None, held: bool = False) -> Turn:
+        """Start an agent turn; a `held` one (preemptive) answers `user_text`, not yet in the history,
+        and is not the call's turn until it is confirmed."""
         self.tracing.turn_started(timeline, utterance_id, user_text)
-        turn = Turn(timeline, self.emit)
+        turn = Turn(timeline, self.emit, pending_user=user_text if held else None)
+        if held:
+            self.playout.hold(turn.id)
         turn.task = self._tasks.create_task(self._run_turn(turn, fixed_text), name=f"{self.id}:turn{turn.id}")
-        self.turn = turn
+        if not held:
+            self.turn = turn
         return turn
 
     async def _run_turn(self, turn: Turn, fixed_text: str | None) -> None:
@@ -189,6 +234,7 @@ class CascadeCall(CallCore):
                 await self.say_fallback(first_leaf(group), turn.id)  # the call goes on
             finally:
                 tts.cancel()  # a no-op when the stream already ended
+        await turn.wait_released()  # a preemptive reply ends only once it is the caller's turn's
         self.playout.finish_turn(turn.id)
         await self.playout.wait_played(turn.id)
         await self._end_turn(turn)
@@ -211,6 +257,7 @@ class CascadeCall(CallCore):
         async for chunk in tts.audio():
             if turn.timeline.tts_first_audio is None:
                 turn.timeline.tts_first_audio = time.monotonic()
+            turn.tts_audio_s += len(chunk.pcm) / 2 / (chunk.sample_rate_hz or self.transport.output_sample_rate)
             segment = segments.setdefault(chunk.segment_id, Segment(chunk.text))
             offset = segment.duration_s
             segment.words.extend((word.word, offset + word.start_s) for word in chunk.words)
@@ -236,6 +283,7 @@ class CascadeCall(CallCore):
         if heard is not None:
             await self.transport.clear_audio()
         await turn.announce_end()
+        self.preemptive.charge(turn.timeline)
         await self.report(turn.timeline)
         if self.turn is None:
             await self.set_agent_state("listening")

@@ -69,10 +69,39 @@ class EndOfTurnConfig(Config):
         return self
 
 
+class PreemptiveConfig(Config):
+    """A reply started before the caller's turn is confirmed, its audio held until it is."""
+
+    enabled: bool = True
+    # The ASR's VAD ends an utterance after this much silence; its final starts the reply (LLM and
+    # TTS), held until the turn is confirmed (min_silence_ms, or the end-of-turn model). Values
+    # above the turn's own silence have no effect.
+    silence_ms: int = Field(150, ge=50, le=3000)
+
+
+class SegmentsConfig(Config):
+    """How the reply's text is cut into segments for TTS: a short first clause (first audio
+    early), then whole sentences (prosody)."""
+
+    # The first segment ends at a clause break (comma, semicolon, colon, dash) once it has
+    # first_min_words words, or after first_max_words words, whichever comes first.
+    first_min_words: int = Field(2, ge=1, le=50)
+    first_max_words: int = Field(6, ge=1, le=100)
+    # Later segments are sentences; a clause break cuts one only after this many words.
+    min_clause_words: int = Field(12, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SegmentsConfig:
+        if self.first_max_words < self.first_min_words:
+            raise ValueError("segments.first_max_words must not be below first_min_words")
+        return self
+
+
 class TurnTakingConfig(Config):
     # Silence that ends the caller's turn (the ASR's VAD waits this long) with silence endpointing.
     min_silence_ms: int = Field(300, ge=100, le=3000)
     end_of_turn: EndOfTurnConfig = EndOfTurnConfig()
+    preemptive: PreemptiveConfig = PreemptiveConfig()
     # Caller speech over the agent this long pauses it while its words are awaited; shorter
     # speech (coughs, "mhm") is not a barge-in. Off: only a final transcript with words interrupts.
     barge_in: bool = True
@@ -263,6 +292,7 @@ class DuplexConfig(Config):
 class EdgeConfig(Config):
     stages: StagesConfig = StagesConfig()
     turn_taking: TurnTakingConfig = TurnTakingConfig()
+    segments: SegmentsConfig = SegmentsConfig()
     persona: PersonaConfig = PersonaConfig()
     history: HistoryConfig = HistoryConfig()
     duplex: DuplexConfig = DuplexConfig()

@@ -132,8 +132,12 @@ class Playout:
         self._paused.add(turn_id)
         self._frames.extendleft(reversed(self._take_back(turn_id)))
 
+    def hold(self, turn_id: int) -> None:
+        """Queue the turn's audio without playing it until `resume` (a preemptive reply)."""
+        self._paused.add(turn_id)
+
     def resume(self, turn_id: int) -> None:
-        """Play a paused turn on from where it stopped."""
+        """Play a paused or held turn on from where it stopped."""
         self._paused.discard(turn_id)
         self._ready.set()
 

@@ -120,7 +120,18 @@ class ConversationTracing:
             latencies = timeline.latencies_ms()
             span.set_attributes({component.attribute: latencies[component.event_field] for component in COMPONENTS
                                  if latencies[component.event_field] is not None})
-            span.set_attributes({attr.TURN_INTERRUPTED: timeline.interrupted, attr.TURN_UNDERRUNS: timeline.underruns})
+            span.set_attributes({attr.TURN_INTERRUPTED: timeline.interrupted, attr.TURN_UNDERRUNS: timeline.underruns,
+                                 attr.TURN_PREEMPTIVE: timeline.preemptive})
+        span.end()
+
+    def turn_discarded(self, timeline: TurnTimeline) -> None:
+        """End a preemptive turn's span that was thrown away (its LLM and TTS spans stay under it)."""
+        span = self._turns.pop(timeline.turn_id, None)
+        self._utterances.pop(timeline.turn_id, None)
+        if span is None:
+            return
+        if span.is_recording():
+            span.set_attributes({attr.TURN_PREEMPTIVE: True, attr.TURN_DISCARDED: True})
         span.end()
 
     def llm_call(self, turn_id: int, *, max_tokens: int, temperature: float):

@@ -4,6 +4,10 @@ The turn owns its task (LLM -> sentences -> TTS -> playout); the call holds at m
 time. A turn ends exactly once, through `Turn.close`, whether it played out or was cut by the
 caller, and once it has ended nothing it still had in flight reaches the client: `emit` drops
 events of an ended turn.
+
+A preemptive turn is prepared while it is `held`: it answers a caller turn not yet confirmed, so
+its events wait (and its audio, in the playout) until `release`, and it is `discard`ed, never
+heard, if the caller goes on.
 """
 
 from __future__ import annotations
@@ -22,18 +26,28 @@ class TurnState(enum.Enum):
     STARTED = "started"  # its first audio went to the caller
     ENDED = "ended"  # played out (or abandoned) to its end
     INTERRUPTED = "interrupted"  # cut by the caller
+    DISCARDED = "discarded"  # a preemptive turn thrown away before the caller heard any of it
 
 
 class Turn:
     """An agent turn: its timeline, its task, the text it sent to speech, and how it ended."""
 
-    def __init__(self, timeline: TurnTimeline, emit: Callable[[Event], Awaitable[None]]):
+    def __init__(self, timeline: TurnTimeline, emit: Callable[[Event], Awaitable[None]], *,
+                 pending_user: str | None = None):
         self.timeline = timeline
         self.state = TurnState.PREPARED
         self.task: asyncio.Task | None = None
         self.spoken: list[str] = []  # segments sent to TTS, in order
         self.heard = ""  # an interrupted turn: what the caller heard of it
+        # A preemptive turn: the caller's words it answers, not yet in the history (None once confirmed).
+        self.pending_user = pending_user
+        self.llm_tokens = 0  # engine work done for the turn (what a discarded one cost)
+        self.tts_audio_s = 0.0
         self._emit = emit
+        self._held: list[Event] = []
+        self._released = asyncio.Event()
+        if pending_user is None:
+            self._released.set()
 
     @property
     def id(self) -> int:
@@ -41,7 +55,33 @@ class Turn:
 
     @property
     def over(self) -> bool:
-        return self.state in (TurnState.ENDED, TurnState.INTERRUPTED)
+        return self.state in (TurnState.ENDED, TurnState.INTERRUPTED, TurnState.DISCARDED)
+
+    @property
+    def held(self) -> bool:
+        """A preemptive turn whose caller turn is not confirmed yet."""
+        return not self._released.is_set()
+
+    async def wait_released(self) -> None:
+        """Return once the turn is confirmed (at once for a turn that was never held)."""
+        await self._released.wait()
+
+    async def release(self) -> None:
+        """The caller's turn is confirmed: the held events go out, later ones at once."""
+        self.pending_user = None
+        self._released.set()
+        held, self._held = self._held, []
+        for event in held:
+            await self.emit(event)
+
+    def discard(self) -> None:
+        """Throw a held turn away: its task (and so its LLM and TTS RPCs) is cancelled, its events dropped."""
+        if self.over:
+            return
+        self.state = TurnState.DISCARDED
+        self._held.clear()
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
 
     @property
     def audio_started(self) -> bool:
@@ -54,8 +94,12 @@ class Turn:
             self.timeline.first_audio_sent = time.monotonic()
 
     async def emit(self, event: Event) -> None:
-        """Send an event of this turn, unless the turn has already ended."""
-        if not self.over:
+        """Send an event of this turn, unless the turn has already ended (a held turn keeps it)."""
+        if self.over:
+            return
+        if self.held:
+            self._held.append(event)
+        else:
             await self._emit(event)
 
     def close(self, heard: str | None = None) -> str | None:

@@ -26,7 +26,8 @@ BY_NAME = {component.name: component for component in COMPONENTS}
 
 # A caller turn with every component, and a greeting cut by barge-in (no caller speech before it).
 # No duration sits on a bucket boundary, so float rounding cannot move a value between buckets.
-ANSWERED = dict(turn_id=2, speech_end=100.0, vad_stopped=100.33, asr_final=100.39, llm_request=100.40,
+ANSWERED = dict(turn_id=2, speech_end=100.0, vad_stopped=100.33, asr_final=100.39, turn_confirmed=100.43,
+                llm_request=100.40,
                 llm_first_token=100.47, first_sentence=100.58, tts_request=100.59, tts_first_audio=101.0,
                 first_audio_sent=101.32, underruns=2)
 GREETING = dict(turn_id=1, tts_request=1.0, tts_first_audio=1.47, first_audio_sent=1.48, interrupted=True)
@@ -55,6 +56,8 @@ try:
             metrics.set_active_conversations(3)
             metrics.observe_queue_wait("tts", 0.004)
             metrics.record_twilio_call("completed")
+            metrics.record_preemptive(True)
+            metrics.record_preemptive(False, llm_tokens=7, tts_s=1.5)
             return metrics.replica_tags()
 
         async def call_with_tools(self):
@@ -154,6 +157,7 @@ def test_outside_ray_recording_is_a_cheap_noop():
             f"metrics.TurnMetricsObserver()(TurnTimeline(**{ANSWERED!r}))\n"
             "metrics.record_stage_error('asr', 'UNAVAILABLE'); metrics.set_active_conversations(1)\n"
             "metrics.observe_queue_wait('asr', 0.1); metrics.record_tool_call('lookup', 'ok', 0.2)\n"
+            "metrics.record_preemptive(False, 3, 0.5)\n"
             "assert 'ray' not in sys.modules and metrics._metrics is None\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
@@ -200,6 +204,9 @@ def test_counters_and_gauge_reach_the_endpoint(scraped):
     assert _values(samples, "ray_parley_active_conversations", replica=result["replica_tags"]["replica"]) == 3
     assert _values(samples, "ray_parley_stage_queue_wait_seconds_count", stage="tts") == 1
     assert _values(samples, "ray_parley_twilio_calls_total", status="completed") == 1
+    assert _values(samples, "ray_parley_preemptive_replies_total", key="outcome") == {"confirmed": 1, "discarded": 1}
+    assert _values(samples, "ray_parley_preemptive_discarded_llm_tokens_total") == 7
+    assert _values(samples, "ray_parley_preemptive_discarded_tts_seconds_total") == 1.5
     assert _values(samples, "ray_parley_stage_queue_wait_seconds_bucket", key="le", stage="tts") == \
         _cumulative([0.004], metrics.QUEUE_WAIT_BUCKETS_S)
 

@@ -181,7 +181,8 @@ def test_attribute_and_span_names_are_unique_and_namespaced():
 
 def answered_turn() -> TurnTimeline:
     now = time.monotonic()
-    return TurnTimeline(2, speech_end=now - 1.5, vad_stopped=now - 1.17, asr_final=now - 1.11, llm_request=now - 1.1,
+    return TurnTimeline(2, speech_end=now - 1.5, vad_stopped=now - 1.17, asr_final=now - 1.11, turn_confirmed=now - 1.105,
+                        llm_request=now - 1.1,
                         llm_first_token=now - 1.03, first_sentence=now - 0.92, tts_request=now - 0.91,
                         tts_first_audio=now - 0.5, first_audio_sent=now - 0.18, underruns=1)
 

@@ -8,7 +8,7 @@ generator (a barge-in) cancels the RPC, and the LLM stage aborts the generation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -21,10 +21,12 @@ from services.proto import llm_pb2
 
 async def reply_deltas(stages: StageClients, messages: list, *, temperature: float, max_tokens: int,
                        request_id: str, config: ResilienceConfig, metadata: Metadata = (),
-                       tools_json: str = "", session_id: str = "") -> AsyncIterator[str | llm_pb2.ToolCall]:
+                       tools_json: str = "", session_id: str = "", on_tokens: Callable[[int], None] | None = None,
+                       ) -> AsyncIterator[str | llm_pb2.ToolCall]:
     """The reply's text deltas and tool calls, continuous across re-sent requests. `session_id` (the
     conversation's id) lets Serve route every turn of a conversation to the same LLM replica, whose
-    prefix cache still holds the conversation so far (docs/gpu-packing.md, "LLM turns stay on one replica")."""
+    prefix cache still holds the conversation so far (docs/gpu-packing.md, "LLM turns stay on one replica").
+    `on_tokens` is told the tokens of every text delta received (re-sent ones too: engine work)."""
     request = Generate.request(messages, request_id=request_id, temperature=temperature, max_tokens=max_tokens,
                                tools_json=tools_json)
     budget, received, calls = RetryBudget("llm", config), 0, 0
@@ -45,6 +47,8 @@ async def reply_deltas(stages: StageClients, messages: list, *, temperature: flo
                     yield response.delta.tool_call
                     continue
                 text = response.delta.text
+                if on_tokens is not None:
+                    on_tokens(response.delta.tokens or 1)  # an engine that does not count sends one per delta
                 if skip:
                     text, skip = text[skip:], max(0, skip - len(text))
                 if text:

@@ -49,6 +49,8 @@ class ReplyLoop:
             spoken, calls = await self._round(turn, step, say)
             if not calls:
                 return
+            # A preemptive reply runs no tool and writes no history before the caller's turn is confirmed.
+            await turn.wait_released()
             self.call.history.add("assistant", " ".join(spoken), tool_calls=tuple(calls))
             self._recorded[turn.id] = self._recorded.get(turn.id, 0) + len(" ".join(spoken).split())
             if step == self.config.max_steps or self.ending is not None:
@@ -64,7 +66,17 @@ class ReplyLoop:
 
     async def _round(self, turn: Turn, step: int, say: Say) -> tuple[list[str], list]:
         call, persona, timeline = self.call, self.call.persona, turn.timeline
-        chunker, spoken, calls = TextChunker(), [], []
+        segments = call.config.segments
+        # The reply's first segment is a short clause (first audio early); later ones are sentences.
+        chunker = TextChunker(segments.min_clause_words) if turn.spoken else TextChunker(
+            segments.min_clause_words, first_min_words=segments.first_min_words, first_max_words=segments.first_max_words)
+        spoken, calls = [], []
+        messages = call.history.chat()
+        if turn.pending_user is not None:  # a preemptive reply: the caller's words are not in the history yet
+            messages.append(Message("user", turn.pending_user))
+
+        def count(tokens: int) -> None:
+            turn.llm_tokens += tokens
 
         async def out(segment: str) -> None:
             spoken.append(segment)
@@ -72,9 +84,10 @@ class ReplyLoop:
 
         request_id = f"{call.id}-{turn.id}" + (f"-{step}" if step else "")
         with call.tracing.llm_call(turn.id, max_tokens=persona.max_tokens, temperature=persona.temperature) as metadata:
-            deltas = reply_deltas(call.stages, call.history.chat(), temperature=persona.temperature,
+            deltas = reply_deltas(call.stages, messages, temperature=persona.temperature,
                                   max_tokens=persona.max_tokens, request_id=request_id, config=call.config.resilience,
-                                  metadata=metadata, tools_json=self.tools.schemas_json, session_id=call.id)
+                                  metadata=metadata, tools_json=self.tools.schemas_json, session_id=call.id,
+                                  on_tokens=count)
             if timeline.llm_request is None:
                 timeline.llm_request = time.monotonic()
             # aclosing: a barge-in cancels the RPC at once, and the LLM stage aborts the generation.

@@ -1,12 +1,18 @@
-"""The end of the caller's turn, over time: when the detector is asked, with what, and the
-longest silence after which the turn ends anyway.
+"""The end of the caller's turn, over time: when the detector is asked, with what, the silence
+that confirms the turn, and the preemptive reply started before it is confirmed.
 
-With silence endpointing the ASR's VAD waits `min_silence_ms` and every final with words is a
-turn. With a model (Smart Turn) the VAD waits only `short_silence_ms`; each final is added to the
-turn's text and the model hears the caller's last 8 s up to that pause. Finished: the turn is
-answered at once. Not finished: the agent waits; if the caller speaks again their words join the
-same turn, and if they stay silent until `max_silence_ms` after their speech ended, the turn ends
-anyway. The deadline is checked as caller audio arrives (no task of its own).
+With silence endpointing a turn is over after `min_silence_ms` of silence and every final with
+words is a turn. With a model (Smart Turn) each final is added to the turn's text and the model
+hears the caller's last 8 s up to the pause: finished, the turn is over after `short_silence_ms`;
+not finished, the agent waits, and if the caller stays silent until `max_silence_ms` after their
+speech ended, the turn ends anyway. If the caller speaks again first, their words join the same
+turn.
+
+The ASR's VAD ends an utterance after the shortest of these silences (with preemptive replies on,
+`preemptive.silence_ms`), so a final comes early: `on_pause` is told the turn's text at once and
+may start a reply, held until `on_turn` confirms it: once the rest of the turn's silence has
+passed after the final with no new speech, checked as caller audio arrives and by a timer
+(`wake`) for a caller whose audio stops.
 """
 
 from __future__ import annotations
@@ -45,20 +51,28 @@ class Endpointing:
     """One call's end-of-turn state: the turn's text so far, the caller's recent audio, the deadline."""
 
     def __init__(self, detector: EndOfTurnDetector, settings: TurnTakingConfig, input_rate: int,
-                 on_turn: Callable[[str, int], Awaitable[None]]):
-        self.detector, self._on_turn = detector, on_turn
+                 on_turn: Callable[[str, int], Awaitable[None]],
+                 on_pause: Callable[[str, int], Awaitable[None]] | None = None,
+                 wake: Callable[[float], None] | None = None):
+        self.detector, self._on_turn, self._wake = detector, on_turn, wake
         eot = settings.end_of_turn
         self.uses_audio = bool(getattr(detector, "needs_audio", False))
-        # What the ASR's VAD waits before it ends an utterance.
-        self.silence_ms = eot.short_silence_ms if self.uses_audio else settings.min_silence_ms
-        self._wait_s = (eot.max_silence_ms - eot.short_silence_ms) / 1000
+        # The silence that ends a turn the caller sounds done with (the detector's "finished").
+        self._done_s = (eot.short_silence_ms if self.uses_audio else settings.min_silence_ms) / 1000
+        self._max_s = eot.max_silence_ms / 1000  # ... and one they do not
+        self._on_pause = on_pause if settings.preemptive.enabled else None
+        # What the ASR's VAD waits before it ends an utterance (and a preemptive reply may start).
+        done_ms = round(self._done_s * 1000)
+        self.silence_ms = min(done_ms, settings.preemptive.silence_ms) if self._on_pause else done_ms
         self._resampler = StreamResampler(input_rate, SAMPLE_RATE) if self.uses_audio else None
         self._audio = np.zeros(0, np.float32)
         self._audio_end_s = 0.0  # stream offset of the last sample kept
         self._stop_offset_s: float | None = None
         self._text: list[str] = []
         self._utterance_id = 0
-        self._deadline: float | None = None
+        self._needed_s = self._done_s  # the silence the held text needs to be a turn
+        self._confirm_at: float | None = None  # when (monotonic) the held text becomes the turn
+        self._speaking = False  # the caller speaks now (a final may come after their next words began)
         self.waits = 0  # turns the detector held back (the caller sounded unfinished)
 
     def push(self, pcm: bytes, rate: int) -> None:
@@ -69,32 +83,56 @@ class Endpointing:
         self._audio = np.concatenate([self._audio, self._resampler.push(pcm16_to_float(pcm))])[-_KEEP_S * SAMPLE_RATE:]
 
     async def tick(self) -> None:
-        """End a held turn whose longest silence has passed."""
-        if self._deadline is not None and time.monotonic() >= self._deadline:
+        """End a held turn whose silence is long enough."""
+        if self._confirm_at is not None and time.monotonic() >= self._confirm_at:
             await self._finish()
 
     def speech_started(self) -> None:
-        self._deadline = None  # the caller goes on: the held words wait for the rest
+        self._confirm_at = None  # the caller goes on: the held words wait for the rest
+        self._stop_offset_s = None
+        self._speaking = True
 
     def speech_stopped(self, offset_s: float) -> None:
         self._stop_offset_s = offset_s
+        self._speaking = False
 
     async def final(self, text: str, utterance_id: int) -> None:
-        """A final transcript with words, that is the caller's (not a backchannel)."""
-        if not text.strip():
+        """A final transcript that is the caller's (not a backchannel); it may have no words (noise
+        after words still held: they wait for their silence again)."""
+        if text.strip():
+            self._text.append(text.strip())
+            self._utterance_id = utterance_id
+        elif not self._text:
             return
-        self._text.append(text.strip())
-        self._utterance_id = utterance_id
+        if self._speaking:
+            return  # the final of an utterance the caller has already gone on from: the words wait
+        turn_text = " ".join(self._text)
+        vad_s = self.silence_ms / 1000
+        # A reply starts before the turn is confirmed: before the model is asked, or while the
+        # silence that ends the turn is still to come.
+        if self._on_pause is not None and (self.uses_audio or self._needed_s > vad_s):
+            await self._on_pause(turn_text, self._utterance_id)
+        if text.strip():
+            self._needed_s = await self._needed_silence(turn_text)
+        # The VAD has heard silence_ms of it; the rest is counted from now, not from the caller audio
+        # already sent: the ASR may not have heard that yet (a lagging ASR would report the caller
+        # going on too late).
+        missing_s = self._needed_s - vad_s
+        if missing_s <= 0:
+            await self._finish()  # the VAD's silence was the turn's: confirmed now
+            return
+        self._confirm_at = time.monotonic() + missing_s
+        if self._wake is not None:
+            self._wake(missing_s)
+
+    async def _needed_silence(self, text: str) -> float:
+        """The silence after which `text` is the caller's turn: short if they sound done."""
         if not self.uses_audio:
-            if self.detector.is_end_of_turn(text):
-                await self._finish()
-            return
-        done = await asyncio.to_thread(self.detector.is_end_of_turn, " ".join(self._text), self._pause_audio())
-        if done:
-            await self._finish()
-        else:
+            return self._done_s if self.detector.is_end_of_turn(text) else self._max_s
+        done = await asyncio.to_thread(self.detector.is_end_of_turn, text, self._pause_audio())
+        if not done:
             self.waits += 1
-            self._deadline = time.monotonic() + self._wait_s
+        return self._done_s if done else self._max_s
 
     def _pause_audio(self) -> np.ndarray:
         """The caller's audio up to the short silence after their speech (not the decode time after it)."""
@@ -105,6 +143,6 @@ class Endpointing:
         return self._audio[:self._audio.size - drop] if drop else self._audio
 
     async def _finish(self) -> None:
-        text, self._text, self._deadline = " ".join(self._text), [], None
+        text, self._text, self._confirm_at, self._needed_s = " ".join(self._text), [], None, self._done_s
         if text:
             await self._on_turn(text, self._utterance_id)

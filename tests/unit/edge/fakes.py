@@ -100,13 +100,18 @@ class Model(llm_pb2_grpc.LanguageModelServicer):
 
     def __init__(self, reply: str = "Sure thing.", delay_s: float = 0.0):
         self.reply, self.delay_s, self.requests = reply, delay_s, []
+        self.cancelled = 0  # generations stopped by the client cancelling the RPC (an engine abort)
 
     async def Generate(self, request, context):
         self.requests.append(request)
-        for word in self.reply.split():
-            await asyncio.sleep(self.delay_s)
-            yield llm_pb2.GenerateResponse(delta=llm_pb2.TextDelta(text=word + " "))
-        yield llm_pb2.GenerateResponse(done=llm_pb2.GenerationDone())
+        try:
+            for word in self.reply.split():
+                await asyncio.sleep(self.delay_s)
+                yield llm_pb2.GenerateResponse(delta=llm_pb2.TextDelta(text=word + " "))
+            yield llm_pb2.GenerateResponse(done=llm_pb2.GenerationDone())
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
 
 
 class EngineModel(llm_pb2_grpc.LanguageModelServicer):
@@ -136,8 +141,17 @@ class Synthesizer(tts_pb2_grpc.SpeechSynthesisServicer):
 
     def __init__(self, delay_s: float = 0.0):
         self.delay_s, self.voices = delay_s, []
+        self.texts: list[str] = []  # every segment asked for
+        self.ended = 0  # streams torn down (the client closed or cancelled them)
 
     async def Synthesize(self, requests, context):
+        try:
+            async for response in self._synthesize(requests):
+                yield response
+        finally:
+            self.ended += 1
+
+    async def _synthesize(self, requests):
         segment_id, rate = 0, RATE
         async for request in requests:
             kind = request.WhichOneof("request")
@@ -146,6 +160,7 @@ class Synthesizer(tts_pb2_grpc.SpeechSynthesisServicer):
                 rate = request.config.sample_rate_hz or RATE
             if kind != "text":
                 continue
+            self.texts.append(request.text.text)
             await asyncio.sleep(self.delay_s)
             words = request.text.text.split()
             audio = 0.3 * np.sin(np.arange(int(len(words) * WORD_S * rate)) / 5.0)

@@ -1,0 +1,201 @@
+"""Preemptive replies and the short first clause, in process (no Ray): a reply started when the
+caller pauses is held until their turn is confirmed, played then, and thrown away (its LLM and TTS
+RPCs cancelled) if they go on; the history only ever holds what the caller heard."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.common.text import TextChunker
+from services.common.timeline import TurnTimeline
+from services.edge.cascade import CascadeCall
+from services.edge.config import EdgeConfig, SegmentsConfig
+from services.edge.turn import Turn
+from services.edge.turn_taking.preemptive import PreemptiveReply, same_words
+from services.proto import asr_pb2
+from tests.unit.edge.fakes import FakeTransport, Model, Recognizer, Stages, Synthesizer
+
+REPLY = "Of course, I can book it."  # 1.2 s of fake speech
+LONG_REPLY = "Of course, I can book a table for four people tonight. The restaurant opens at nine in the evening."
+
+
+def _config(**turn_taking) -> EdgeConfig:
+    # A long confirming silence, so the held reply is held long enough to be seen held.
+    return EdgeConfig(turn_taking={"min_silence_ms": 1000, **turn_taking},
+                      resilience={"fallback_text": "", "response_timeout_s": 3.0})
+
+
+def _say(asr: Recognizer, call: CascadeCall, kind: str, text: str = "", utterance_id: int = 0) -> None:
+    """Script one ASR event at the call's current stream offset."""
+    offset = call.asr.sent_s
+    if kind == "speech_started":
+        event = asr_pb2.RecognizeResponse(speech_started=asr_pb2.SpeechStarted(utterance_id=utterance_id,
+                                                                              audio_offset_s=offset))
+    elif kind == "speech_stopped":  # the VAD heard its 150 ms of silence after the speech
+        event = asr_pb2.RecognizeResponse(speech_stopped=asr_pb2.SpeechStopped(utterance_id=utterance_id,
+                                                                              audio_offset_s=offset - 0.15))
+    else:
+        event = asr_pb2.RecognizeResponse(final=asr_pb2.Transcript(utterance_id=utterance_id, text=text,
+                                                                    language="en"))
+    asr.script.put_nowait(event)
+
+
+def _utterance(asr: Recognizer, call: CascadeCall, text: str, utterance_id: int) -> None:
+    for kind in ("speech_started", "speech_stopped", "final"):
+        _say(asr, call, kind, text, utterance_id)
+
+
+async def _call(config: EdgeConfig, script, model: Model, tts: Synthesizer, seconds: float = 6.0):
+    """A call whose caller streams silence in real time throughout; `script` plays the ASR's part."""
+    asr = Recognizer()
+    async with Stages(asr, model, tts) as stages:
+        transport = FakeTransport(greeting=False)
+        call = CascadeCall(transport, stages.clients, config, "p1")
+        task = asyncio.create_task(call.run())
+        feeder = asyncio.create_task(transport.speak(seconds, level=0.0))
+        try:
+            await asyncio.sleep(0.3)
+            await script(asr, call, transport)
+        finally:
+            feeder.cancel()
+            transport.audio_in.put_nowait(None)
+            await asyncio.wait_for(task, 5)
+    return call, transport
+
+
+def _users(call: CascadeCall) -> list[str]:
+    return [text for role, text in call.history.messages() if role == "user"]
+
+
+async def test_a_reply_starts_at_the_pause_is_held_and_plays_the_moment_the_turn_is_confirmed():
+    model, tts = Model(REPLY), Synthesizer()
+    seen: dict = {}
+
+    async def script(asr, call, transport):
+        _utterance(asr, call, "Can I book a table for four tonight?", 0)
+        await asyncio.sleep(0.45)  # the turn needs 1 s of silence: 0.15 s heard, 0.85 s to go
+        seen.update(requests=len(model.requests), tts=list(tts.texts), frames=len(transport.frames),
+                    events=[e["type"] for e in transport.events], users=_users(call),
+                    held=call.preemptive.turn is not None)
+        await asyncio.sleep(2.5)
+
+    call, transport = await _call(_config(), script, model, tts)
+    # Held: the LLM was asked (with the caller's words) and TTS spoke, but nothing reached the caller.
+    assert seen["requests"] == 1 and seen["tts"] and seen["held"]
+    assert model.requests[0].messages[-1].content == "Can I book a table for four tonight?"
+    assert seen["frames"] == 0 and "agent_text" not in seen["events"] and seen["users"] == []
+    # Confirmed: the same reply, not a new one, played, and it is exactly what the history keeps.
+    assert len(model.requests) == 1 and model.cancelled == 0
+    texts = [e["text"] for e in transport.of_type("agent_text")]
+    assert texts == tts.texts and " ".join(texts) == REPLY
+    assert call.history.messages()[1:] == [("user", "Can I book a table for four tonight?"), ("assistant", REPLY)]
+    metrics = transport.of_type("metrics")[0]
+    assert metrics["preemptive"] is True and metrics["discarded_replies"] == 0
+    assert 700 <= metrics["turn_confirm_ms"] <= 1100, metrics
+    assert call.preemptive.confirmed == 1 and call.preemptive.discarded == 0
+
+
+async def test_the_caller_going_on_discards_the_reply_its_engines_abort_and_the_history_never_sees_it():
+    model, tts = Model(REPLY, delay_s=0.2), Synthesizer()  # still generating when the caller goes on
+    seen: dict = {}
+
+    async def script(asr, call, transport):
+        _utterance(asr, call, "I would like to book a table", 0)
+        await asyncio.sleep(0.5)
+        seen["first_turn"] = call.preemptive.turn.id
+        _say(asr, call, "speech_started", utterance_id=1)  # the caller goes on
+        await asyncio.sleep(0.5)
+        seen.update(cancelled=model.cancelled, tts_ended=tts.ended, frames=len(transport.frames))
+        _say(asr, call, "speech_stopped", utterance_id=1)
+        _say(asr, call, "final", "for four people.", 1)
+        await asyncio.sleep(4.0)
+
+    call, transport = await _call(_config(), script, model, tts)
+    # The first reply's RPCs were cancelled at once: the fake engines saw the abort.
+    assert seen["cancelled"] == 1 and seen["tts_ended"] == 1 and seen["frames"] == 0
+    # One caller turn with both utterances' words; the reply to it is the second LLM request.
+    assert _users(call) == ["I would like to book a table for four people."]
+    assert [r.messages[-1].content for r in model.requests] == ["I would like to book a table",
+                                                                "I would like to book a table for four people."]
+    assert call.history.messages()[1:] == [("user", "I would like to book a table for four people."),
+                                           ("assistant", REPLY)]
+    # Nothing of the thrown-away turn reached the client; its cost is in the next turn's report.
+    assert all(event.get("turn_id") != seen["first_turn"] for event in transport.events)
+    metrics = transport.of_type("metrics")[0]
+    assert metrics["turn_id"] != seen["first_turn"] and metrics["preemptive"] is True
+    assert metrics["discarded_replies"] == 1 and metrics["discarded_llm_tokens"] >= 2
+    assert call.preemptive.discarded == 1
+
+
+async def test_off_the_vad_waits_the_whole_silence_and_the_reply_starts_after_it():
+    model, tts = Model(REPLY), Synthesizer()
+
+    async def script(asr, call, transport):
+        assert call.endpointing.silence_ms == 1000
+        _utterance(asr, call, "Hello there.", 0)
+        await asyncio.sleep(2.0)
+
+    call, transport = await _call(_config(preemptive={"enabled": False}), script, model, tts)
+    assert transport.of_type("metrics")[0]["preemptive"] is False and call.preemptive.confirmed == 0
+    assert _users(call) == ["Hello there."]
+
+
+async def test_the_first_clause_is_short_and_later_segments_are_sentences():
+    model, tts = Model(LONG_REPLY + " Would you like me to book it for you now?"), Synthesizer()
+
+    async def script(asr, call, transport):
+        _utterance(asr, call, "Can I book a table?", 0)
+        await asyncio.sleep(2.5)
+
+    await _call(_config(), script, model, tts)
+    assert tts.texts == ["Of course,", "I can book a table for four people tonight.",
+                         "The restaurant opens at nine in the evening.", "Would you like me to book it for you now?"]
+
+
+def test_first_clause_bounds():
+    settings = SegmentsConfig()
+    chunker = TextChunker(settings.min_clause_words, first_min_words=settings.first_min_words,
+                          first_max_words=settings.first_max_words)
+    segments = [segment for word in "I can certainly help you book a table, for four people, tonight. Sure.".split()
+                for segment in chunker.push(word + " ")] + chunker.flush()
+    # No early break: cut after six words; then whole sentences (clause breaks only in long ones).
+    assert segments == ["I can certainly help you book", "a table, for four people, tonight.", "Sure."]
+    with pytest.raises(ValueError, match="first_max_words"):
+        SegmentsConfig(first_min_words=5, first_max_words=3)
+
+
+async def test_a_held_reply_is_confirmed_only_for_the_same_words():
+    async def emit(event):
+        raise AssertionError("a held turn sends nothing")
+
+    tracker = PreemptiveReply()
+    turn = Turn(TurnTimeline(1), emit, pending_user="What time is it?")
+    await turn.emit(object())  # held: kept, not sent
+    tracker.hold(turn, "What time is it?")
+    assert same_words("what time is it", "What time is it?") and tracker.answers("What  time is it")
+    assert tracker.confirm("What time is it in London?") is None and tracker.turn is turn
+    turn.llm_tokens, turn.tts_audio_s = 5, 1.2
+    assert tracker.discard() is turn and turn.over and tracker.discard() is None
+    timeline = TurnTimeline(2)
+    tracker.charge(timeline)
+    assert (timeline.discarded_replies, timeline.discarded_llm_tokens, timeline.discarded_tts_s) == (1, 5, 1.2)
+
+
+async def test_a_final_that_arrives_after_the_caller_went_on_waits_for_the_rest():
+    model, tts = Model(REPLY), Synthesizer()
+
+    async def script(asr, call, transport):
+        _say(asr, call, "speech_started", utterance_id=0)
+        _say(asr, call, "speech_stopped", utterance_id=0)
+        _say(asr, call, "speech_started", utterance_id=1)  # before the first final: still speaking
+        _say(asr, call, "final", "I need a table", 0)
+        await asyncio.sleep(1.5)
+        assert _users(call) == [] and not model.requests  # neither answered nor prepared mid-speech
+        _say(asr, call, "speech_stopped", utterance_id=1)
+        _say(asr, call, "final", "for two.", 1)
+        await asyncio.sleep(2.0)
+
+    call, _ = await _call(_config(), script, model, tts)
+    assert _users(call) == ["I need a table for two."]
