@@ -48,7 +48,7 @@ class Ports:
 
 
 def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_turn: str = "silence",
-                     real_asr: bool = False) -> Path:
+                     real_asr: bool = False, preemptive: bool = True) -> Path:
     """Write the serve config (see the module docstring) to `target`."""
     from services.cluster import render_config
 
@@ -74,6 +74,7 @@ def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_tur
     edge["persona"] = {"greeting": "", "max_tokens": 64}
     turn_taking = edge.setdefault("turn_taking", {})
     turn_taking["min_silence_ms"] = timings.silence_ms
+    turn_taking["preemptive"] = {"enabled": preemptive}
     if end_of_turn == "silence":
         turn_taking["end_of_turn"] = {"kind": "silence"}
     else:
@@ -84,7 +85,7 @@ def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_tur
 
 @contextmanager
 def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "silence", real_asr: bool = False,
-                      log=print) -> Iterator[tuple[str, object]]:
+                      preemptive: bool = True, log=print) -> Iterator[tuple[str, object]]:
     """A private local cluster running the reference config; yields (the edge's WebSocket URL, the
     LocalCluster). The cluster is stopped after."""
     from services.cluster import LocalCluster
@@ -92,7 +93,8 @@ def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "sil
     cluster = LocalCluster(gcs_port=ports.gcs, dashboard_port=ports.dashboard, num_cpus=4, workdir=ROOT,
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"})
     with tempfile.TemporaryDirectory() as tmp:
-        config = reference_config(Path(tmp) / "serve.yaml", timings, ports, end_of_turn=end_of_turn, real_asr=real_asr)
+        config = reference_config(Path(tmp) / "serve.yaml", timings, ports, end_of_turn=end_of_turn, real_asr=real_asr,
+                                  preemptive=preemptive)
         cluster.stop()  # a cluster of ours left behind by an interrupted run
         cluster.start(log=log)
         try:

@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--utterances", type=int, default=3)
     parser.add_argument("--end-of-turn", choices=("silence", "smart_turn"), default="silence")
+    parser.add_argument("--no-preemptive", action="store_true", help="reply only once the turn is confirmed")
     for name, default in (("asr-ms", 50), ("ttft-ms", 100), ("tok-ms", 20), ("ttfb-ms", 80), ("silence-ms", 300)):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "turn_latency.json")
@@ -155,14 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     timings = Timings(args.asr_ms, args.ttft_ms, args.tok_ms, args.ttfb_ms, args.silence_ms)
     budget = timings.budget_ms(FIRST_SENTENCE_WORDS)
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)", flush=True)
-    with reference_cluster(timings, PORTS, end_of_turn=args.end_of_turn) as (url, cluster):
+    with reference_cluster(timings, PORTS, end_of_turn=args.end_of_turn, preemptive=not args.no_preemptive) as (url, cluster):
         import psutil
 
         processes = [*cluster_processes(cluster), psutil.Process()]
         levels = asyncio.run(run_levels(url, args.levels, args.utterances, processes))
-    print(f"\nreference engines {timings}, end of turn {args.end_of_turn}\n\n{table(levels, budget)}")
+    mode = "serial (no preemptive reply)" if args.no_preemptive else "preemptive reply"
+    print(f"\nreference engines {timings}, end of turn {args.end_of_turn}, {mode}\n\n{table(levels, budget)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"timings": vars(timings), "end_of_turn": args.end_of_turn, "budget_ms": budget,
+                                    "preemptive": not args.no_preemptive,
                                     "levels": levels, "loadavg_after": os.getloadavg()}, indent=1))
     print(f"-> {args.out}")
     return 0 if all(level["answered"] for level in levels) else 1
