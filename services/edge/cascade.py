@@ -142,6 +142,7 @@ class CascadeCall(CallCore):
         if held is not None:  # play the reply prepared for exactly these words
             held.timeline.turn_confirmed = time.monotonic()
             self.turn = held
+            await self.set_agent_state("thinking")  # until its audio plays, which may be at once
             await held.release()  # its held events (agent_text) go out before its audio starts
             self.playout.resume(held.id)
             return
