@@ -69,12 +69,13 @@ try:
                             {"call": "made_up"}], ["Done."])
             tools = [t.tool("lookup", {"kind": "python", "path": "tests.unit.edge.test_tools:slow_lookup"}),
                      t.tool("broken", {"kind": "python", "path": "tests.unit.edge.test_tools:broken_tool"})]
-            transport, _, _ = await t.call_with(llm, tools, [(0.1, "look it up")], 20.0, t.played(1))
-            return [(e["name"], e["outcome"]) for e in transport.of_type("tool_call")]
+            transport, call, _ = await t.call_with(llm, tools, [(0.1, "look it up")], 20.0, t.played(1))
+            # Its turn may itself have been a confirmed preemptive reply: counted too.
+            return [(e["name"], e["outcome"]) for e in transport.of_type("tool_call")], call.preemptive.confirmed
 
     actor = EdgeLike.remote()
     tags = ray.get(actor.record.remote(json.loads(sys.argv[1])))
-    tool_calls = ray.get(actor.call_with_tools.remote())
+    tool_calls, preemptive_confirmed = ray.get(actor.call_with_tools.remote())
     wanted = set(json.loads(sys.argv[2]))
     deadline, text, error = time.monotonic() + float(sys.argv[3]), "", None
     while time.monotonic() < deadline:
@@ -90,7 +91,8 @@ try:
         if wanted <= seen and tools >= len(tool_calls):
             break
         time.sleep(0.5)
-    print(json.dumps({"port": port, "replica_tags": tags, "tool_calls": tool_calls, "text": text, "error": error}))
+    print(json.dumps({"port": port, "replica_tags": tags, "tool_calls": tool_calls,
+                      "preemptive_confirmed": preemptive_confirmed, "text": text, "error": error}))
 finally:
     ray.shutdown()
 """
@@ -204,7 +206,9 @@ def test_counters_and_gauge_reach_the_endpoint(scraped):
     assert _values(samples, "ray_parley_active_conversations", replica=result["replica_tags"]["replica"]) == 3
     assert _values(samples, "ray_parley_stage_queue_wait_seconds_count", stage="tts") == 1
     assert _values(samples, "ray_parley_twilio_calls_total", status="completed") == 1
-    assert _values(samples, "ray_parley_preemptive_replies_total", key="outcome") == {"confirmed": 1, "discarded": 1}
+    confirmed = 1 + result["preemptive_confirmed"]  # the tool test's call runs in the same process
+    assert _values(samples, "ray_parley_preemptive_replies_total", key="outcome") == {"confirmed": confirmed,
+                                                                                      "discarded": 1}
     assert _values(samples, "ray_parley_preemptive_discarded_llm_tokens_total") == 7
     assert _values(samples, "ray_parley_preemptive_discarded_tts_seconds_total") == 1.5
     assert _values(samples, "ray_parley_stage_queue_wait_seconds_bucket", key="le", stage="tts") == \
