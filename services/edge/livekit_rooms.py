@@ -82,11 +82,11 @@ class RoomRegistry:
         return {room: holder for room, holder in self._rooms.items() if self._alive(holder)}
 
     @classmethod
-    def actor(cls) -> ActorRooms:
+    def actor(cls, name: str = ACTOR_NAME) -> ActorRooms:
         """The cluster's registry actor (created by the first replica that asks)."""
         import ray
 
-        handle = (ray.remote(cls).options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached",
+        handle = (ray.remote(cls).options(name=name, namespace=NAMESPACE, lifetime="detached",
                                           get_if_exists=True, num_cpus=0, max_restarts=-1)
                   .remote())
         return ActorRooms(handle)

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import time
+import uuid
 
 import pytest
 from aiohttp import web
@@ -155,6 +156,9 @@ def ray_cluster():
     """A real local Ray cluster for the registry actor (no Serve)."""
     import ray
 
+    if ray.is_initialized():  # this process is already connected (the integration tests' cluster): use it
+        yield ray
+        return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
@@ -162,7 +166,9 @@ def ray_cluster():
 
 
 async def test_one_agent_per_room_across_replicas_and_room_finished_reaches_the_holder(ray_cluster):
-    registry = RoomRegistry.actor()  # the named detached actor every edge replica shares
+    # The named detached actor every edge replica shares; a name of its own, in case this process is
+    # connected to a cluster whose edge has the real one.
+    registry = RoomRegistry.actor(name=f"parley-test-rooms-{uuid.uuid4().hex[:8]}")
     try:
         async with StandInServer(KEY, SECRET) as server:
             rule = {"webhook_dispatch": [WebhookDispatchRule()]}
