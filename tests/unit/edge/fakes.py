@@ -228,3 +228,31 @@ def edge_config(tools_config: dict | None = None, **persona) -> EdgeConfig:
     return EdgeConfig(persona=PersonaConfig(**persona), resilience={"fallback_text": "", "response_timeout_s": 3.0},
                       tools=tools_config or {})
 
+
+
+async def run_call(call, transport: FakeTransport, script, seconds: float) -> None:
+    """Run the call, play `script` against it, wait `seconds`, then hang up."""
+    task = asyncio.create_task(call.run())
+    try:
+        await script()
+        await asyncio.sleep(seconds)
+    finally:
+        transport.audio_in.put_nowait(None)
+        await asyncio.wait_for(task, 5)
+
+
+def script_asr(asr: Recognizer, call, kind: str, text: str = "", utterance_id: int = 0,
+               stopped_after_s: float = 0.0) -> None:
+    """Script one ASR event at the call's current stream offset (`speech_stopped` dated
+    `stopped_after_s` back: the silence the VAD heard before deciding)."""
+    offset = call.asr.sent_s
+    if kind == "speech_started":
+        event = asr_pb2.RecognizeResponse(speech_started=asr_pb2.SpeechStarted(utterance_id=utterance_id,
+                                                                              audio_offset_s=offset))
+    elif kind == "speech_stopped":
+        event = asr_pb2.RecognizeResponse(speech_stopped=asr_pb2.SpeechStopped(
+            utterance_id=utterance_id, audio_offset_s=offset - stopped_after_s))
+    else:
+        event = asr_pb2.RecognizeResponse(**{kind: asr_pb2.Transcript(utterance_id=utterance_id, text=text,
+                                                                       language="en")})
+    asr.script.put_nowait(event)

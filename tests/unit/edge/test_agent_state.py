@@ -6,17 +6,7 @@ import asyncio
 
 from services.edge.cascade import CascadeCall
 from services.edge.duplex import DuplexCall
-from tests.unit.edge.fakes import Duplex, FakeTransport, Model, Recognizer, Stages, Synthesizer, edge_config
-
-
-async def _run(call, transport: FakeTransport, script, seconds: float) -> None:
-    task = asyncio.create_task(call.run())
-    try:
-        await script()
-        await asyncio.sleep(seconds)
-    finally:
-        transport.audio_in.put_nowait(None)
-        await asyncio.wait_for(task, 5)
+from tests.unit.edge.fakes import Duplex, FakeTransport, Model, Recognizer, Stages, Synthesizer, edge_config, run_call
 
 
 def states_around(transport: FakeTransport) -> list[tuple[str, str | int]]:
@@ -37,7 +27,7 @@ async def test_a_turn_goes_listening_thinking_speaking_listening_and_barge_in_ba
             asr.user_says("hello", 0)
             await asyncio.sleep(1.2)  # speaking by now
             asr.user_says("stop", 1)  # barge-in: a new turn
-        await _run(call, transport, script, 3.0)
+        await run_call(call, transport, script, 3.0)
     assert transport.events[0]["type"] == "ready"  # the protocol's first event stays `ready`
     assert states_around(transport) == [
         ("agent_state", "listening"), ("agent_state", "thinking"), ("agent_audio_start", 1),
@@ -50,6 +40,6 @@ async def test_a_duplex_call_speaks_while_its_audio_is_audible():
     async with Stages(Duplex()) as stages:
         transport = FakeTransport(rate=24_000)
         call = DuplexCall(transport, stages.clients, edge_config(), "s2")
-        await _run(call, transport, lambda: asyncio.sleep(0), 0.6)
+        await run_call(call, transport, lambda: asyncio.sleep(0), 0.6)
     states = [e["state"] for e in transport.of_type("agent_state")]
     assert states[:2] == ["listening", "speaking"]  # the fake model's tone is audible at once

@@ -9,8 +9,7 @@ import pytest
 from services.edge.cascade import CascadeCall
 from services.edge.config import EdgeConfig, PersonaConfig, TurnTakingConfig
 from services.edge.turn_taking import InterruptPolicy, Verdict
-from services.proto import asr_pb2
-from tests.unit.edge.fakes import WORD_S, FakeTransport, Model, Recognizer, Stages, Synthesizer
+from tests.unit.edge.fakes import WORD_S, FakeTransport, Model, Recognizer, Stages, Synthesizer, script_asr
 
 GREETING = "one two three four five six seven eight nine ten."  # 2 s of fake speech
 FRAME_S = 0.02
@@ -21,19 +20,6 @@ def _config(**turn_taking) -> EdgeConfig:
                       resilience={"fallback_text": "", "response_timeout_s": 3.0})
 
 
-def _say(asr: Recognizer, kind: str, call: CascadeCall, text: str = "", utterance_id: int = 0) -> None:
-    """Script one ASR event at the call's current stream offset."""
-    offset = call.asr.sent_s
-    if kind == "speech_started":
-        event = asr_pb2.RecognizeResponse(speech_started=asr_pb2.SpeechStarted(utterance_id=utterance_id,
-                                                                              audio_offset_s=offset))
-    elif kind == "speech_stopped":
-        event = asr_pb2.RecognizeResponse(speech_stopped=asr_pb2.SpeechStopped(utterance_id=utterance_id,
-                                                                              audio_offset_s=offset))
-    else:
-        event = asr_pb2.RecognizeResponse(**{kind: asr_pb2.Transcript(utterance_id=utterance_id, text=text,
-                                                                       language="en")})
-    asr.script.put_nowait(event)
 
 
 async def _call(config: EdgeConfig, script, seconds: float, reply: str = "Fine."):
@@ -89,10 +75,10 @@ def test_speech_length_bounds():
 async def test_a_short_backchannel_neither_stops_the_agent_nor_becomes_a_turn():
     async def script(asr, call, transport):
         await asyncio.sleep(0.5)
-        _say(asr, "speech_started", call)
+        script_asr(asr, call, "speech_started")
         await asyncio.sleep(0.2)  # under barge_in_min_speech_ms: the agent does not even pause
-        _say(asr, "speech_stopped", call)
-        _say(asr, "final", call, "Mm-hmm.")
+        script_asr(asr, call, "speech_stopped")
+        script_asr(asr, call, "final", "Mm-hmm.")
     call, transport = await _call(_config(), script, 2.2)
     types = [event["type"] for event in transport.events]
     assert "backchannel" in types and "interruption" not in types and "agent_paused" not in types
@@ -105,13 +91,13 @@ async def test_a_short_backchannel_neither_stops_the_agent_nor_becomes_a_turn():
 async def test_a_long_backchannel_pauses_then_resumes_where_it_stopped():
     async def script(asr, call, transport):
         await asyncio.sleep(0.5)
-        _say(asr, "speech_started", call)
+        script_asr(asr, call, "speech_started")
         await asyncio.sleep(0.5)  # over 300 ms: paused
         paused_frames = len(transport.frames)
         await asyncio.sleep(0.3)
         assert len(transport.frames) == paused_frames  # nothing plays while the caller speaks
-        _say(asr, "speech_stopped", call)
-        _say(asr, "final", call, "uh-huh, yeah")
+        script_asr(asr, call, "speech_stopped")
+        script_asr(asr, call, "final", "uh-huh, yeah")
     call, transport = await _call(_config(), script, 2.5)
     types = [event["type"] for event in transport.events]
     assert types.count("agent_paused") == 1 and types.count("agent_resumed") == 1
@@ -127,9 +113,9 @@ async def test_a_long_backchannel_pauses_then_resumes_where_it_stopped():
 async def test_noise_without_words_resumes_after_the_timeout():
     async def script(asr, call, transport):
         await asyncio.sleep(0.4)
-        _say(asr, "speech_started", call)
+        script_asr(asr, call, "speech_started")
         await asyncio.sleep(0.45)
-        _say(asr, "speech_stopped", call)  # a cough: no transcript ever comes
+        script_asr(asr, call, "speech_stopped")  # a cough: no transcript ever comes
     call, transport = await _call(_config(false_interruption_timeout_ms=300), script, 2.5)
     resumed = transport.of_type("agent_resumed")
     paused = transport.of_type("agent_paused")
@@ -140,12 +126,12 @@ async def test_noise_without_words_resumes_after_the_timeout():
 async def test_real_words_after_the_pause_interrupt_and_are_answered():
     async def script(asr, call, transport):
         await asyncio.sleep(0.5)
-        _say(asr, "speech_started", call)
+        script_asr(asr, call, "speech_started")
         await asyncio.sleep(0.4)
-        _say(asr, "partial", call, "wait, what")
+        script_asr(asr, call, "partial", "wait, what")
         await asyncio.sleep(0.1)
-        _say(asr, "speech_stopped", call)
-        _say(asr, "final", call, "Wait, what about Tuesday?")
+        script_asr(asr, call, "speech_stopped")
+        script_asr(asr, call, "final", "Wait, what about Tuesday?")
     call, transport = await _call(_config(), script, 1.0)
     types = [event["type"] for event in transport.events]
     assert types.index("agent_paused") < types.index("interruption")
@@ -159,7 +145,7 @@ async def test_real_words_after_the_pause_interrupt_and_are_answered():
 async def test_long_speech_interrupts_without_any_transcript():
     async def script(asr, call, transport):
         await asyncio.sleep(0.3)
-        _say(asr, "speech_started", call)
+        script_asr(asr, call, "speech_started")
     call, transport = await _call(_config(barge_in_long_speech_ms=600), script, 1.0)
     paused, interruption = transport.of_type("agent_paused")[0], transport.of_type("interruption")[0]
     assert 0.2 <= interruption["t"] - paused["t"] <= 0.45  # 300 ms pause, 600 ms interruption

@@ -13,7 +13,7 @@ from services.edge.duplex import DuplexCall
 from services.edge.events import AgentText
 from services.edge.turn import Turn, TurnState
 from services.edge.turn_taking import InterruptPolicy, Verdict
-from tests.unit.edge.fakes import WORD_S, Duplex, FakeTransport, Model, Recognizer, Stages, Synthesizer, edge_config
+from tests.unit.edge.fakes import WORD_S, Duplex, FakeTransport, Model, Recognizer, Stages, Synthesizer, edge_config, run_call
 
 GREETING = "one two three four five six seven eight nine ten."
 
@@ -22,15 +22,6 @@ async def _nothing() -> None:
     pass
 
 
-async def _run(call, transport: FakeTransport, script, seconds: float) -> None:
-    """Run the call, play `script` against it, then hang up."""
-    task = asyncio.create_task(call.run())
-    try:
-        await script()
-        await asyncio.sleep(seconds)
-    finally:
-        transport.audio_in.put_nowait(None)
-        await asyncio.wait_for(task, 5)
 
 
 async def test_barge_in_stops_playout_and_keeps_only_the_heard_words():
@@ -42,7 +33,7 @@ async def test_barge_in_stops_playout_and_keeps_only_the_heard_words():
         async def script():
             await asyncio.sleep(0.75)  # about three words in (100 ms of lead sent but not yet heard)
             asr.user_says("wait")
-        await _run(call, transport, script, 1.0)
+        await run_call(call, transport, script, 1.0)
     interruption = transport.of_type("interruption")[0]
     heard = interruption["heard_text"].split()
     assert 2 <= len(heard) <= 5 and GREETING.startswith(" ".join(heard)), heard
@@ -67,7 +58,7 @@ async def test_a_greeting_interrupted_before_any_audio_leaves_no_assistant_text(
         async def script():
             await asyncio.sleep(0.3)
             asr.user_says("hello")
-        await _run(call, transport, script, 0.2)
+        await run_call(call, transport, script, 0.2)
     assert transport.of_type("interruption")[0] == {**transport.of_type("interruption")[0], "turn_id": 1,
                                                     "heard_text": ""}
     assert not [e for e in transport.events if e["type"].startswith("agent_audio") and e["turn_id"] == 1]
@@ -78,7 +69,7 @@ async def test_playout_is_paced_in_real_time_with_a_small_lead():
     async with Stages(Recognizer(), Model(), Synthesizer()) as stages:
         transport = FakeTransport()
         call = CascadeCall(transport, stages.clients, edge_config(greeting="one two three four five."), "c3")
-        await _run(call, transport, _nothing, 1.3)  # 1 s of greeting audio
+        await run_call(call, transport, _nothing, 1.3)  # 1 s of greeting audio
     times = np.array([t for t, _ in transport.frames])
     assert len(times) == 50  # 1 s in 20 ms frames
     gaps = np.diff(times)
@@ -110,7 +101,7 @@ async def test_an_interrupted_turn_cannot_emit_after_its_interruption():
             asr.user_says("tell me", 0)
             await asyncio.sleep(0.4)
             asr.user_says("stop", 1)
-        await _run(call, transport, script, 1.0)
+        await run_call(call, transport, script, 1.0)
     cut_at = transport.events.index(transport.of_type("interruption")[0])
     assert not [e for e in transport.events[cut_at + 1:] if e.get("turn_id") == 1 and e["type"] != "metrics"]
 
@@ -127,14 +118,14 @@ async def test_cascade_and_duplex_emit_the_same_event_shapes():
     async with Stages(Recognizer(), Model(), Synthesizer(), Duplex()) as stages:
         cascade_wire = FakeTransport(rate=24_000)
         cascade = CascadeCall(cascade_wire, stages.clients, edge_config(greeting="hi there."), "c5")
-        await _run(cascade, cascade_wire, _nothing, 0.6)
+        await run_call(cascade, cascade_wire, _nothing, 0.6)
         duplex_wire = FakeTransport(rate=24_000)
         duplex = DuplexCall(duplex_wire, stages.clients, edge_config(), "d5")
 
         async def script():
             await duplex_wire.speak(0.3)
             await duplex_wire.speak(0.6, level=0.0)  # the caller's silence ends an inferred turn
-        await _run(duplex, duplex_wire, script, 0.3)
+        await run_call(duplex, duplex_wire, script, 0.3)
     shapes = {}
     for wire in (cascade_wire, duplex_wire):
         for event in wire.events:
@@ -149,7 +140,7 @@ async def test_duplex_audio_is_paced_in_20_ms_frames_and_a_stall_counts_as_under
     async with Stages(Duplex(stall_s=0.4)) as stages:
         transport = FakeTransport(rate=24_000)
         call = DuplexCall(transport, stages.clients, edge_config(), "d6")
-        await _run(call, transport, _nothing, 2.0)
+        await run_call(call, transport, _nothing, 2.0)
     times = np.array([t for t, _ in transport.frames])
     gaps = np.diff(times)
     steady = gaps[5:30]  # before the stall: one 20 ms frame at a time, not bursts of four

@@ -14,8 +14,7 @@ from services.edge.cascade import CascadeCall
 from services.edge.config import EdgeConfig, SegmentsConfig
 from services.edge.turn import Turn
 from services.edge.turn_taking.preemptive import PreemptiveReply, same_words
-from services.proto import asr_pb2
-from tests.unit.edge.fakes import FakeTransport, Model, Recognizer, Stages, Synthesizer
+from tests.unit.edge.fakes import FakeTransport, Model, Recognizer, Stages, Synthesizer, script_asr
 
 REPLY = "Of course, I can book it."  # 1.2 s of fake speech
 LONG_REPLY = "Of course, I can book a table for four people tonight. The restaurant opens at nine in the evening."
@@ -27,19 +26,11 @@ def _config(**turn_taking) -> EdgeConfig:
                       resilience={"fallback_text": "", "response_timeout_s": 3.0})
 
 
+
+
 def _say(asr: Recognizer, call: CascadeCall, kind: str, text: str = "", utterance_id: int = 0) -> None:
-    """Script one ASR event at the call's current stream offset."""
-    offset = call.asr.sent_s
-    if kind == "speech_started":
-        event = asr_pb2.RecognizeResponse(speech_started=asr_pb2.SpeechStarted(utterance_id=utterance_id,
-                                                                              audio_offset_s=offset))
-    elif kind == "speech_stopped":  # the VAD heard its 150 ms of silence after the speech
-        event = asr_pb2.RecognizeResponse(speech_stopped=asr_pb2.SpeechStopped(utterance_id=utterance_id,
-                                                                              audio_offset_s=offset - 0.15))
-    else:
-        event = asr_pb2.RecognizeResponse(final=asr_pb2.Transcript(utterance_id=utterance_id, text=text,
-                                                                    language="en"))
-    asr.script.put_nowait(event)
+    """One ASR event; the VAD's speech_stopped comes after its 150 ms of silence."""
+    script_asr(asr, call, kind, text, utterance_id, stopped_after_s=0.15)
 
 
 def _utterance(asr: Recognizer, call: CascadeCall, text: str, utterance_id: int) -> None:
