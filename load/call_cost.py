@@ -14,7 +14,8 @@ sentence (services/assets/hello.wav, 4 s) every `--speak-every` seconds, the cal
 utterances spread over one period; the report adds, measured at the callers: TTFAT p50/p95 (end of
 the caller's speech to the reply's first audio frame arriving) and underruns (a reply frame
 arriving after the audio before it would have finished playing, frames played back to back from
-the reply's first arrival, 10 ms tolerance).
+the reply's first arrival, 10 ms tolerance). Over the WebSocket the edge's own TTFAT p50 (its
+`metrics` events) is listed beside the callers' for comparison.
 
 `--transport twilio` calls /v1/twilio/media as Twilio Media Streams does (signed upgrade, edge
 token minted for the call as the voice webhook mints it, mu-law 8 kHz). LiveKit is not offered:

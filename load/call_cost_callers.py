@@ -71,6 +71,8 @@ async def websocket_caller(url: str, token: str, seconds: float, started: asynci
                 async for message in socket:
                     if isinstance(message, bytes):
                         log.frames.append((time.monotonic(), pcm16_to_float(message).size / rate))
+                    elif (event := json.loads(message)).get("type") == "metrics" and event.get("ttfat_ms") is not None:
+                        log.edge_ttfat_ms.append(float(event["ttfat_ms"]))
 
             async def send(frame: np.ndarray) -> None:
                 await socket.send(float_to_pcm16(frame))

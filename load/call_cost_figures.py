@@ -17,6 +17,7 @@ class CallerLog:
 
     utterances: list[tuple[float, float]] = field(default_factory=list)  # (first frame left, last loud frame left)
     frames: list[tuple[float, float]] = field(default_factory=list)  # (arrival, seconds of audio) per agent frame
+    edge_ttfat_ms: list[float] = field(default_factory=list)  # the edge's own figure (WebSocket `metrics`)
     error: str | None = None
 
 
@@ -50,6 +51,7 @@ def heard(logs: list[CallerLog], tolerance_s: float = 0.010) -> dict:
     """Turns, TTFAT at the caller (end of its speech to the reply's first frame arriving) p50/p95,
     and underruns: gaps in a reply's audio playing each frame back to back from its first arrival."""
     ttfat, gaps, gap_ms, with_gaps, unanswered = [], 0, 0.0, 0, 0
+    edge = [value for log in logs for value in log.edge_ttfat_ms]
     for log in logs:
         for speech_end, frames in replies(log):
             if not frames:
@@ -60,6 +62,7 @@ def heard(logs: list[CallerLog], tolerance_s: float = 0.010) -> dict:
             gaps, gap_ms, with_gaps = gaps + count, gap_ms + total_ms, with_gaps + (count > 0)
     return {"turns": len(ttfat) + unanswered, "unanswered": unanswered,
             "ttfat_ms_p50": _round(pct(ttfat, 50)), "ttfat_ms_p95": _round(pct(ttfat, 95)),
+            "edge_ttfat_ms_p50": _round(pct(edge, 50)) if edge else None,
             "underruns": gaps, "underrun_ms": round(gap_ms, 1), "replies_with_underruns": with_gaps,
             "caller_errors": [log.error for log in logs if log.error]}
 
