@@ -71,7 +71,9 @@ async def websocket_caller(url: str, token: str, seconds: float, started: asynci
                 async for message in socket:
                     if isinstance(message, bytes):
                         log.frames.append((time.monotonic(), pcm16_to_float(message).size / rate))
-                    elif (event := json.loads(message)).get("type") == "metrics" and event.get("ttfat_ms") is not None:
+                    elif (event := json.loads(message)).get("type") == "agent_audio_end":
+                        log.reply_ends.append(time.monotonic())
+                    elif event.get("type") == "metrics" and event.get("ttfat_ms") is not None:
                         log.edge_ttfat_ms.append(float(event["ttfat_ms"]))
 
             async def send(frame: np.ndarray) -> None:
@@ -105,6 +107,8 @@ async def twilio_caller(url: str, signature: str, token: str, call_sid: str, sec
                     if event.get("event") == "media":
                         log.frames.append((time.monotonic(), len(base64.b64decode(event["media"]["payload"])) / rate))
                     elif event.get("event") == "mark":
+                        if str(event["mark"].get("name", "")).endswith("-end"):
+                            log.reply_ends.append(time.monotonic())
                         await socket.send(json.dumps({"event": "mark", "streamSid": sid, "mark": event["mark"]}))
 
             async def send(frame: np.ndarray) -> None:

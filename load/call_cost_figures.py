@@ -18,6 +18,8 @@ class CallerLog:
     utterances: list[tuple[float, float]] = field(default_factory=list)  # (first frame left, last loud frame left)
     frames: list[tuple[float, float]] = field(default_factory=list)  # (arrival, seconds of audio) per agent frame
     edge_ttfat_ms: list[float] = field(default_factory=list)  # the edge's own figure (WebSocket `metrics`)
+    # Arrival of each "that reply's audio is over" (WebSocket `agent_audio_end`, Twilio's `turn-<n>-end` mark).
+    reply_ends: list[float] = field(default_factory=list)
     error: str | None = None
 
 
@@ -47,6 +49,20 @@ def replies(log: CallerLog) -> list[tuple[float, list[tuple[float, float]]]]:
     return out
 
 
+def split_at(frames: list[tuple[float, float]], ends: list[float]) -> list[list[tuple[float, float]]]:
+    """`frames` cut after each reply end: the edge may answer one utterance with two replies (the
+    ASR heard two), and the silence between two replies is not an underrun."""
+    parts: list[list[tuple[float, float]]] = [[]]
+    bounds = iter(sorted(ends))
+    bound = next(bounds, float("inf"))
+    for frame in frames:
+        while frame[0] > bound:
+            parts.append([])
+            bound = next(bounds, float("inf"))
+        parts[-1].append(frame)
+    return [part for part in parts if part]
+
+
 def heard(logs: list[CallerLog], tolerance_s: float = 0.010) -> dict:
     """Turns, TTFAT at the caller (end of its speech to the reply's first frame arriving) p50/p95,
     and underruns: gaps in a reply's audio playing each frame back to back from its first arrival."""
@@ -58,7 +74,8 @@ def heard(logs: list[CallerLog], tolerance_s: float = 0.010) -> dict:
                 unanswered += 1
                 continue
             ttfat.append((frames[0][0] - speech_end) * 1000)
-            count, total_ms = heard_gaps(frames, tolerance_s)
+            counted = [heard_gaps(part, tolerance_s) for part in split_at(frames, log.reply_ends)]
+            count, total_ms = sum(c for c, _ in counted), sum(ms for _, ms in counted)
             gaps, gap_ms, with_gaps = gaps + count, gap_ms + total_ms, with_gaps + (count > 0)
     return {"turns": len(ttfat) + unanswered, "unanswered": unanswered,
             "ttfat_ms_p50": _round(pct(ttfat, 50)), "ttfat_ms_p95": _round(pct(ttfat, 95)),

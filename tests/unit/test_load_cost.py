@@ -102,6 +102,19 @@ def test_replies_are_split_at_the_next_utterance_and_silence_between_replies_is_
     assert figures["ttfat_ms_p95"] == pytest.approx(965)
 
 
+def test_two_replies_to_one_utterance_are_not_an_underrun():
+    # The edge answered twice (the ASR heard two utterances): reply one ends, its end arrives at
+    # 5.25, reply two begins 0.6 s later. Inside reply two one frame comes 50 ms late.
+    first = [(5.0 + 0.020 * k, 0.020) for k in range(10)]
+    second = [(5.8 + 0.020 * k, 0.020) for k in range(5)] + [(5.95, 0.020)]
+    log = call_cost_figures.CallerLog(utterances=[(0.0, 4.0)], frames=first + second, reply_ends=[5.25])
+    assert call_cost_figures.split_at(first + second, [5.25]) == [first, second]
+    figures = call_cost_figures.heard([log])
+    assert figures["underruns"] == 1 and figures["underrun_ms"] == pytest.approx(50, abs=0.1)
+    unsplit = call_cost_figures.heard([call_cost_figures.CallerLog(utterances=[(0.0, 4.0)], frames=first + second)])
+    assert unsplit["underruns"] == 2  # without the reply end the 0.6 s between replies would count
+
+
 def test_caller_errors_are_reported():
     figures = call_cost_figures.heard([call_cost_figures.CallerLog(error="ConnectionClosedError: 4401")])
     assert figures["caller_errors"] == ["ConnectionClosedError: 4401"] and figures["turns"] == 0
