@@ -1,13 +1,25 @@
-"""Benchmark: CPU cost of a live call, per process group, with callers that only stream silence.
+"""Benchmark: CPU cost of a live call, per process group, with callers that stream silence or
+now and then speak.
 
-    python load/call_cost.py [--callers 10] [--seconds 60] [--code DIR] [--out out/call_cost.json]
+    python load/call_cost.py [--callers 10] [--seconds 60] [--speech] [--speak-every 20]
+                             [--transport websocket|twilio] [--code DIR] [--out out/call_cost.json]
 
 Starts its own local Ray cluster (GCS 6440, dashboard 8340, HTTP 18400, gRPC 19400) with the
 embedded default's applications on the tiny models, measures the idle cluster for `--seconds`,
-then connects N WebSocket callers (no greeting) that each send 20 ms frames of silence in real
-time for `--seconds`, and reports the CPU every Ray process used, minus the idle cluster's, per
-call and per second of call (ms/s). Nobody speaks, so no turn is taken: this is the floor cost
-of holding a call open (transport in, edge, caller audio to ASR, ASR's VAD).
+then connects N callers (no greeting) that each send 20 ms frames in real time for `--seconds`,
+and reports the CPU every Ray process used, minus the idle cluster's, per call and per second of
+call (ms/s). Without `--speech` nobody speaks, so no turn is taken: the floor cost of holding a
+call open (transport in, edge, caller audio to ASR). With `--speech` each caller says the bundled
+sentence (services/assets/hello.wav, 4 s) every `--speak-every` seconds, the callers' first
+utterances spread over one period; the report adds, measured at the callers: TTFAT p50/p95 (end of
+the caller's speech to the reply's first audio frame arriving) and underruns (a reply frame
+arriving after the audio before it would have finished playing, frames played back to back from
+the reply's first arrival, 10 ms tolerance). Over the WebSocket the edge's own TTFAT p50 (its
+`metrics` events) is listed beside the callers' for comparison.
+
+`--transport twilio` calls /v1/twilio/media as Twilio Media Streams does (signed upgrade, edge
+token minted for the call as the voice webhook mints it, mu-law 8 kHz). LiveKit is not offered:
+its calls need the LiveKit server, which runs here only as the tests' protocol stand-in.
 
 `--code DIR` runs the cluster on another checkout of Parley (its PYTHONPATH and working
 directory), so two versions are measured the same way on the same machine, one after the other.
@@ -28,41 +40,14 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from load.call_cost_callers import TRANSPORT_RATES, twilio_caller, websocket_caller  # noqa: E402
+from load.call_cost_figures import CallerLog, heard, per_call_cpu, speech_plan  # noqa: E402
 from load.edge_overhead import cpu_by_group  # noqa: E402
 from load.local import cpu_cluster  # noqa: E402
 
 GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT = 6440, 8340, 18400, 19400
-RATE, FRAME_MS = 16_000, 20
-
-
-async def silent_caller(url: str, token: str, seconds: float, started: asyncio.Event) -> int:
-    """One call that streams silence in real time; returns the agent audio bytes it received."""
-    import websockets
-
-    frame = bytes(RATE * FRAME_MS // 1000 * 2)
-    received = 0
-    async with websockets.connect(url, max_size=None) as socket:
-        await socket.send(json.dumps({"type": "start", "token": token, "input_sample_rate": RATE,
-                                      "output_sample_rate": RATE, "greeting": False}))
-        while True:  # wait for `ready`
-            message = await socket.recv()
-            if isinstance(message, str) and json.loads(message).get("type") == "ready":
-                break
-        await started.wait()
-        deadline = loop_start = time.monotonic()
-        while deadline - loop_start < seconds:
-            await socket.send(frame)
-            deadline += FRAME_MS / 1000
-            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-            while True:  # drain what the edge sent without blocking the pace
-                try:
-                    message = await asyncio.wait_for(socket.recv(), 0)
-                except TimeoutError:
-                    break
-                if isinstance(message, bytes):
-                    received += len(message)
-        await socket.send(json.dumps({"type": "stop"}))
-    return received
+SPEECH_WAV = ROOT / "services" / "assets" / "hello.wav"
+SETTLE_S = 4  # callers connected and `ready` before the measured window opens
 
 
 def cluster_processes(cluster) -> list[psutil.Process]:
@@ -77,51 +62,83 @@ def cpu_over(processes: list[psutil.Process], seconds: float) -> dict[str, float
     return {group: after[group] - before.get(group, 0.0) for group in after}
 
 
-async def measure_calls(url: str, token: str, callers: int, seconds: float,
-                        processes: list[psutil.Process]) -> dict[str, float]:
+def caller_factory(transport: str, secret: str):
+    """(index, seconds, started, speech, speak_at) -> the coroutine of one call over `transport`."""
+    from services.edge.auth import mint_token
+
+    if transport == "websocket":
+        url = f"ws://127.0.0.1:{HTTP_PORT}/v1/conversation"
+        token = mint_token(secret, subject="call-cost")
+        return lambda index, *rest: websocket_caller(url, token, *rest)
+    from services.edge.transports.twilio import call_subject
+    from services.edge.twilio_auth import compute_signature
+
+    url = f"ws://127.0.0.1:{HTTP_PORT}/v1/twilio/media"
+    signature = compute_signature(twilio_auth_token(), url)
+
+    def make(index: int, *rest):
+        call_sid = f"CA{index:032d}"
+        token = mint_token(secret, ttl_s=600, subject=call_subject(call_sid), claims={"persona": {"greeting": ""}})
+        return twilio_caller(url, signature, token, call_sid, *rest)
+    return make
+
+
+def twilio_auth_token() -> str:
+    """The stand-in Twilio account auth token the CPU serve config gives the edge."""
+    import yaml
+
+    for app in yaml.safe_load((ROOT / "serve_config.cpu.yaml").read_text())["applications"]:
+        if app["name"] == "edge":
+            return app["runtime_env"]["env_vars"]["TWILIO_AUTH_TOKEN"]
+    raise SystemExit("serve_config.cpu.yaml has no edge application")
+
+
+async def measure_calls(make_call, callers: int, seconds: float, speech, plan: list[list[float]],
+                        processes: list[psutil.Process]) -> tuple[dict[str, float], list[CallerLog]]:
+    """CPU over `seconds` of N calls, and what each caller heard; the calls run a second past the window."""
     started = asyncio.Event()
-    calls = [asyncio.create_task(silent_caller(url, token, seconds + 2, started)) for _ in range(callers)]
-    await asyncio.sleep(3)  # every call connected and `ready`
+    calls = [asyncio.create_task(make_call(index, seconds + 2, started, speech, plan[index]))
+             for index in range(callers)]
+    await asyncio.sleep(SETTLE_S)
     started.set()
     await asyncio.sleep(1)
     cpu = await asyncio.to_thread(cpu_over, processes, seconds)
-    await asyncio.gather(*calls)
-    return cpu
-
-
-def report(idle: dict[str, float], busy: dict[str, float], callers: int, seconds: float) -> dict:
-    per_call = {group: (busy.get(group, 0.0) - idle.get(group, 0.0)) * 1000 / seconds / callers
-                for group in busy}
-    per_call = {group: round(value, 1) for group, value in sorted(per_call.items(), key=lambda kv: -kv[1])
-                if abs(value) >= 0.5}
-    return {"callers": callers, "seconds": seconds, "ms_per_s_per_call": per_call,
-            "total_ms_per_s_per_call": round(sum(per_call.values()), 1),
-            "loadavg_1m": round(os.getloadavg()[0], 2)}
+    return cpu, await asyncio.gather(*calls)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="LiveKit is not a --transport here: it needs the LiveKit server.")
     parser.add_argument("--callers", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--speech", action="store_true", help="each caller speaks one sentence every --speak-every s")
+    parser.add_argument("--speak-every", type=float, default=20.0)
+    parser.add_argument("--transport", choices=sorted(TRANSPORT_RATES), default="websocket")
     parser.add_argument("--code", type=Path, default=ROOT, help="the Parley checkout the cluster runs")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "call_cost.json")
     args = parser.parse_args()
-
-    import jwt
+    if args.callers <= 0 or args.seconds <= 0:
+        parser.error("--callers and --seconds must be positive")
 
     from services.cli import edge_secret
+    from services.common.audio import read_wav, resample
 
+    rate = TRANSPORT_RATES[args.transport]
+    speech, native = read_wav(SPEECH_WAV)
+    speech = resample(speech, native, rate)
+    # The last utterance starts early enough for the reply to be heard before the call ends.
+    last_start = args.seconds - speech.size / rate - 2
+    plan = speech_plan(args.callers, last_start, args.speak_every) if args.speech else [[]] * args.callers
+    make_call = caller_factory(args.transport, edge_secret(ROOT / "serve_config.cpu.yaml"))
     code = args.code.resolve()
-    secret = edge_secret(ROOT / "serve_config.cpu.yaml")
-    token = jwt.encode({"sub": "call-cost", "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
-    url = f"ws://127.0.0.1:{HTTP_PORT}/v1/conversation"
     with cpu_cluster(GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT, workdir=code,
                      env={"PYTHONPATH": str(code)}) as cluster:
         processes = cluster_processes(cluster)
         time.sleep(5)  # let the freshly deployed cluster settle
         idle = cpu_over(processes, args.seconds)
-        busy = asyncio.run(measure_calls(url, token, args.callers, args.seconds, processes))
-    result = {"code": str(code), **report(idle, busy, args.callers, args.seconds)}
+        busy, logs = asyncio.run(measure_calls(make_call, args.callers, args.seconds, speech, plan, processes))
+    result = {"code": str(code), "transport": args.transport, "speech": args.speech,
+              **per_call_cpu(idle, busy, args.callers, args.seconds), "heard": heard(logs)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
