@@ -4,6 +4,8 @@ paths and args, the built-in kinds unchanged; and the reference engines' behavio
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -103,15 +105,19 @@ def test_the_reference_reply_has_28_words_in_3_sentences():
 
 class FakeClock:
     """time.monotonic / time.sleep / asyncio.sleep for the module under test: waits are recorded
-    and advance the clock at once."""
+    and advance the clock at once. The patch is on the `time` module, so only this thread's waits
+    count: other threads of the test process (left by earlier tests) sleep for real."""
 
     def __init__(self, now: float = 1000.0):
-        self.now, self.waits = now, []
+        self.now, self.waits, self.thread = now, [], threading.get_ident()
+        self._real_sleep = time.sleep
 
     def monotonic(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:
+        if threading.get_ident() != self.thread:
+            return self._real_sleep(seconds)
         self.waits.append(round(seconds, 6))
         self.now += seconds
 
