@@ -190,8 +190,7 @@ class CascadeCall(CallCore):
         model can act on a menu choice (docs/twilio.md)."""
         await super().on_dtmf(digit)
         if self.persona.tools:
-            self._speech_end = self._vad_stopped = None
-            await self._on_user_turn(f"[DTMF {digit}]", None)
+            await self._on_user_text(f"[DTMF {digit}]")
 
     async def _on_user_text(self, text: str) -> None:
         """Typed input (WebSocket `user_text`): a user turn with no utterance (and no speech timing)."""

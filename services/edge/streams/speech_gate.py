@@ -17,11 +17,8 @@ from __future__ import annotations
 
 from collections import deque
 
-import numpy as np
-
+from services.common.audio import pcm_rms
 from services.edge.config import SpeechGateConfig
-
-FULL_SCALE = 32768.0
 
 
 class SpeechGate:
@@ -29,8 +26,7 @@ class SpeechGate:
 
     def __init__(self, config: SpeechGateConfig, sample_rate: int):
         self._rate = sample_rate
-        level = FULL_SCALE * 10 ** (config.open_dbfs / 20)
-        self._loud_mean_square = level * level
+        self._open_rms = 10 ** (config.open_dbfs / 20)  # on the float scale, as pcm_rms
         self._preroll_s = config.preroll_ms / 1000
         self._hangover_s = config.hangover_ms / 1000
         self._held: deque[tuple[float, bytes]] = deque()  # (call offset, audio) while closed
@@ -41,8 +37,7 @@ class SpeechGate:
 
     def loud(self, pcm: bytes) -> bool:
         """Whether a frame's RMS reaches the opening level."""
-        samples = np.frombuffer(pcm, np.int16).astype(np.float32)
-        return samples.size > 0 and float(np.dot(samples, samples)) >= self._loud_mean_square * samples.size
+        return pcm_rms(pcm) >= self._open_rms
 
     def push(self, offset_s: float, pcm: bytes, asr_busy: bool) -> list[tuple[float, bytes]]:
         """The caller audio to send now for a frame at call offset `offset_s` (possibly none, or the
