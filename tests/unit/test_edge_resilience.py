@@ -28,10 +28,12 @@ class Recognizer(asr_pb2_grpc.SpeechRecognitionServicer):
     time), reports progress as asked, and ends the utterance after 0.8 s of speech.
 
     The first stream fails after 0.4 s of speech: it dies (`fault="die"`), stops answering
-    (`"stall"`), or, with `"no_final"`, says speech stopped and never gives the final."""
+    (`"stall"`), or, with `"no_final"`, says speech stopped and never gives the final. With `lag_s`
+    the first stream runs behind the caller (it takes that long over each message before reading
+    it), as a loaded replica does: it says speech started well after the caller's audio has moved on."""
 
-    def __init__(self, fault: str = "die"):
-        self.fault = fault
+    def __init__(self, fault: str = "die", lag_s: float = 0.0):
+        self.fault, self.lag_s = fault, lag_s
         self.streams: list[float] = []  # audio seconds each stream received
         self.speech: list[float] = []  # speech seconds each stream received
 
@@ -45,6 +47,8 @@ class Recognizer(asr_pb2_grpc.SpeechRecognitionServicer):
                 progress_s = request.config.progress_interval_ms / 1000
             if kind != "audio":
                 continue
+            if first and self.lag_s:
+                await asyncio.sleep(self.lag_s)
             audio = pcm16_to_float(request.audio.pcm)
             if np.abs(audio).max() > 0:
                 if self.speech[-1] == 0:
@@ -161,6 +165,37 @@ async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage, gate)
     assert kinds[-1] == "final" and events[-1].final.text == "hello"
     starts = [e.speech_started.audio_offset_s for e in events if e.WhichOneof("event") == "speech_started"]
     # Each stream saw speech start at a different time of its own; shifted, both are the caller's 1.0 s.
+    assert starts == [pytest.approx(1.0), pytest.approx(1.0)]
+
+
+@pytest.mark.parametrize("stage", [[Recognizer("die", lag_s=0.4)]], indirect=True)
+async def test_asr_running_behind_still_gets_the_utterance_from_its_onset_on_a_new_stream(stage):
+    # The gate sends nothing until speech, then the first stream takes 400 ms over each message: it
+    # says speech started (at the caller's 1.0 s) when the caller is about 1.8 s in, more than the
+    # replay pre-roll later.
+    clients, servicer = stage
+    asr = AsrStream(clients, RATE, 300, ResilienceConfig(retry_attempts=2, retry_backoff_ms=10, response_timeout_s=3.0,
+                                                         stall_timeout_s=3.0), gate=SpeechGateConfig())
+    events = []
+
+    async def read():
+        async for event in asr.events():
+            events.append(event)
+            if event.WhichOneof("event") == "final":
+                return
+
+    reader = asyncio.create_task(read())
+    for index in range(40):  # 100 ms frames in real time: 1 s of silence, then speech
+        if reader.done():
+            break
+        asr.send(float_to_pcm16(np.full(RATE // 10, 0.0 if index < 10 else 0.1, np.float32)))
+        await asyncio.sleep(0.1)
+    await asyncio.wait_for(reader, 5)
+    asr.cancel()
+    assert len(servicer.streams) == 2 and asr.retries == 1
+    starts = [e.speech_started.audio_offset_s for e in events if e.WhichOneof("event") == "speech_started"]
+    # Had the replay been cut to the last pre-roll when the late onset arrived, the new stream's
+    # speech would start after the caller's 1.0 s.
     assert starts == [pytest.approx(1.0), pytest.approx(1.0)]
 
 

@@ -34,6 +34,8 @@ from services.edge.streams.speech_gate import SpeechGate
 PROGRESS_MS = 500
 # Caller audio positions kept to map ASR stream offsets back to wall-clock time.
 _AUDIO_CLOCK_ENTRIES = 600
+# How long after an onset an ASR's VAD may still be deciding it is speech (min speech + a window).
+_ONSET_LAG_S = 0.5
 # Gaps the gate left in one RPC's audio that are kept to map its offsets (older ones are long answered).
 _OFFSET_ANCHORS = 256
 
@@ -130,10 +132,15 @@ class AsrStream:
         return min(deadlines, default=None)
 
     def _trim(self) -> None:
-        # Keep the utterance in progress (from its start), else a short pre-roll for the VAD.
-        keep_from = self.sent_s - self._config.asr_preroll_s
+        # Keep the utterance in progress (from its start), else a short pre-roll for the VAD. An ASR
+        # running behind may not have said yet that speech started: audio it has not acknowledged
+        # (less the time its VAD takes to call an onset) may hold one, so it is kept too.
+        preroll = self._config.asr_preroll_s
+        keep_from = self.sent_s - preroll
         if self._speech_from is not None:
-            keep_from = min(keep_from, self._speech_from - self._config.asr_preroll_s)
+            keep_from = min(keep_from, self._speech_from - preroll)
+        elif self._offsets.sent_s > 0:
+            keep_from = min(keep_from, self._offsets.to_call(self._acked_s) - _ONSET_LAG_S - preroll)
         keep_from = max(keep_from, self.sent_s - self._config.asr_replay_max_s)
         while len(self._sent) > 1 and self._sent[1][0] <= keep_from:
             self._sent.popleft()
