@@ -106,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         with reference_cluster(Timings(), PORTS, end_of_turn=mode, real_asr=True) as (url, _):
             rows = asyncio.run(run_all(url, dialogues, args.concurrency))
         results[mode] = {"rows": rows, "summary": summarize(rows)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))  # a later mode's failure keeps this one
     summaries = {mode: result["summary"] for mode, result in results.items()}
     print(f"\n{len(dialogues)} dialogues\n\n{table(summaries)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
     print(f"-> {args.out}")
     return 0 if not any(row["error"] for result in results.values() for row in result["rows"]) else 1
 
