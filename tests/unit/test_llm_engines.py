@@ -226,7 +226,7 @@ def test_missing_model_path_names_the_fix():
 
 
 def test_incremental_detokenizer_keeps_multibyte_characters_whole(engine):
-    from services.llm.engines.transformers import IncrementalDetokenizer
+    from services.llm.text_stream import IncrementalDetokenizer
 
     text = "Café 😀 naïve – 東京 done"
     ids = engine.tokenizer.encode(text, add_special_tokens=False)
@@ -237,7 +237,7 @@ def test_incremental_detokenizer_keeps_multibyte_characters_whole(engine):
 
 
 def test_stop_string_matcher_holds_back_partial_matches():
-    from services.llm.engines.transformers import StopStringMatcher
+    from services.llm.text_stream import StopStringMatcher
 
     matcher = StopStringMatcher(("STOP", "\n\n"))
     assert matcher.feed("Hello ST") == "Hello "  # "ST" could start "STOP"
