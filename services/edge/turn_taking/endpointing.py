@@ -25,6 +25,7 @@ from functools import cache
 import numpy as np
 
 from services.common.audio import StreamResampler, pcm16_to_float
+from services.common.recent_audio import RecentAudio
 from services.edge.config import TurnTakingConfig
 from services.edge.turn_taking.end_of_turn import EndOfTurnDetector, SilenceEndpointing
 from services.edge.turn_taking.features import SAMPLE_RATE
@@ -65,7 +66,7 @@ class Endpointing:
         done_ms = round(self._done_s * 1000)
         self.silence_ms = min(done_ms, settings.preemptive.silence_ms) if self._on_pause else done_ms
         self._resampler = StreamResampler(input_rate, SAMPLE_RATE) if self.uses_audio else None
-        self._audio = np.zeros(0, np.float32)
+        self._audio = RecentAudio(_KEEP_S * SAMPLE_RATE)
         self._audio_end_s = 0.0  # stream offset of the last sample kept
         self._stop_offset_s: float | None = None
         self._text: list[str] = []
@@ -80,7 +81,7 @@ class Endpointing:
         self._audio_end_s += len(pcm) / 2 / rate
         if self._resampler is None:
             return
-        self._audio = np.concatenate([self._audio, self._resampler.push(pcm16_to_float(pcm))])[-_KEEP_S * SAMPLE_RATE:]
+        self._audio.push(self._resampler.push(pcm16_to_float(pcm)))
 
     async def tick(self) -> None:
         """End a held turn whose silence is long enough."""
@@ -137,10 +138,10 @@ class Endpointing:
     def _pause_audio(self) -> np.ndarray:
         """The caller's audio up to the short silence after their speech (not the decode time after it)."""
         if self._stop_offset_s is None:
-            return self._audio
+            return self._audio.held()
         cut_s = self._stop_offset_s + self.silence_ms / 1000
         drop = int(max(0.0, self._audio_end_s - cut_s) * SAMPLE_RATE)
-        return self._audio[:self._audio.size - drop] if drop else self._audio
+        return self._audio.held(drop_newest=drop)
 
     async def _finish(self) -> None:
         text, self._text, self._confirm_at, self._needed_s = " ".join(self._text), [], None, self._done_s
