@@ -4,6 +4,7 @@ admitted by the Serve route, then held on the replica's own port without Serve's
 from __future__ import annotations
 
 import json
+import secrets
 from urllib.parse import urlsplit
 
 import pytest
@@ -70,4 +71,29 @@ async def test_a_token_opens_one_direct_call(edge_http_url, edge_secret, ray_cli
     again = await call(media_url, token, audio[:rate // 2] * 0, rate, tail_s=5, extra_start={"greeting": False})
     assert not again.of_type("ready") and again.close_code == 4401
     assert "used already" in again.of_type("error")[0]["message"]
+    await assert_quiet(ray_client)
+
+
+async def test_a_direct_call_continues_the_callers_traceparent(edge_http_url, edge_secret, ray_client, otlp_receiver):
+    from services.common import attributes as attr
+
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    token = mint_token(edge_secret, ttl_s=600)
+    media_url = await admit(edge_http_url, token)
+    async with websockets.connect(media_url, additional_headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}) \
+            as socket:
+        await socket.send(json.dumps({"type": "start", "token": token, "input_sample_rate": 16_000, "greeting": False}))
+        assert json.loads(await socket.recv())["type"] == "ready"
+        await socket.send(bytes(640))
+        await socket.send(json.dumps({"type": "stop"}))
+        with pytest.raises(websockets.ConnectionClosedOK):
+            while True:
+                await socket.recv()
+
+    def conversation_arrived(spans) -> bool:
+        return any(s.name == attr.SPAN_CONVERSATION and s.trace_id == trace_id for s in spans)
+
+    spans = await otlp_receiver.wait_for(conversation_arrived)
+    [conversation] = [s for s in spans if s.name == attr.SPAN_CONVERSATION and s.trace_id == trace_id]
+    assert conversation.parent_id == parent_id and conversation.attributes[attr.TRANSPORT] == "direct"
     await assert_quiet(ray_client)
