@@ -8,7 +8,7 @@ import pytest
 from services.common.audio import float_to_pcm16, pcm_rms
 
 
-@pytest.mark.parametrize("level", [0.001, 0.05, 0.5])
+@pytest.mark.parametrize("level", [0.01, 0.05, 0.5])
 def test_the_rms_of_a_sine_is_its_level(level):
     t = np.arange(640) / 16_000
     sine = (level * np.sqrt(2) * np.sin(2 * np.pi * 250 * t)).astype(np.float32)  # whole periods
