@@ -2,7 +2,7 @@
 now and then speak.
 
     python load/call_cost.py [--callers 10] [--seconds 60] [--speech] [--speak-every 20]
-                             [--transport websocket|twilio] [--code DIR] [--out out/call_cost.json]
+                             [--transport websocket|direct|twilio] [--code DIR] [--out out/call_cost.json]
 
 Starts its own local Ray cluster (GCS 6440, dashboard 8340, HTTP 18400, gRPC 19400) with the
 embedded default's applications on the tiny models, measures the idle cluster for `--seconds`,
@@ -17,7 +17,9 @@ arriving after the audio before it would have finished playing, frames played ba
 the reply's first arrival, 10 ms tolerance). Over the WebSocket the edge's own TTFAT p50 (its
 `metrics` events) is listed beside the callers' for comparison.
 
-`--transport twilio` calls /v1/twilio/media as Twilio Media Streams does (signed upgrade, edge
+`--transport direct` admits each call with `POST /v1/calls` (its own single-use token) and holds it
+on the edge replica's direct media endpoint (docs/websocket-protocol.md, "Direct media"), so its
+frames skip Serve's HTTP proxy. `--transport twilio` calls /v1/twilio/media as Twilio Media Streams does (signed upgrade, edge
 token minted for the call as the voice webhook mints it, mu-law 8 kHz). LiveKit is not offered:
 its calls need the LiveKit server, which runs here only as the tests' protocol stand-in.
 
@@ -40,7 +42,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from load.call_cost_callers import TRANSPORT_RATES, twilio_caller, websocket_caller  # noqa: E402
+from load.call_cost_callers import TRANSPORT_RATES, direct_caller, twilio_caller, websocket_caller  # noqa: E402
 from load.call_cost_figures import CallerLog, heard, per_call_cpu, speech_plan  # noqa: E402
 from load.edge_overhead import cpu_by_group  # noqa: E402
 from load.local import cpu_cluster  # noqa: E402
@@ -70,6 +72,9 @@ def caller_factory(transport: str, secret: str):
         url = f"ws://127.0.0.1:{HTTP_PORT}/v1/conversation"
         token = mint_token(secret, subject="call-cost")
         return lambda index, *rest: websocket_caller(url, token, *rest)
+    if transport == "direct":  # a token per call: the direct endpoint spends it
+        edge_url = f"http://127.0.0.1:{HTTP_PORT}"
+        return lambda index, *rest: direct_caller(edge_url, mint_token(secret, ttl_s=600, subject="call-cost"), *rest)
     from services.edge.transports.twilio import call_subject
     from services.edge.twilio_auth import compute_signature
 

@@ -1,5 +1,6 @@
 """The callers of load/call_cost.py: each streams 20 ms frames in real time for a fixed time,
-silence except for the utterances it is told to say, over the edge's WebSocket protocol or as
+silence except for the utterances it is told to say, over the edge's WebSocket protocol (through
+Serve's proxy, or admitted by `POST /v1/calls` and then on the replica's direct media endpoint) or as
 Twilio Media Streams does (signed upgrade, `start` with the token, base64 mu-law 8 kHz), and
 stamps every agent audio frame's arrival (load/call_cost_figures.CallerLog)."""
 
@@ -20,7 +21,7 @@ from services.common.audio import float_to_pcm16, pcm16_to_float
 from services.edge.transports import mulaw
 
 FRAME_MS = 20
-TRANSPORT_RATES = {"websocket": 16_000, "twilio": 8_000}
+TRANSPORT_RATES = {"websocket": 16_000, "direct": 16_000, "twilio": 8_000}
 
 
 async def paced(send: Callable[[np.ndarray], Awaitable[None]], log: CallerLog, rate: int, seconds: float,
@@ -84,6 +85,18 @@ async def websocket_caller(url: str, token: str, seconds: float, started: asynci
     except (OSError, websockets.WebSocketException, TimeoutError) as error:
         log.error = f"{type(error).__name__}: {error}"[:200]
     return log
+
+
+async def direct_caller(edge_url: str, token: str, seconds: float, started: asyncio.Event, speech: np.ndarray,
+                        speak_at: list[float]) -> CallerLog:
+    """One call admitted by the edge's `POST /v1/calls`, then held on the replica's direct media endpoint."""
+    from services.edge.caller import AdmissionRefused, admit
+
+    try:
+        media_url = await admit(edge_url, token)
+    except (AdmissionRefused, OSError, ValueError) as error:
+        return CallerLog(error=f"admission: {error}"[:200])
+    return await websocket_caller(media_url, token, seconds, started, speech, speak_at)
 
 
 async def twilio_caller(url: str, signature: str, token: str, call_sid: str, seconds: float,

@@ -5,6 +5,7 @@ Every stage speaks PCM s16le mono on the wire and float32 in [-1, 1] to its engi
 
 from __future__ import annotations
 
+import math
 import wave
 from pathlib import Path
 
@@ -78,8 +79,9 @@ def pcm_rms(pcm: bytes) -> float:
     """Root mean square of PCM s16le audio on the float scale ([-1, 1]); 0 for no audio."""
     if len(pcm) < BYTES_PER_SAMPLE:
         return 0.0
-    samples = np.frombuffer(pcm, dtype="<i2", count=len(pcm) // BYTES_PER_SAMPLE).astype(np.float32)
-    return float(np.sqrt(np.mean(samples * samples))) / 32768.0
+    # A dot product, not np.mean of the squares: called on every caller frame, a third of the time.
+    samples = np.frombuffer(pcm, dtype="<i2", count=len(pcm) // BYTES_PER_SAMPLE).astype(np.float64)
+    return math.sqrt(float(samples.dot(samples)) / samples.size) / 32768.0
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

@@ -41,6 +41,28 @@ def read_call_audio(path, rate: int = CALL_RATE) -> np.ndarray:
     return resample(audio.mean(axis=1), source_rate, rate)
 
 
+class AdmissionRefused(Exception):
+    """`POST /v1/calls` said no: `status` 401 (token), 404 (direct media off), 503 (full, `retry_after_s`)."""
+
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None):
+        super().__init__(f"{status}: {message}")
+        self.status, self.retry_after_s = status, retry_after_s
+
+
+async def admit(edge_url: str, token: str, timeout_s: float = 10.0) -> str:
+    """Admission for a direct media call (docs/websocket-protocol.md, "Direct media"): the edge's
+    `POST /v1/calls` with the call token; the `media_url` to open the call on."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
+        answer = await client.post(edge_url.rstrip("/") + "/v1/calls", headers={"Authorization": f"Bearer {token}"})
+    if answer.status_code != 200:
+        retry = answer.headers.get("Retry-After")
+        raise AdmissionRefused(answer.status_code, answer.json().get("error", answer.text),
+                               float(retry) if retry else None)
+    return answer.json()["media_url"]
+
+
 @dataclass
 class CallResult:
     events: list[dict] = field(default_factory=list)

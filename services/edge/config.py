@@ -275,6 +275,37 @@ class TwilioConfig(Config):
         return self
 
 
+class DirectMediaConfig(Config):
+    """A media endpoint of the edge replica's own (docs/websocket-protocol.md, "Direct media"): the same
+    conversation protocol, caller -> replica without Serve's HTTP proxy relaying every frame. The Serve
+    route `POST /v1/calls` admits a call and answers this replica's address; the endpoint checks the
+    call token again and spends it (one token, one direct call). Off unless `enabled`."""
+
+    enabled: bool = False
+    # The interface the endpoint listens on: 127.0.0.1 (this machine only) or 0.0.0.0 (a pod's network).
+    bind_host: str = "127.0.0.1"
+    # 0: a free port per replica (several replicas share a node); a fixed port for a pod's hostPort
+    # or a Service's targetPort (then one edge replica per node or pod).
+    port: int = Field(0, ge=0, le=65535)
+    # What `POST /v1/calls` hands out: <scheme>://<host>:<port>/v1/conversation. Empty host: the node
+    # IP Ray reports when bound to every interface (0.0.0.0, ::), else bind_host; port 0: the bound
+    # port. Behind a TLS terminator (a sidecar, a per-pod ingress) set wss and its host and port.
+    advertised_scheme: Literal["ws", "wss"] = "ws"
+    advertised_host: str = Field("", max_length=253)
+    advertised_port: int = Field(0, ge=0, le=65535)
+    # Replica shutdown (downscaling): direct calls get this long to end before the endpoint closes
+    # them; keep it under the deployment's graceful_shutdown_timeout_s.
+    drain_timeout_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _addresses(self) -> DirectMediaConfig:
+        for name in ("bind_host", "advertised_host"):
+            value = getattr(self, name)
+            if any(char in value for char in "/?#@ ") or (name == "bind_host" and not value):
+                raise ValueError(f"direct_media.{name} must be a host name or IP address, got {value!r}")
+        return self
+
+
 class DuplexConfig(Config):
     # How calls are answered unless the caller's signed token says otherwise (claim `mode`):
     # "cascade" (ASR -> LLM -> TTS) or "duplex" (Moshi listens and speaks at once).
@@ -300,6 +331,7 @@ class EdgeConfig(Config):
     resilience: ResilienceConfig = ResilienceConfig()
     livekit: LiveKitConfig = LiveKitConfig()
     twilio: TwilioConfig = TwilioConfig()
+    direct_media: DirectMediaConfig = DirectMediaConfig()
     tools: ToolsConfig = ToolsConfig()
     # The post-call record (off unless a url is set; a persona's own `post_call` wins).
     post_call: PostCallConfig = PostCallConfig()

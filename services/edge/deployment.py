@@ -7,11 +7,14 @@ Routes: `/` the web page, `/healthz`, `/v1/voices` (the TTS deployment's voices)
 `/v1/conversation` (browser/app WebSocket protocol, docs/websocket-protocol.md),
 `/v1/twilio/media` (Twilio Media Streams) and `/v1/twilio/voice` (Twilio's incoming-call
 webhook, services/edge/twilio_ingress.py), and with `livekit.enabled` `/v1/livekit/dispatch` and
-`/v1/livekit/webhook` (docs/livekit.md).
+`/v1/livekit/webhook` (docs/livekit.md). With `direct_media.enabled`, `POST /v1/calls` admits a
+call and answers the replica's own media endpoint (services/edge/direct_media.py), which serves
+`/v1/conversation` on a port of the replica's without Serve's proxy.
 """
 
 
 import asyncio
+import contextlib
 from importlib import resources
 
 from fastapi import FastAPI, Request, WebSocket
@@ -20,10 +23,12 @@ from ray import serve
 from ray.serve import Application
 
 from services.common import telemetry
+from services.common.http_limits import header_timeout_s
 from services.common.request_body import BodyError, read_json_body
 from services.common.unserved import RefusesUnservedMethods
 from services.edge.auth import load_secret
 from services.edge.config import EdgeConfig
+from services.edge.direct_media import DirectTokens, MediaServer, admission, max_message_bytes, media_url
 from services.edge.host import CallHost, Failure
 from services.edge.persona import VoiceCatalog
 from services.edge.streams import base as stream_base
@@ -46,6 +51,19 @@ async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
         pass
 
 
+@contextlib.contextmanager
+def _trace_continued(headers):
+    """A direct call's `conversation` span continues a `traceparent` sent with the upgrade (through
+    Serve's route, Serve's own spans do that)."""
+    from opentelemetry import context, propagate
+
+    token = context.attach(propagate.extract(dict(headers)))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 def _tts_voices(application: str):
     async def fetch() -> list[str]:
         return await serve.get_app_handle(application).voices.remote()
@@ -55,7 +73,7 @@ def _tts_voices(application: str):
 @serve.deployment(name="Edge", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=200)
 @serve.ingress(app)
 class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `edge`: UNIMPLEMENTED
-    def __init__(self, config: EdgeConfig):
+    async def __init__(self, config: EdgeConfig):  # async: the direct media port is bound before the replica is up
         self.config = EdgeConfig.model_validate(config)
         telemetry.setup("parley-edge")
         self.secret = load_secret(self.config.auth.secret_env)
@@ -73,6 +91,17 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
             self.livekit = RoomAgents(self.config.livekit, LiveKitCredentials.from_env(self.config.livekit),
                                       host.hold_room, self.config.max_conversations, registry=RoomRegistry.actor(),
                                       other_calls=lambda: len(host.calls) - len(host.room_calls))
+        self.direct: MediaServer | None = None  # the replica's own media endpoint, when enabled
+        self.direct_tokens = DirectTokens()
+        self.media_url: str | None = None
+        if self.config.direct_media.enabled:
+            import ray
+
+            self.direct = MediaServer(self.config.direct_media, self._direct_call,
+                                      max_message_bytes(self.config.max_control_bytes, self.config.max_frame_ms),
+                                      header_timeout_s())
+            await self.direct.start()
+            self.media_url = media_url(self.config.direct_media, self.direct.port, ray.util.get_node_ip_address())
 
     def stages(self) -> StageClients:
         if self._stages is None:  # the gRPC channel must be made on the replica's event loop
@@ -100,6 +129,20 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
         await websocket.accept()
         await self._hold(websocket, WebSocketTransport, json_errors=True)
 
+    @app.post("/v1/calls")
+    async def admit_call(self, request: Request) -> JSONResponse:
+        """Admission for a direct media call: `Authorization: Bearer <call token>`; answers
+        `{"media_url": ...}`, this replica's own /v1/conversation (docs/websocket-protocol.md)."""
+        answer = admission(request.headers.get("authorization", ""), self.secret, self.media_url, self.host.full)
+        return JSONResponse(answer.body, answer.status, headers=answer.headers)
+
+    async def _direct_call(self, websocket: WebSocket) -> None:
+        """A call on the direct media endpoint: the Serve route's handler, its token spent once."""
+        await websocket.accept()
+        with _trace_continued(websocket.headers):
+            await self._hold(websocket, WebSocketTransport, json_errors=True, admit=self.direct_tokens.spend,
+                             name="direct")
+
     @app.websocket("/v1/twilio/media")
     async def twilio_media(self, websocket: WebSocket) -> None:
         from services.edge.transports.twilio import TwilioTransport
@@ -109,7 +152,7 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
         await websocket.accept()
         await self._hold(websocket, TwilioTransport, json_errors=False, admit=self.twilio.admit_stream)
 
-    async def _hold(self, websocket: WebSocket, transport_type, json_errors: bool, admit=None) -> None:
+    async def _hold(self, websocket: WebSocket, transport_type, json_errors: bool, admit=None, name: str = "") -> None:
         async def fail(failure: Failure) -> None:
             if json_errors and failure.error_event:
                 try:
@@ -127,7 +170,7 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
                 admit(transport)
             return transport
 
-        name = transport_type.__name__.removesuffix("Transport").lower()
+        name = name or transport_type.__name__.removesuffix("Transport").lower()
         if await self.host.hold(open_transport, fail, name) is None:
             await _close(websocket, 1000)
 
@@ -170,7 +213,8 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
         """Live conversations and asyncio tasks on this replica (the autoscaling signal; leak checks),
         and with `turns` the raw timelines of recent turns (edge monotonic clock, seconds)."""
         stats = {"active_conversations": len(self.host.calls), "tasks": len(asyncio.all_tasks()),
-                 "active_rooms": len(self.livekit or ()), "fallback_clips": self.host.fallback.clips,
+                 "active_rooms": len(self.livekit or ()), "direct_calls": self.direct.live if self.direct else 0,
+                 "fallback_clips": self.host.fallback.clips,
                  # Through the module: Serve pickles this class by value, a bare name would be a copy.
                  "stage_retries": dict(stream_base.retries_by_stage),
                  "post_call_records": {"pending": self.host.records.pending, "sent": self.host.records.sent,
@@ -180,10 +224,15 @@ class EdgeDeployment(RefusesUnservedMethods):  # a stage's gRPC method sent to `
         return stats
 
     async def __del__(self) -> None:
-        """Serve's shutdown hook (after HTTP requests drained): LiveKit rooms hold no request, so
-        let their calls finish here, up to `livekit.drain_timeout_s`; then post-call records."""
+        """Serve's shutdown hook (after HTTP requests drained): LiveKit rooms and direct calls hold
+        no Serve request, so let their calls finish here, up to `livekit.drain_timeout_s` and
+        `direct_media.drain_timeout_s`, and free the direct port; then post-call records."""
+        drains = []
         if getattr(self, "livekit", None) is not None:
-            await self.livekit.drain(self.config.livekit.drain_timeout_s)
+            drains.append(self.livekit.drain(self.config.livekit.drain_timeout_s))
+        if getattr(self, "direct", None) is not None:
+            drains.append(self.direct.stop(self.config.direct_media.drain_timeout_s))
+        await asyncio.gather(*drains)
         if getattr(self, "host", None) is not None:
             await self.host.records.aclose()  # the last calls' records: a short wait, then cancelled
 

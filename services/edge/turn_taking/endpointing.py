@@ -24,7 +24,8 @@ from functools import cache
 
 import numpy as np
 
-from services.common.audio import StreamResampler, pcm16_to_float
+from services.common.audio import resample
+from services.common.recent_audio import RecentAudio
 from services.edge.config import TurnTakingConfig
 from services.edge.turn_taking.end_of_turn import EndOfTurnDetector, SilenceEndpointing
 from services.edge.turn_taking.features import SAMPLE_RATE
@@ -64,8 +65,9 @@ class Endpointing:
         # What the ASR's VAD waits before it ends an utterance (and a preemptive reply may start).
         done_ms = round(self._done_s * 1000)
         self.silence_ms = min(done_ms, settings.preemptive.silence_ms) if self._on_pause else done_ms
-        self._resampler = StreamResampler(input_rate, SAMPLE_RATE) if self.uses_audio else None
-        self._audio = np.zeros(0, np.float32)
+        # The caller's recent PCM as it came (int16, input rate): decoded and resampled only when read.
+        self._input_rate = input_rate
+        self._audio = RecentAudio(_KEEP_S * input_rate, np.int16) if self.uses_audio else None
         self._audio_end_s = 0.0  # stream offset of the last sample kept
         self._stop_offset_s: float | None = None
         self._text: list[str] = []
@@ -78,9 +80,8 @@ class Endpointing:
     def push(self, pcm: bytes, rate: int) -> None:
         """Caller audio as sent to the ASR."""
         self._audio_end_s += len(pcm) / 2 / rate
-        if self._resampler is None:
-            return
-        self._audio = np.concatenate([self._audio, self._resampler.push(pcm16_to_float(pcm))])[-_KEEP_S * SAMPLE_RATE:]
+        if self._audio is not None:
+            self._audio.push(np.frombuffer(pcm, "<i2"))
 
     async def tick(self) -> None:
         """End a held turn whose silence is long enough."""
@@ -136,11 +137,12 @@ class Endpointing:
 
     def _pause_audio(self) -> np.ndarray:
         """The caller's audio up to the short silence after their speech (not the decode time after it)."""
-        if self._stop_offset_s is None:
-            return self._audio
-        cut_s = self._stop_offset_s + self.silence_ms / 1000
-        drop = int(max(0.0, self._audio_end_s - cut_s) * SAMPLE_RATE)
-        return self._audio[:self._audio.size - drop] if drop else self._audio
+        drop = 0
+        if self._stop_offset_s is not None:
+            cut_s = self._stop_offset_s + self.silence_ms / 1000
+            drop = int(max(0.0, self._audio_end_s - cut_s) * self._input_rate)
+        pcm = self._audio.held(drop_newest=drop)
+        return resample(pcm.astype(np.float32) / 32768.0, self._input_rate, SAMPLE_RATE)
 
     async def _finish(self) -> None:
         text, self._text, self._confirm_at, self._needed_s = " ".join(self._text), [], None, self._done_s
