@@ -2,7 +2,8 @@
 now and then speak.
 
     python load/call_cost.py [--callers 10] [--seconds 60] [--speech] [--speak-every 20]
-                             [--transport websocket|direct|twilio] [--code DIR] [--out out/call_cost.json]
+                             [--transport websocket|direct|twilio] [--engines tiny|reference]
+                             [--code DIR] [--out out/call_cost.json]
 
 Starts its own local Ray cluster (GCS 6440, dashboard 8340, HTTP 18400, gRPC 19400) with the
 embedded default's applications on the tiny models, measures the idle cluster for `--seconds`,
@@ -23,6 +24,10 @@ frames skip Serve's HTTP proxy. `--transport twilio` calls /v1/twilio/media as T
 token minted for the call as the voice webhook mints it, mu-law 8 kHz). LiveKit is not offered:
 its calls need the LiveKit server, which runs here only as the tests' protocol stand-in.
 
+`--engines reference` deploys the turn-taking benchmark's reference engines (load/reference_engines.py:
+fixed latencies, next to no CPU) instead of the tiny models, so a run with many callers measures the
+call path (transport, edge, the ASR's VAD) rather than two cores' worth of model inference.
+
 `--code DIR` runs the cluster on another checkout of Parley (its PYTHONPATH and working
 directory), so two versions are measured the same way on the same machine, one after the other.
 """
@@ -35,6 +40,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -50,6 +56,20 @@ from load.local import cpu_cluster  # noqa: E402
 GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT = 6440, 8340, 18400, 19400
 SPEECH_WAV = ROOT / "services" / "assets" / "hello.wav"
 SETTLE_S = 4  # callers connected and `ready` before the measured window opens
+
+
+@contextmanager
+def deployed(engines: str, code: Path):
+    """The running cluster of a run: the embedded default on the tiny models (of checkout `code`),
+    or the reference engines (this checkout)."""
+    if engines == "reference":
+        from load.reference_cluster import Ports, Timings, reference_cluster
+
+        with reference_cluster(Timings(), Ports(GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT)) as (_, cluster):
+            yield cluster
+        return
+    with cpu_cluster(GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT, workdir=code, env={"PYTHONPATH": str(code)}) as cluster:
+        yield cluster
 
 
 def cluster_processes(cluster) -> list[psutil.Process]:
@@ -119,11 +139,15 @@ def main() -> int:
     parser.add_argument("--speech", action="store_true", help="each caller speaks one sentence every --speak-every s")
     parser.add_argument("--speak-every", type=float, default=20.0)
     parser.add_argument("--transport", choices=sorted(TRANSPORT_RATES), default="websocket")
+    parser.add_argument("--engines", choices=("tiny", "reference"), default="tiny",
+                        help="the stages' engines: the tiny models, or the reference engines of load/reference_engines.py")
     parser.add_argument("--code", type=Path, default=ROOT, help="the Parley checkout the cluster runs")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "call_cost.json")
     args = parser.parse_args()
     if args.callers <= 0 or args.seconds <= 0:
         parser.error("--callers and --seconds must be positive")
+    if args.engines == "reference" and args.code.resolve() != ROOT:
+        parser.error("--engines reference runs this checkout's reference engines: leave out --code")
 
     from services.cli import edge_secret
     from services.common.audio import read_wav, resample
@@ -136,13 +160,12 @@ def main() -> int:
     plan = speech_plan(args.callers, last_start, args.speak_every) if args.speech else [[]] * args.callers
     make_call = caller_factory(args.transport, edge_secret(ROOT / "serve_config.cpu.yaml"))
     code = args.code.resolve()
-    with cpu_cluster(GCS_PORT, DASHBOARD_PORT, HTTP_PORT, GRPC_PORT, workdir=code,
-                     env={"PYTHONPATH": str(code)}) as cluster:
+    with deployed(args.engines, code) as cluster:
         processes = cluster_processes(cluster)
         time.sleep(5)  # let the freshly deployed cluster settle
         idle = cpu_over(processes, args.seconds)
         busy, logs = asyncio.run(measure_calls(make_call, args.callers, args.seconds, speech, plan, processes))
-    result = {"code": str(code), "transport": args.transport, "speech": args.speech,
+    result = {"code": str(code), "transport": args.transport, "engines": args.engines, "speech": args.speech,
               **per_call_cpu(idle, busy, args.callers, args.seconds), "heard": heard(logs)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
