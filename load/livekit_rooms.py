@@ -86,7 +86,7 @@ async def _agents(url: str, rooms: list[str], warmup_s: float, seconds: float, f
             counters["live"] -= 1
 
     config = LiveKitConfig(enabled=True, url=url)
-    agents = RoomAgents(config, LiveKitCredentials(url, KEY, SECRET), converse, max_rooms=len(rooms))
+    agents = RoomAgents(config, LiveKitCredentials(url, KEY, SECRET), converse, max_calls=len(rooms))
     for room in rooms:
         await agents.dispatch(room)
     deadline = time.monotonic() + 60
