@@ -48,8 +48,9 @@ class Ports:
 
 
 def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_turn: str = "silence",
-                     real_asr: bool = False, preemptive: bool = True) -> Path:
-    """Write the serve config (see the module docstring) to `target`."""
+                     real_asr: bool = False, preemptive: bool = True, edge_args: dict | None = None) -> Path:
+    """Write the serve config (see the module docstring) to `target`. `edge_args` are merged into
+    the edge's args last (a benchmark's lever: `{"segments": {"first_min_words": 1}}`)."""
     from services.cluster import render_config
 
     render_config(ROOT / "serve_config.cpu.yaml", target, http_port=ports.http, grpc_port=ports.grpc,
@@ -79,13 +80,23 @@ def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_tur
         turn_taking["end_of_turn"] = {"kind": "silence"}
     else:
         turn_taking["end_of_turn"] = {"kind": "smart_turn", "model": "models/cpu/smart-turn-v3.2"}
+    _merge(edge, edge_args or {})
     target.write_text(yaml.safe_dump(config, sort_keys=False))
     return target
 
 
+def _merge(target: dict, overrides: dict) -> None:
+    """Merge `overrides` into `target` in place, mappings key by key."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
 @contextmanager
 def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "silence", real_asr: bool = False,
-                      preemptive: bool = True, log=print) -> Iterator[tuple[str, object]]:
+                      preemptive: bool = True, edge_args: dict | None = None, log=print) -> Iterator[tuple[str, object]]:
     """A private local cluster running the reference config; yields (the edge's WebSocket URL, the
     LocalCluster). The cluster is stopped after."""
     from services.cluster import LocalCluster
@@ -94,7 +105,7 @@ def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "sil
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"})
     with tempfile.TemporaryDirectory() as tmp:
         config = reference_config(Path(tmp) / "serve.yaml", timings, ports, end_of_turn=end_of_turn, real_asr=real_asr,
-                                  preemptive=preemptive)
+                                  preemptive=preemptive, edge_args=edge_args)
         cluster.stop()  # a cluster of ours left behind by an interrupted run
         cluster.start(log=log)
         try:

@@ -125,6 +125,8 @@ class CascadeCall(CallCore):
                 await self.emit(UserSpeechStopped(event.speech_stopped.utterance_id))
             elif kind in ("partial", "final"):
                 transcript = getattr(event, kind)
+                if kind == "final":
+                    self.idle.transcribed()
                 await self.emit(Transcript(transcript.utterance_id, transcript.text, final=kind == "final"))
                 if kind == "partial":
                     await self.overlap.partial(self.turn, transcript.text, transcript.language, self.asr.sent_s)

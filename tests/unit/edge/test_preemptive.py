@@ -157,6 +157,23 @@ def test_first_clause_bounds():
         SegmentsConfig(first_min_words=5, first_max_words=3)
 
 
+def test_the_first_clause_ends_at_its_comma_before_the_next_token():
+    def first_segment_after(tokens: list[str], first_min_words: int = 1) -> list[tuple[int, str]]:
+        chunker = TextChunker(12, first_min_words=first_min_words, first_max_words=6)
+        return [(index, segment) for index, token in enumerate(tokens) for segment in chunker.push(token)]
+
+    # A comma after a word ends the first clause as soon as its token is in, not one token later.
+    assert first_segment_after(["Sure", ",", " I", " can"])[0] == (1, "Sure,")
+    assert first_segment_after(["Of", " course,", " I"], first_min_words=2)[0] == (1, "Of course,")
+    # Too few words for the bound, or a comma after a digit ("1,000" may go on): no early cut.
+    assert first_segment_after(["Sure,", " I"], first_min_words=2) == []
+    assert first_segment_after(["It", " costs", " 1", ",", "000", " dollars", " now", " ok", " then"])[0] == (
+        8, "It costs 1,000 dollars now ok")
+    # Later segments still wait for the whitespace: a comma there is not known to end a clause.
+    chunker = TextChunker(2, first_min_words=1, first_max_words=6)
+    assert chunker.push("Sure,") == ["Sure,"] and chunker.push(" I can help you,") == []
+
+
 async def test_a_held_reply_is_confirmed_only_for_the_same_words():
     async def emit(event):
         raise AssertionError("a held turn sends nothing")
