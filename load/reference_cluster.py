@@ -116,6 +116,28 @@ def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "sil
             cluster.stop()
 
 
+def edge_setting(text: str) -> tuple[str, object]:
+    """A command line's `path.to.key=value` (the value read as YAML: numbers, booleans, strings)."""
+    import argparse
+
+    path, sep, value = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected PATH=VALUE, got {text!r}")
+    return path, yaml.safe_load(value)
+
+
+def nested(settings: list[tuple[str, object]]) -> dict:
+    """Dotted settings as nested mappings: [("a.b", 1)] -> {"a": {"b": 1}}."""
+    result: dict = {}
+    for path, value in settings:
+        *parents, leaf = path.split(".")
+        node = result
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return result
+
+
 def caller_token() -> str:
     """A caller token for the local config's edge secret, persona without a greeting."""
     from load.edge_overhead import token

@@ -21,7 +21,8 @@ as unanswered. Reported per level: TTFAT p50/p95/max, the edge's own TTFAT p50
 sentence's tokens + TTS first audio), the time the pipeline hides by overlapping (budget - p50;
 negative: orchestration overhead), the edge's latency components (p50 of each `metrics` field,
 and `other_ms`: TTFAT less endpointing, ASR final, first clause and TTS first audio, i.e. what
-the edge adds between those events), the CPU the cluster and the callers used (cores, over the
+the edge adds between those events), the preemptive replies thrown away (the caller went on
+after a pause inside an utterance) and their LLM tokens, the CPU the cluster and the callers used (cores, over the
 level's wall time), and the callers' own event-loop lag (so a late caller is seen, not blamed on
 the system).
 """
@@ -45,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from load.call_cost import cluster_processes  # noqa: E402
 from load.edge_overhead import METRIC_FIELDS, cpu_by_group, loop_lag, pct  # noqa: E402
 from load.real_ttfat import QUESTIONS  # noqa: E402
-from load.reference_cluster import Ports, Timings, caller_token, reference_cluster  # noqa: E402
+from load.reference_cluster import Ports, Timings, caller_token, edge_setting, nested, reference_cluster  # noqa: E402
 from load.reference_engines import REPLY  # noqa: E402
 from load.timed_call import TimedCall, speech_bounds, timed_call  # noqa: E402
 from tests.speech import espeak  # noqa: E402
@@ -118,17 +119,9 @@ async def run_level(url: str, token: str, callers: int, utterances: int, process
             "ttfat_max_ms": max(ttfats) if ttfats else None, "edge_ttfat_p50_ms": pct(edge, 50),
             "cpu_s": cpu, "cluster_cores": round((sum(cpu.values()) - cpu.get("callers (this script)", 0.0)) / wall, 2),
             "caller_cores": round(cpu.get("callers (this script)", 0.0) / wall, 2), "wall_s": round(wall, 1),
-            "caller_lag_p95_ms": pct(lag, 95), "edge_components_p50_ms": components}
-
-
-def edge_setting(text: str) -> tuple[str, object]:
-    """`path.to.key=value` (the value read as YAML: numbers, booleans, strings)."""
-    import yaml
-
-    path, sep, value = text.partition("=")
-    if not sep or not path:
-        raise argparse.ArgumentTypeError(f"expected PATH=VALUE, got {text!r}")
-    return path, yaml.safe_load(value)
+            "caller_lag_p95_ms": pct(lag, 95), "edge_components_p50_ms": components,
+            "discarded_replies": sum(e.get("discarded_replies", 0) for e in events),
+            "discarded_llm_tokens": sum(e.get("discarded_llm_tokens", 0) for e in events)}
 
 
 def fmt(value: float | None) -> str:
@@ -172,13 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="edge args to set, e.g. segments.first_min_words=1 turn_taking.preemptive.silence_ms=100")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "turn_latency.json")
     args = parser.parse_args(argv)
-    edge_args: dict = {}
-    for path, value in args.edge:
-        *parents, leaf = path.split(".")
-        node = edge_args
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    edge_args = nested(args.edge)
     timings = Timings(args.asr_ms, args.ttft_ms, args.tok_ms, args.ttfb_ms, args.silence_ms)
     budget = timings.budget_ms(FIRST_SENTENCE_WORDS)
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)", flush=True)

@@ -1,11 +1,17 @@
-"""The turn-taking evaluation on the real cluster, on three of its dialogues: a complete question
-is answered (not before it ends), a real barge-in interrupts the agent, and a silent caller gets
-no reply. The same code path as load/turn_eval.py (render, timed WebSocket call, scoring).
+"""The turn-taking behaviours on the real cluster, one test each, on dialogues of the evaluation
+set: a complete question is answered (not before it ends) and a real barge-in interrupts the
+agent; a backchannel over the agent neither interrupts it nor becomes a turn, and the reply goes
+on (or resumes after a false interruption); a caller who pauses mid-thought is not answered
+before they finish; a silent caller is asked once whether they are there, then told goodbye and
+the call ends. The same code path as load/turn_eval.py (render, timed WebSocket call, scoring).
 
-Deployed beside the session cluster's applications, as the real-set tests deploy theirs: the real
-ASR (Whisper base from models/cpu: a barge-in is decided on its words), the reference LLM and TTS
-by import path (load/reference_engines.py: the agent's timing is known) and an edge calling them
-with the CPU config's Smart Turn end of turn. Without models/cpu it skips (fails in CI).
+Deployed once for the module, beside the session cluster's applications, as the real-set tests
+deploy theirs: the real ASR (Whisper base from models/cpu: a barge-in or a backchannel is decided
+on its words), the reference LLM and TTS by import path (load/reference_engines.py: the agent's
+timing is known) and an edge calling them with the CPU config's Smart Turn end of turn, except:
+`max_silence_ms` 3000 (a 2 s mid-thought pause is then Smart Turn's to judge, not the silence
+cap's) and a short idle re-prompt (4 s) and end (7 s), longer than any silence the other
+dialogues leave while the agent is not speaking. Without models/cpu it skips (fails in CI).
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from load.eval_set import load_spec
-from load.turn_eval import run_dialogue
+from load.eval_set import Dialogue, Step, load_spec
+from load.turn_eval import dialogue_call, run_dialogue
+from load.turn_scoring import REACTION_S, score
 from tests.integration.conftest import HTTP_PORT, deployed_beside
 from tests.integration.test_edge_websocket import token
 from tests.speech import require_real_models
@@ -28,7 +35,9 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"asr": "asr_eval", "llm": "llm_eval", "tts": "tts_eval"}
 EDGE = "edge_eval"
-DIALOGUES = ("complete-1", "barge_in-1", "silent-2")
+DIALOGUES = ("complete-1", "barge_in-1")
+IDLE = {"idle_reprompt_s": 4.0, "max_idle_s": 7.0}
+MAX_SILENCE_MS = 3000
 
 
 def eval_config(session_config: Path, models: Path) -> dict:
@@ -50,8 +59,8 @@ def eval_config(session_config: Path, models: Path) -> dict:
     edge["args"]["livekit"] = {"enabled": False}
     edge["args"]["persona"] = {"greeting": "", "max_tokens": 64}
     end_of_turn = dict(cpu["edge"]["args"]["turn_taking"]["end_of_turn"])
-    end_of_turn["model"] = str(models / Path(end_of_turn["model"]).name)
-    edge["args"].setdefault("turn_taking", {})["end_of_turn"] = end_of_turn
+    end_of_turn.update(model=str(models / Path(end_of_turn["model"]).name), max_silence_ms=MAX_SILENCE_MS)
+    edge["args"]["turn_taking"] = {**edge["args"].get("turn_taking", {}), "end_of_turn": end_of_turn, **IDLE}
     config["applications"].append(edge)
     return config
 
@@ -66,13 +75,64 @@ async def eval_edge(serve_cluster, tmp_path_factory) -> str:
         yield f"ws://127.0.0.1:{HTTP_PORT}/{EDGE}/v1/conversation"
 
 
-async def test_turn_eval_scores_an_answer_a_barge_in_and_a_silent_caller(eval_edge, edge_secret):
+def _dialogue(name: str) -> Dialogue:
+    return next(dialogue for dialogue in load_spec() if dialogue.name == name)
+
+
+def _agent_turns(call) -> set[int]:
+    return {event["turn_id"] for _, event in call.of_type("agent_audio_start")}
+
+
+async def test_turn_eval_scores_an_answer_and_a_barge_in(eval_edge, edge_secret):
     dialogues = {d.name: d for d in load_spec() if d.name in DIALOGUES}
     caller = token(edge_secret, greeting="")
     rows = await asyncio.gather(*(run_dialogue(eval_edge, caller, dialogues[name]) for name in DIALOGUES))
-    complete, barge_in, silent = rows
+    complete, barge_in = rows
     assert not any(row["error"] for row in rows), rows
     assert complete["answered"] and not complete["premature"], complete
     assert complete["ttfat_ms"] > 0, complete  # no latency bound here: speed is for load/ benchmarks
     assert barge_in["interrupted"] and barge_in["stop_ms"] is not None, barge_in
-    assert not silent["spurious_reply"], silent
+
+
+async def test_a_backchannel_over_the_agent_neither_interrupts_nor_becomes_a_turn(eval_edge, edge_secret):
+    call, timeline = await dialogue_call(eval_edge, token(edge_secret, greeting=""), _dialogue("backchannel-1"))
+    outcome = score("backchannel", timeline)
+    assert call.error is None and outcome["agent_speaking"], (call.error, outcome)  # "mm-hmm" while it spoke
+    assert not outcome["interrupted"], outcome
+    # One agent turn: the backchannel got no reply of its own (it is no user turn) ...
+    assert len(_agent_turns(call)) == 1, call.of_type("agent_audio_start")
+    # ... and the reply goes on: never paused, or paused and resumed where it stopped.
+    assert outcome["resumed"] or not outcome["paused"], outcome
+    backchannel = timeline.sounds[-1]
+    assert timeline.speaking_at(backchannel.end + REACTION_S), (backchannel, call.audio[-1])
+
+
+async def test_a_mid_thought_pause_is_not_answered_before_the_caller_finishes(eval_edge, edge_secret):
+    # "I was wondering if you could ..." sounds unfinished; the 2 s pause is longer than the
+    # ASR's final takes, so silence-only endpointing (300 ms) would answer inside it.
+    dialogue = Dialogue("pause-long", "pause", (Step(say="I was wondering if you could"), Step(pause=2.0),
+                                               Step(say="help me with my order.", label="continuation")))
+    call, timeline = await dialogue_call(eval_edge, token(edge_secret, greeting=""), dialogue)
+    outcome = score("pause", timeline)
+    assert call.error is None and outcome["answered"], (call.error, outcome)
+    first, continuation = timeline.sounds
+    finals = [at for at, event in call.of_type("transcript") if event["final"] and event["text"].strip()]
+    # Put to the test: the first part's words were in during the pause, the turn could have ended there.
+    assert finals and first.end < finals[0] < continuation.start, (finals, first, continuation)
+    assert not outcome["premature"], outcome
+    assert len(_agent_turns(call)) == 1, call.of_type("agent_audio_start")  # one reply, to the whole turn
+
+
+async def test_a_silent_caller_is_reprompted_once_then_the_agent_ends_the_call(eval_edge, edge_secret):
+    call, _ = await dialogue_call(eval_edge, token(edge_secret, greeting=""), _dialogue("silent-1"))
+    assert call.error is None, call.error
+    prompts = [(at - call.started, event["final"]) for at, event in call.of_type("idle_prompt")]
+    assert [final for _, final in prompts] == [False, True], prompts
+    assert prompts[0][0] >= IDLE["idle_reprompt_s"] - 0.5, prompts  # not before the caller was idle that long
+    # Nothing else was said (no reply to a caller who said nothing), and the agent hung up
+    # normally after its goodbye, before the caller's 12 s of silence were over.
+    texts = [event["text"] for _, event in call.of_type("agent_text")]
+    assert texts == ["Are you still there?", "I haven't heard from you, so I'll end the call now. Goodbye!"], texts
+    assert not [event for _, event in call.of_type("transcript") if event["text"].strip()]
+    assert call.hung_up is not None and call.close_code == 1000, (call.hung_up, call.close_code)
+    assert call.hung_up - call.started < 12.0, call.hung_up - call.started
