@@ -52,12 +52,13 @@ def agent_speaking_for(seconds: float):
     return ready
 
 
-async def dialogue_call(url: str, token: str, dialogue: Dialogue) -> tuple[TimedCall, Timeline]:
-    """One dialogue as a timed WebSocket call: what the caller saw, and its timeline for scoring."""
+async def dialogue_call(url: str, token: str, dialogue: Dialogue, tail_s: float = 0.5) -> tuple[TimedCall, Timeline]:
+    """One dialogue as a timed WebSocket call (listening `tail_s` past its audio): what the caller
+    saw, and its timeline for scoring."""
     audio, spans, waits = render(dialogue)
     marks = [round(t * RATE) for span in spans for t in (span.start_s, span.end_s)]
     holds = [(wait.offset, agent_speaking_for(wait.speaking_s)) for wait in waits]
-    call: TimedCall = await timed_call(url, token, audio, RATE, marks, tail_s=0.5, holds=holds)
+    call: TimedCall = await timed_call(url, token, audio, RATE, marks, tail_s=tail_s, holds=holds)
     sounds = [Sound(span.kind, call.sent.get(round(span.start_s * RATE), float("nan")),
                     call.sent.get(round(span.end_s * RATE), float("nan"))) for span in spans]
     return call, Timeline(sounds, call.audio, call.events, ended=call.ended or float("inf"))

@@ -81,6 +81,10 @@ def test_a_backchannel_that_brings_an_interruption_is_counted():
     assert kept["agent_speaking"] and not kept["interrupted"]
     cut = score("backchannel", Timeline(sounds, frames(2.3, 4.3), [(4.9, {"type": "interruption"})]))
     assert cut["interrupted"]
+    # Heard late ("MM5" for an espeak "mm-hmm"): the agent resumed on the timeout, then was cut.
+    late = score("backchannel", Timeline(sounds, frames(2.3, 12.0), [(6.6, {"type": "agent_resumed"}),
+                                                                    (10.5, {"type": "interruption"})]))
+    assert late["interrupted"] and late["resumed"]
 
 
 def test_a_barge_in_is_missed_when_the_agent_stops_late_or_not_at_all():

@@ -29,8 +29,8 @@ def _config(**turn_taking) -> EdgeConfig:
 
 
 def _say(asr: Recognizer, call: CascadeCall, kind: str, text: str = "", utterance_id: int = 0) -> None:
-    """One ASR event; the VAD's speech_stopped comes after its 150 ms of silence."""
-    script_asr(asr, call, kind, text, utterance_id, stopped_after_s=0.15)
+    """One ASR event; the VAD's speech_stopped comes after its 100 ms of silence."""
+    script_asr(asr, call, kind, text, utterance_id, stopped_after_s=0.1)
 
 
 def _utterance(asr: Recognizer, call: CascadeCall, text: str, utterance_id: int) -> None:
@@ -66,7 +66,7 @@ async def test_a_reply_starts_at_the_pause_is_held_and_plays_the_moment_the_turn
 
     async def script(asr, call, transport):
         _utterance(asr, call, "Can I book a table for four tonight?", 0)
-        await asyncio.sleep(0.45)  # the turn needs 1 s of silence: 0.15 s heard, 0.85 s to go
+        await asyncio.sleep(0.45)  # the turn needs 1 s of silence: 0.1 s heard, 0.9 s to go
         seen.update(requests=len(model.requests), tts=list(tts.texts), frames=len(transport.frames),
                     events=[e["type"] for e in transport.events], users=_users(call),
                     held=call.preemptive.turn is not None)
@@ -207,3 +207,22 @@ async def test_a_final_that_arrives_after_the_caller_went_on_waits_for_the_rest(
 
     call, _ = await _call(_config(), script, model, tts)
     assert _users(call) == ["I need a table for two."]
+
+
+async def test_a_lagging_asr_final_waits_for_the_utterance_the_caller_went_on_with():
+    model, tts = Model(REPLY), Synthesizer()
+
+    async def script(asr, call, transport):
+        # Both utterances have ended before the first one's final comes (a loaded ASR).
+        for kind, utterance_id in (("speech_started", 0), ("speech_stopped", 0), ("speech_started", 1),
+                                   ("speech_stopped", 1)):
+            _say(asr, call, kind, utterance_id=utterance_id)
+        _say(asr, call, "final", "I was wondering if you could", 0)
+        await asyncio.sleep(1.5)  # longer than the turn's silence: the first words alone must not be a turn
+        assert not model.requests and not _users(call)
+        _say(asr, call, "final", "help me with my order.", 1)
+        await asyncio.sleep(2.5)
+
+    call, transport = await _call(_config(), script, model, tts)
+    assert _users(call) == ["I was wondering if you could help me with my order."]
+    assert len(model.requests) == 1 and len(transport.of_type("agent_audio_start")) == 1
