@@ -75,8 +75,8 @@ class PreemptiveConfig(Config):
     enabled: bool = True
     # The ASR's VAD ends an utterance after this much silence; its final starts the reply (LLM and
     # TTS), held until the turn is confirmed (min_silence_ms, or the end-of-turn model). Values
-    # above the turn's own silence have no effect. 100 ms: 50 ms less TTFAT than 150, and no more
-    # replies thrown away on the benchmark's and the evaluation set's speech (docs/benchmarks.md).
+    # above the turn's own silence have no effect. 100 ms: ~40 ms less TTFAT than 150, and no
+    # reply thrown away in the benchmark's runs (docs/benchmarks.md, TTFAT levers).
     silence_ms: int = Field(100, ge=50, le=3000)
 
 
