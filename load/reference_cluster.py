@@ -48,7 +48,8 @@ class Ports:
 
 
 def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_turn: str = "silence",
-                     real_asr: bool = False, preemptive: bool = True, edge_args: dict | None = None) -> Path:
+                     real_asr: bool = False, preemptive: bool = True, edge_args: dict | None = None,
+                     partials: bool = True) -> Path:
     """Write the serve config (see the module docstring) to `target`. `edge_args` are merged into
     the edge's args last (a benchmark's lever: `{"segments": {"first_min_words": 1}}`)."""
     from services.cluster import render_config
@@ -57,6 +58,8 @@ def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_tur
                   applications=list(STAGES))
     config = yaml.safe_load(target.read_text())
     apps = {app["name"]: app for app in config["applications"]}
+    if not partials:  # a partial decode in flight at the end of speech delays the final
+        apps["asr"]["args"]["partial_interval_ms"] = 600_000
     if not real_asr:
         apps["asr"]["args"]["engine"] = {"kind": f"{ENGINES}:ReferenceASR", "asr_ms": timings.asr_ms,
                                          "num_workers": 64}
@@ -96,7 +99,8 @@ def _merge(target: dict, overrides: dict) -> None:
 
 @contextmanager
 def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "silence", real_asr: bool = False,
-                      preemptive: bool = True, edge_args: dict | None = None, log=print) -> Iterator[tuple[str, object]]:
+                      preemptive: bool = True, edge_args: dict | None = None, partials: bool = True,
+                      log=print) -> Iterator[tuple[str, object]]:
     """A private local cluster running the reference config; yields (the edge's WebSocket URL, the
     LocalCluster). The cluster is stopped after."""
     from services.cluster import LocalCluster
@@ -105,7 +109,7 @@ def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "sil
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"})
     with tempfile.TemporaryDirectory() as tmp:
         config = reference_config(Path(tmp) / "serve.yaml", timings, ports, end_of_turn=end_of_turn, real_asr=real_asr,
-                                  preemptive=preemptive, edge_args=edge_args)
+                                  preemptive=preemptive, edge_args=edge_args, partials=partials)
         cluster.stop()  # a cluster of ours left behind by an interrupted run
         cluster.start(log=log)
         try:

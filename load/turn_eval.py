@@ -1,7 +1,7 @@
 """Turn-taking evaluation: the labelled dialogues of load/eval/dialogues.yaml through the deployed system.
 
     python load/turn_eval.py [--modes smart_turn silence] [--only complete-1 barge_in-2 ...]
-                             [--concurrency 3] [--edge turn_taking.preemptive.silence_ms=100 ...]
+                             [--concurrency 3] [--no-partials] [--edge turn_taking.preemptive.silence_ms=100 ...]
                              [--out out/turn_eval.json]
 
 For each end-of-turn mode it starts its own local Ray cluster (GCS 6455, dashboard 8355, HTTP
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", choices=("smart_turn", "silence"), default=["smart_turn", "silence"])
     parser.add_argument("--only", nargs="*", help="dialogue names (category-index) to run")
     parser.add_argument("--concurrency", type=int, default=3)
+    parser.add_argument("--no-partials", action="store_true",
+                        help="ASR without partial transcripts (its finals come sooner on a small CPU box)")
     parser.add_argument("--edge", nargs="*", default=[], metavar="PATH=VALUE", type=edge_setting,
                         help="edge args to set, e.g. turn_taking.preemptive.silence_ms=100")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "turn_eval.json")
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for mode in args.modes:
         print(f"== end of turn: {mode}", flush=True)
-        with reference_cluster(Timings(), PORTS, end_of_turn=mode, real_asr=True, edge_args=nested(args.edge)) as (url, _):
+        with reference_cluster(Timings(), PORTS, end_of_turn=mode, real_asr=True, edge_args=nested(args.edge),
+                               partials=not args.no_partials) as (url, _):
             rows = asyncio.run(run_all(url, dialogues, args.concurrency))
         results[mode] = {"rows": rows, "summary": summarize(rows)}
     summaries = {mode: result["summary"] for mode, result in results.items()}

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from load.eval_set import LEAD_S, RATE, TAIL_S, Dialogue, Step, load_spec, noise_burst, render
@@ -159,3 +160,16 @@ def test_benchmark_edge_settings_nest_and_merge_into_the_edge_args():
                     "segments": {"first_min_words": 1}}
     with pytest.raises(argparse.ArgumentTypeError):
         edge_setting("segments.first_min_words")
+
+
+def test_the_reference_config_can_turn_the_real_asrs_partials_off_and_set_edge_args(tmp_path):
+    from load.reference_cluster import Ports, Timings, reference_config
+
+    ports = Ports(gcs=1, dashboard=2, http=3, grpc=4)
+    for partials in (True, False):
+        path = reference_config(tmp_path / f"{partials}.yaml", Timings(), ports, end_of_turn="smart_turn", real_asr=True,
+                                partials=partials, edge_args={"turn_taking": {"preemptive": {"silence_ms": 96}}})
+        apps = {app["name"]: app["args"] for app in yaml.safe_load(path.read_text())["applications"]}
+        assert ("partial_interval_ms" in apps["asr"]) is not partials
+        assert apps["edge"]["turn_taking"]["preemptive"] == {"enabled": True, "silence_ms": 96}
+        assert apps["edge"]["turn_taking"]["end_of_turn"]["kind"] == "smart_turn"
