@@ -48,14 +48,18 @@ class Ports:
 
 
 def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_turn: str = "silence",
-                     real_asr: bool = False, preemptive: bool = True) -> Path:
-    """Write the serve config (see the module docstring) to `target`."""
+                     real_asr: bool = False, preemptive: bool = True, edge_args: dict | None = None,
+                     partials: bool = True) -> Path:
+    """Write the serve config (see the module docstring) to `target`. `edge_args` are merged into
+    the edge's args last (a benchmark's lever: `{"segments": {"first_min_words": 1}}`)."""
     from services.cluster import render_config
 
     render_config(ROOT / "serve_config.cpu.yaml", target, http_port=ports.http, grpc_port=ports.grpc,
                   applications=list(STAGES))
     config = yaml.safe_load(target.read_text())
     apps = {app["name"]: app for app in config["applications"]}
+    if not partials:  # a partial decode in flight at the end of speech delays the final
+        apps["asr"]["args"]["partial_interval_ms"] = 600_000
     if not real_asr:
         apps["asr"]["args"]["engine"] = {"kind": f"{ENGINES}:ReferenceASR", "asr_ms": timings.asr_ms,
                                          "num_workers": 64}
@@ -79,13 +83,24 @@ def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_tur
         turn_taking["end_of_turn"] = {"kind": "silence"}
     else:
         turn_taking["end_of_turn"] = {"kind": "smart_turn", "model": "models/cpu/smart-turn-v3.2"}
+    _merge(edge, edge_args or {})
     target.write_text(yaml.safe_dump(config, sort_keys=False))
     return target
 
 
+def _merge(target: dict, overrides: dict) -> None:
+    """Merge `overrides` into `target` in place, mappings key by key."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
 @contextmanager
 def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "silence", real_asr: bool = False,
-                      preemptive: bool = True, log=print) -> Iterator[tuple[str, object]]:
+                      preemptive: bool = True, edge_args: dict | None = None, partials: bool = True,
+                      log=print) -> Iterator[tuple[str, object]]:
     """A private local cluster running the reference config; yields (the edge's WebSocket URL, the
     LocalCluster). The cluster is stopped after."""
     from services.cluster import LocalCluster
@@ -94,7 +109,7 @@ def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "sil
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"})
     with tempfile.TemporaryDirectory() as tmp:
         config = reference_config(Path(tmp) / "serve.yaml", timings, ports, end_of_turn=end_of_turn, real_asr=real_asr,
-                                  preemptive=preemptive)
+                                  preemptive=preemptive, edge_args=edge_args, partials=partials)
         cluster.stop()  # a cluster of ours left behind by an interrupted run
         cluster.start(log=log)
         try:
@@ -103,6 +118,28 @@ def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "sil
             yield f"ws://127.0.0.1:{ports.http}/v1/conversation", cluster
         finally:
             cluster.stop()
+
+
+def edge_setting(text: str) -> tuple[str, object]:
+    """A command line's `path.to.key=value` (the value read as YAML: numbers, booleans, strings)."""
+    import argparse
+
+    path, sep, value = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected PATH=VALUE, got {text!r}")
+    return path, yaml.safe_load(value)
+
+
+def nested(settings: list[tuple[str, object]]) -> dict:
+    """Dotted settings as nested mappings: [("a.b", 1)] -> {"a": {"b": 1}}."""
+    result: dict = {}
+    for path, value in settings:
+        *parents, leaf = path.split(".")
+        node = result
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return result
 
 
 def caller_token() -> str:

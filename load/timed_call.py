@@ -33,6 +33,8 @@ class TimedCall:
     events: list[tuple[float, dict]] = field(default_factory=list)
     started: float = 0.0  # the first frame left
     ended: float = 0.0  # the caller stopped listening
+    hung_up: float | None = None  # the server closed the call before the caller asked it to
+    close_code: int | None = None
     error: str | None = None
 
     def of_type(self, kind: str) -> list[tuple[float, dict]]:
@@ -67,12 +69,16 @@ async def timed_call(url: str, token: str, audio: np.ndarray, rate: int, marks: 
             await socket.send(json.dumps({"type": "start", "token": token, "input_sample_rate": rate,
                                           "output_sample_rate": 24_000}))
 
+            stopping = False
+
             async def listen() -> None:
                 async for message in socket:
                     if isinstance(message, bytes):
                         result.audio.append(time.monotonic())
                     else:
                         result.events.append((time.monotonic(), json.loads(message)))
+                if not stopping:
+                    result.hung_up = time.monotonic()
 
             listener = asyncio.create_task(listen())
             try:
@@ -92,17 +98,22 @@ async def timed_call(url: str, token: str, audio: np.ndarray, rate: int, marks: 
                             await send(silence)
                     if listener.done():
                         break
-                    await send(audio[start:start + step])
+                    try:
+                        await send(audio[start:start + step])
+                    except websockets.ConnectionClosedOK:
+                        break  # the server ended the call (its close may reach the listener a moment later)
                     while pending and pending[0] < start + step:
                         result.sent[pending.pop(0)] = time.monotonic()
                 await asyncio.sleep(tail_s)
                 result.ended = time.monotonic()
                 if not listener.done():
+                    stopping = True
                     await socket.send(json.dumps({"type": "stop"}))
                     await asyncio.wait_for(listener, 10)
             finally:
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)
+                result.close_code = socket.close_code
     except (OSError, websockets.WebSocketException, TimeoutError) as error:
         result.error = f"{type(error).__name__}: {error}"[:200]
     return result

@@ -1,7 +1,8 @@
 """Turn-taking evaluation: the labelled dialogues of load/eval/dialogues.yaml through the deployed system.
 
     python load/turn_eval.py [--modes smart_turn silence] [--only complete-1 barge_in-2 ...]
-                             [--concurrency 3] [--out out/turn_eval.json]
+                             [--concurrency 3] [--no-partials] [--edge turn_taking.preemptive.silence_ms=100 ...]
+                             [--out out/turn_eval.json]
 
 For each end-of-turn mode it starts its own local Ray cluster (GCS 6455, dashboard 8355, HTTP
 18550, gRPC 19550): the real ASR (Whisper base from models/cpu: the words a caller says decide
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load.eval_set import RATE, Dialogue, load_spec, render  # noqa: E402
-from load.reference_cluster import Ports, Timings, caller_token, reference_cluster  # noqa: E402
+from load.reference_cluster import Ports, Timings, caller_token, edge_setting, nested, reference_cluster  # noqa: E402
 from load.timed_call import TimedCall, timed_call  # noqa: E402
 from load.turn_scoring import Sound, Timeline, score, summarize  # noqa: E402
 
@@ -51,14 +52,20 @@ def agent_speaking_for(seconds: float):
     return ready
 
 
-async def run_dialogue(url: str, token: str, dialogue: Dialogue) -> dict:
+async def dialogue_call(url: str, token: str, dialogue: Dialogue, tail_s: float = 0.5) -> tuple[TimedCall, Timeline]:
+    """One dialogue as a timed WebSocket call (listening `tail_s` past its audio): what the caller
+    saw, and its timeline for scoring."""
     audio, spans, waits = render(dialogue)
     marks = [round(t * RATE) for span in spans for t in (span.start_s, span.end_s)]
     holds = [(wait.offset, agent_speaking_for(wait.speaking_s)) for wait in waits]
-    call: TimedCall = await timed_call(url, token, audio, RATE, marks, tail_s=0.5, holds=holds)
+    call: TimedCall = await timed_call(url, token, audio, RATE, marks, tail_s=tail_s, holds=holds)
     sounds = [Sound(span.kind, call.sent.get(round(span.start_s * RATE), float("nan")),
                     call.sent.get(round(span.end_s * RATE), float("nan"))) for span in spans]
-    timeline = Timeline(sounds, call.audio, call.events, ended=call.ended or float("inf"))
+    return call, Timeline(sounds, call.audio, call.events, ended=call.ended or float("inf"))
+
+
+async def run_dialogue(url: str, token: str, dialogue: Dialogue) -> dict:
+    call, timeline = await dialogue_call(url, token, dialogue)
     row = {"dialogue": dialogue.name, "category": dialogue.category, "error": call.error,
            **score(dialogue.category, timeline)}
     heard = [event.get("text") for _, event in call.of_type("transcript") if event.get("final")]
@@ -97,19 +104,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", choices=("smart_turn", "silence"), default=["smart_turn", "silence"])
     parser.add_argument("--only", nargs="*", help="dialogue names (category-index) to run")
     parser.add_argument("--concurrency", type=int, default=3)
+    parser.add_argument("--no-partials", action="store_true",
+                        help="ASR without partial transcripts (its finals come sooner on a small CPU box)")
+    parser.add_argument("--edge", nargs="*", default=[], metavar="PATH=VALUE", type=edge_setting,
+                        help="edge args to set, e.g. turn_taking.preemptive.silence_ms=100")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "turn_eval.json")
     args = parser.parse_args(argv)
     dialogues = [d for d in load_spec() if not args.only or d.name in args.only]
     results = {}
     for mode in args.modes:
         print(f"== end of turn: {mode}", flush=True)
-        with reference_cluster(Timings(), PORTS, end_of_turn=mode, real_asr=True) as (url, _):
+        with reference_cluster(Timings(), PORTS, end_of_turn=mode, real_asr=True, edge_args=nested(args.edge),
+                               partials=not args.no_partials) as (url, _):
             rows = asyncio.run(run_all(url, dialogues, args.concurrency))
         results[mode] = {"rows": rows, "summary": summarize(rows)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))  # a later mode's failure keeps this one
     summaries = {mode: result["summary"] for mode, result in results.items()}
-    print(f"\n{len(dialogues)} dialogues\n\n{table(summaries)}")
+    print(f"\n{len(dialogues)} dialogues, edge args {nested(args.edge)}\n\n{table(summaries)}")
     print(f"-> {args.out}")
     return 0 if not any(row["error"] for result in results.values() for row in result["rows"]) else 1
 

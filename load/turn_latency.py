@@ -2,6 +2,7 @@
 
     python load/turn_latency.py [--levels 1 10 50] [--utterances 3] [--end-of-turn silence|smart_turn]
                                 [--asr-ms 50 --ttft-ms 100 --tok-ms 20 --ttfb-ms 80 --silence-ms 300]
+                                [--edge segments.first_min_words=1 turn_taking.preemptive.silence_ms=100 ...]
                                 [--out out/turn_latency.json]
 
 Starts its own local Ray cluster (GCS 6450, dashboard 8350, HTTP 18500, gRPC 19500) running the
@@ -18,7 +19,10 @@ before the caller's next utterance, or that ends while earlier replies are still
 as unanswered. Reported per level: TTFAT p50/p95/max, the edge's own TTFAT p50
 (`metrics` events), the engine budget of a strictly serial pipeline (silence + ASR + first
 sentence's tokens + TTS first audio), the time the pipeline hides by overlapping (budget - p50;
-negative: orchestration overhead), the CPU the cluster and the callers used (cores, over the
+negative: orchestration overhead), the edge's latency components (p50 of each `metrics` field,
+and `other_ms`: TTFAT less endpointing, ASR final, first clause and TTS first audio, i.e. what
+the edge adds between those events), the preemptive replies thrown away (the caller went on
+after a pause inside an utterance) and their LLM tokens, the CPU the cluster and the callers used (cores, over the
 level's wall time), and the callers' own event-loop lag (so a late caller is seen, not blamed on
 the system).
 """
@@ -42,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from load.call_cost import cluster_processes  # noqa: E402
 from load.edge_overhead import METRIC_FIELDS, cpu_by_group, loop_lag, pct  # noqa: E402
 from load.real_ttfat import QUESTIONS  # noqa: E402
-from load.reference_cluster import Ports, Timings, caller_token, reference_cluster  # noqa: E402
+from load.reference_cluster import Ports, Timings, caller_token, edge_setting, nested, reference_cluster  # noqa: E402
 from load.reference_engines import REPLY  # noqa: E402
 from load.timed_call import TimedCall, speech_bounds, timed_call  # noqa: E402
 from tests.speech import espeak  # noqa: E402
@@ -52,6 +56,8 @@ RATE = 16_000
 STAGGER_S = 3.0
 REPLY_WAIT_S = 11.0  # the 28-word reply plays ~9.2 s: the caller waits it out before speaking again
 FIRST_SENTENCE_WORDS = len(REPLY.split(".")[0].split())
+# The `metrics` fields that add up to TTFAT along the reply's path; the rest is the edge's own time.
+ENGINE_FIELDS = ("endpointing_ms", "asr_final_ms", "first_sentence_ms", "tts_ttfb_ms")
 
 
 def caller_audio(index: int, utterances: int, rng: random.Random) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -102,8 +108,10 @@ async def run_level(url: str, token: str, callers: int, utterances: int, process
     rows = [row for call, (_, bounds) in zip(calls, plans, strict=True) for row in turn_rows(call, bounds)]
     ttfats = [row["ttfat_ms"] for row in rows if row["ttfat_ms"] is not None]
     edge = [event["ttfat_ms"] for call in calls for _, event in call.of_type("metrics") if event.get("ttfat_ms")]
-    components = {name: pct([e[name] for c in calls for _, e in c.of_type("metrics") if e.get(name) is not None], 50)
-                  for name in METRIC_FIELDS}
+    events = [event for call in calls for _, event in call.of_type("metrics")]
+    components = {name: pct([e[name] for e in events if e.get(name) is not None], 50) for name in METRIC_FIELDS}
+    components["other_ms"] = pct([e["ttfat_ms"] - sum(e[name] for name in ENGINE_FIELDS) for e in events
+                                  if all(e.get(name) is not None for name in ("ttfat_ms", *ENGINE_FIELDS))], 50)
     cpu = {group: round(cpu_after[group] - cpu_before.get(group, 0.0), 2) for group in cpu_after}
     return {"callers": callers, "turns": len(rows), "answered": len(ttfats),
             "errors": [call.error for call in calls if call.error],
@@ -111,7 +119,9 @@ async def run_level(url: str, token: str, callers: int, utterances: int, process
             "ttfat_max_ms": max(ttfats) if ttfats else None, "edge_ttfat_p50_ms": pct(edge, 50),
             "cpu_s": cpu, "cluster_cores": round((sum(cpu.values()) - cpu.get("callers (this script)", 0.0)) / wall, 2),
             "caller_cores": round(cpu.get("callers (this script)", 0.0) / wall, 2), "wall_s": round(wall, 1),
-            "caller_lag_p95_ms": pct(lag, 95), "edge_components_p50_ms": components}
+            "caller_lag_p95_ms": pct(lag, 95), "edge_components_p50_ms": components,
+            "discarded_replies": sum(e.get("discarded_replies", 0) for e in events),
+            "discarded_llm_tokens": sum(e.get("discarded_llm_tokens", 0) for e in events)}
 
 
 def fmt(value: float | None) -> str:
@@ -151,21 +161,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-preemptive", action="store_true", help="reply only once the turn is confirmed")
     for name, default in (("asr-ms", 50), ("ttft-ms", 100), ("tok-ms", 20), ("ttfb-ms", 80), ("silence-ms", 300)):
         parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--edge", nargs="*", default=[], metavar="PATH=VALUE", type=edge_setting,
+                        help="edge args to set, e.g. segments.first_min_words=1 turn_taking.preemptive.silence_ms=100")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "turn_latency.json")
     args = parser.parse_args(argv)
+    edge_args = nested(args.edge)
     timings = Timings(args.asr_ms, args.ttft_ms, args.tok_ms, args.ttfb_ms, args.silence_ms)
     budget = timings.budget_ms(FIRST_SENTENCE_WORDS)
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)", flush=True)
-    with reference_cluster(timings, PORTS, end_of_turn=args.end_of_turn, preemptive=not args.no_preemptive) as (url, cluster):
+    with reference_cluster(timings, PORTS, end_of_turn=args.end_of_turn, preemptive=not args.no_preemptive,
+                           edge_args=edge_args) as (url, cluster):
         import psutil
 
         processes = [*cluster_processes(cluster), psutil.Process()]
         levels = asyncio.run(run_levels(url, args.levels, args.utterances, processes))
     mode = "serial (no preemptive reply)" if args.no_preemptive else "preemptive reply"
-    print(f"\nreference engines {timings}, end of turn {args.end_of_turn}, {mode}\n\n{table(levels, budget)}")
+    print(f"\nreference engines {timings}, end of turn {args.end_of_turn}, {mode}, edge args {edge_args}\n\n"
+          f"{table(levels, budget)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"timings": vars(timings), "end_of_turn": args.end_of_turn, "budget_ms": budget,
-                                    "preemptive": not args.no_preemptive,
+                                    "preemptive": not args.no_preemptive, "edge_args": edge_args,
                                     "levels": levels, "loadavg_after": os.getloadavg()}, indent=1))
     print(f"-> {args.out}")
     return 0 if all(level["answered"] for level in levels) else 1

@@ -62,7 +62,9 @@ def score(category: str, timeline: Timeline) -> dict:
         return {"spurious_reply": bool(timeline.audio)}
     sound = next(s for s in sounds if s.kind in ("backchannel", "barge_in", "noise"))
     window = (sound.start, sound.end + REACTION_S)
-    interrupted = bool(timeline.events_between("interruption", *window))
+    # The caller says nothing after this sound: an interruption however late is its doing (a slow
+    # ASR's final may come after the agent resumed, and real words interrupt then).
+    interrupted = bool(timeline.events_between("interruption", sound.start, float("inf")))
     outcome = {"agent_speaking": timeline.speaking_at(sound.start), "interrupted": interrupted,
                "paused": bool(timeline.events_between("agent_paused", *window)),
                "resumed": bool(timeline.events_between("agent_resumed", *window))}

@@ -12,6 +12,8 @@ _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n+")
 # A sentence end at the very end of the text (it may be the end of a chunk).
 _FINAL_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*$")
 _CLAUSE_END = re.compile(r"[,;:—–]+(?=\s)")
+# A clause mark right after a word at the very end of the text: "Sure," before the next token is in.
+_CLAUSE_AT_END = re.compile(r"(?<=[^\W\d_])[,;:]+$")
 _COMPLETE_WORD = re.compile(r"\S+(?=\s)")
 # Tokens ending in a period that do not end a sentence.
 _ABBREVIATIONS = frozenset(
@@ -35,7 +37,8 @@ class TextChunker:
     `min_clause_words` words; a segment longer than `max_chars` is cut at a space. The first
     segment may have bounds of its own (a reply's first audio comes sooner from a short first
     clause): a clause break after `first_min_words` words, and a cut after `first_max_words`
-    complete words even without one.
+    complete words even without one. The first segment's clause break needs no whitespace after
+    it when it follows a letter ("Sure," ends it as soon as the token is in; "1,000" does not).
     """
 
     def __init__(self, min_clause_words: int = 4, max_chars: int = 300, first_min_words: int | None = None,
@@ -96,6 +99,8 @@ class TextChunker:
         min_words = self.first_min_words if self._first else self.min_clause_words
         clause = next((match.end() for match in _CLAUSE_END.finditer(text)
                        if len(text[: match.start()].split()) >= min_words), None)
+        if clause is None and first and (end := _CLAUSE_AT_END.search(text)) and len(text[: end.start()].split()) >= min_words:
+            clause = end.end()
         # The first segment ends at whichever comes first: a sentence end, a clause break, its word bound.
         cuts = [cut for cut in (sentence, clause, self._first_words_cut(text) if first else None) if cut]
         if cuts:

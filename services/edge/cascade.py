@@ -113,7 +113,7 @@ class CascadeCall(CallCore):
                 await self._discard_preemptive()  # the caller goes on
                 if self.turn is not None:
                     self.overlap.speech_started(event.speech_started.audio_offset_s)
-                self.endpointing.speech_started()
+                self.endpointing.speech_started(event.speech_started.utterance_id)
                 self.idle.activity(caller_speaking=True)
                 await self.emit(UserSpeechStarted(event.speech_started.utterance_id))
             elif kind == "speech_stopped":
@@ -125,6 +125,8 @@ class CascadeCall(CallCore):
                 await self.emit(UserSpeechStopped(event.speech_stopped.utterance_id))
             elif kind in ("partial", "final"):
                 transcript = getattr(event, kind)
+                if kind == "final":
+                    self.idle.transcribed()
                 await self.emit(Transcript(transcript.utterance_id, transcript.text, final=kind == "final"))
                 if kind == "partial":
                     await self.overlap.partial(self.turn, transcript.text, transcript.language, self.asr.sent_s)

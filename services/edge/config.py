@@ -75,8 +75,9 @@ class PreemptiveConfig(Config):
     enabled: bool = True
     # The ASR's VAD ends an utterance after this much silence; its final starts the reply (LLM and
     # TTS), held until the turn is confirmed (min_silence_ms, or the end-of-turn model). Values
-    # above the turn's own silence have no effect.
-    silence_ms: int = Field(150, ge=50, le=3000)
+    # above the turn's own silence have no effect. 100 ms: ~40 ms less TTFAT than 150, and no
+    # reply thrown away in the benchmark's runs (docs/benchmarks.md, TTFAT levers).
+    silence_ms: int = Field(100, ge=50, le=3000)
 
 
 class SegmentsConfig(Config):
@@ -84,8 +85,8 @@ class SegmentsConfig(Config):
     early), then whole sentences (prosody)."""
 
     # The first segment ends at a clause break (comma, semicolon, colon, dash) once it has
-    # first_min_words words, or after first_max_words words, whichever comes first.
-    first_min_words: int = Field(2, ge=1, le=50)
+    # first_min_words words ("Sure," is one), or after first_max_words words, whichever comes first.
+    first_min_words: int = Field(1, ge=1, le=50)
     first_max_words: int = Field(6, ge=1, le=100)
     # Later segments are sentences; a clause break cuts one only after this many words.
     min_clause_words: int = Field(12, ge=1, le=200)

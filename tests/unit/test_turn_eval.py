@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from load.eval_set import LEAD_S, RATE, TAIL_S, Dialogue, Step, load_spec, noise_burst, render
@@ -81,6 +82,10 @@ def test_a_backchannel_that_brings_an_interruption_is_counted():
     assert kept["agent_speaking"] and not kept["interrupted"]
     cut = score("backchannel", Timeline(sounds, frames(2.3, 4.3), [(4.9, {"type": "interruption"})]))
     assert cut["interrupted"]
+    # Heard late ("MM5" for an espeak "mm-hmm"): the agent resumed on the timeout, then was cut.
+    late = score("backchannel", Timeline(sounds, frames(2.3, 12.0), [(6.6, {"type": "agent_resumed"}),
+                                                                    (10.5, {"type": "interruption"})]))
+    assert late["interrupted"] and late["resumed"]
 
 
 def test_a_barge_in_is_missed_when_the_agent_stops_late_or_not_at_all():
@@ -140,3 +145,31 @@ def test_a_wait_for_the_agent_sits_on_a_frame_boundary_where_the_overlap_starts(
     _, spans, waits = render(dialogue, speak=fake_speech)
     assert waits[0].speaking_s == 1.5 and waits[0].offset % 320 == 0
     assert spans[1].start_s * RATE == pytest.approx(waits[0].offset, abs=0.5)
+
+
+def test_benchmark_edge_settings_nest_and_merge_into_the_edge_args():
+    import argparse
+
+    from load.reference_cluster import _merge, edge_setting, nested
+
+    settings = nested([edge_setting("segments.first_min_words=1"), edge_setting("turn_taking.preemptive.silence_ms=100")])
+    assert settings == {"segments": {"first_min_words": 1}, "turn_taking": {"preemptive": {"silence_ms": 100}}}
+    edge = {"turn_taking": {"min_silence_ms": 300, "preemptive": {"enabled": True}}}
+    _merge(edge, settings)
+    assert edge == {"turn_taking": {"min_silence_ms": 300, "preemptive": {"enabled": True, "silence_ms": 100}},
+                    "segments": {"first_min_words": 1}}
+    with pytest.raises(argparse.ArgumentTypeError):
+        edge_setting("segments.first_min_words")
+
+
+def test_the_reference_config_can_turn_the_real_asrs_partials_off_and_set_edge_args(tmp_path):
+    from load.reference_cluster import Ports, Timings, reference_config
+
+    ports = Ports(gcs=1, dashboard=2, http=3, grpc=4)
+    for partials in (True, False):
+        path = reference_config(tmp_path / f"{partials}.yaml", Timings(), ports, end_of_turn="smart_turn", real_asr=True,
+                                partials=partials, edge_args={"turn_taking": {"preemptive": {"silence_ms": 96}}})
+        apps = {app["name"]: app["args"] for app in yaml.safe_load(path.read_text())["applications"]}
+        assert ("partial_interval_ms" in apps["asr"]) is not partials
+        assert apps["edge"]["turn_taking"]["preemptive"] == {"enabled": True, "silence_ms": 96}
+        assert apps["edge"]["turn_taking"]["end_of_turn"]["kind"] == "smart_turn"

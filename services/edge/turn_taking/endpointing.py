@@ -75,6 +75,7 @@ class Endpointing:
         self._needed_s = self._done_s  # the silence the held text needs to be a turn
         self._confirm_at: float | None = None  # when (monotonic) the held text becomes the turn
         self._speaking = False  # the caller speaks now (a final may come after their next words began)
+        self._latest_utterance = -1  # the caller's latest utterance (an older one's final waits for its final)
         self.waits = 0  # turns the detector held back (the caller sounded unfinished)
 
     def push(self, pcm: bytes, rate: int) -> None:
@@ -88,10 +89,11 @@ class Endpointing:
         if self._confirm_at is not None and time.monotonic() >= self._confirm_at:
             await self._finish()
 
-    def speech_started(self) -> None:
+    def speech_started(self, utterance_id: int = -1) -> None:
         self._confirm_at = None  # the caller goes on: the held words wait for the rest
         self._stop_offset_s = None
         self._speaking = True
+        self._latest_utterance = max(self._latest_utterance, utterance_id)
 
     def speech_stopped(self, offset_s: float) -> None:
         self._stop_offset_s = offset_s
@@ -105,8 +107,10 @@ class Endpointing:
             self._utterance_id = utterance_id
         elif not self._text:
             return
-        if self._speaking:
-            return  # the final of an utterance the caller has already gone on from: the words wait
+        if self._speaking or utterance_id < self._latest_utterance:
+            # The final of an utterance the caller has already gone on from (a lagging ASR may
+            # send it after the next one has ended too): its words wait for the next one's final.
+            return
         turn_text = " ".join(self._text)
         vad_s = self.silence_ms / 1000
         # A reply starts before the turn is confirmed: before the model is asked, or while the

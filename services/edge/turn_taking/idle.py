@@ -1,9 +1,10 @@
 """A silent caller: asked once whether they are there, then the call ends politely.
 
 Idle time counts while neither side speaks: from the end of the agent's last turn or the caller's
-last speech. After `idle_reprompt_s` the agent says `idle_reprompt_text` (once per silence); after
-`max_idle_s` it says `idle_goodbye_text` and ends the call, which otherwise holds its stage streams
-until `max_call_s`. Checked as caller audio arrives, so it needs no task of its own.
+last speech, once its transcript is in (a slow ASR still working on the caller's words is no
+silence to re-prompt). After `idle_reprompt_s` the agent says `idle_reprompt_text` (once per
+silence); after `max_idle_s` it says `idle_goodbye_text` and ends the call, which otherwise
+holds its stage streams until `max_call_s`. Checked as caller audio arrives, so it needs no task of its own.
 """
 
 from __future__ import annotations
@@ -34,18 +35,26 @@ class IdleCaller:
         self._since = time.monotonic()
         self._reprompted = False
         self._speaking = False
+        self._transcribing = False  # the caller stopped speaking; their words are not in yet
 
     def activity(self, caller_speaking: bool | None = None) -> None:
         """Someone spoke (the caller started or stopped, or an agent turn ended): restart the clock.
         The re-prompt counts as agent speech but not as the caller's answer."""
         if caller_speaking is not None:
             self._speaking = caller_speaking
+            self._transcribing |= caller_speaking  # cleared by the final that follows the speech
             self._reprompted = False
         self._since = time.monotonic()
 
+    def transcribed(self) -> None:
+        """The ASR's final for the caller's speech came in: the silence counts from now."""
+        if self._transcribing and not self._speaking:
+            self._transcribing = False
+            self._since = time.monotonic()
+
     def check(self, agent_busy: bool) -> IdleAction:
         """What to do now, given whether the agent holds a turn."""
-        if agent_busy or self._speaking:
+        if agent_busy or self._speaking or self._transcribing:
             return IdleAction.NONE
         idle = time.monotonic() - self._since
         if self._max_s and idle >= self._max_s - (self._reprompt_s if self._reprompted else 0):

@@ -8,6 +8,7 @@ import pytest
 
 from services.edge.cascade import CascadeCall
 from services.edge.config import EdgeConfig, TurnTakingConfig
+from services.proto import asr_pb2
 from tests.unit.edge.fakes import FakeTransport, Model, Recognizer, Stages, Synthesizer
 
 
@@ -54,6 +55,29 @@ async def test_a_caller_who_answers_the_reprompt_is_not_hung_up_on():
     # The answer restarted the silence: asked again after it, never told goodbye.
     assert [prompt["final"] for prompt in transport.of_type("idle_prompt")] == [False, False]
     assert ("user", "yes I am here") in call.history.messages()
+
+
+async def test_a_caller_whose_words_are_still_being_transcribed_is_not_reprompted():
+    asr = Recognizer()
+    async with Stages(asr, Model("Good."), Synthesizer()) as stages:
+        transport = FakeTransport(greeting=False)
+        call = CascadeCall(transport, stages.clients, _config(), "i3")
+        task = asyncio.create_task(call.run())
+        feeder = asyncio.create_task(transport.speak(10.0, level=0.0))
+        try:
+            await asyncio.sleep(0.2)
+            for event in (asr_pb2.RecognizeResponse(speech_started=asr_pb2.SpeechStarted(utterance_id=0)),
+                          asr_pb2.RecognizeResponse(speech_stopped=asr_pb2.SpeechStopped(utterance_id=0))):
+                asr.script.put_nowait(event)
+            await asyncio.sleep(1.5)  # a slow ASR: past idle_reprompt_s and max_idle_s, the final not in yet
+            assert not transport.of_type("idle_prompt") and not task.done()
+            asr.script.put_nowait(asr_pb2.RecognizeResponse(final=asr_pb2.Transcript(utterance_id=0, text="Hello.")))
+            await asyncio.sleep(0.5)
+        finally:
+            feeder.cancel()
+            transport.audio_in.put_nowait(None)
+            await asyncio.wait_for(task, 5)
+    assert ("user", "Hello.") in call.history.messages() and transport.of_type("agent_text")[0]["text"] == "Good."
 
 
 def test_idle_settings_are_checked():

@@ -29,8 +29,8 @@ def _config(**turn_taking) -> EdgeConfig:
 
 
 def _say(asr: Recognizer, call: CascadeCall, kind: str, text: str = "", utterance_id: int = 0) -> None:
-    """One ASR event; the VAD's speech_stopped comes after its 150 ms of silence."""
-    script_asr(asr, call, kind, text, utterance_id, stopped_after_s=0.15)
+    """One ASR event; the VAD's speech_stopped comes after its 100 ms of silence."""
+    script_asr(asr, call, kind, text, utterance_id, stopped_after_s=0.1)
 
 
 def _utterance(asr: Recognizer, call: CascadeCall, text: str, utterance_id: int) -> None:
@@ -66,7 +66,7 @@ async def test_a_reply_starts_at_the_pause_is_held_and_plays_the_moment_the_turn
 
     async def script(asr, call, transport):
         _utterance(asr, call, "Can I book a table for four tonight?", 0)
-        await asyncio.sleep(0.45)  # the turn needs 1 s of silence: 0.15 s heard, 0.85 s to go
+        await asyncio.sleep(0.45)  # the turn needs 1 s of silence: 0.1 s heard, 0.9 s to go
         seen.update(requests=len(model.requests), tts=list(tts.texts), frames=len(transport.frames),
                     events=[e["type"] for e in transport.events], users=_users(call),
                     held=call.preemptive.turn is not None)
@@ -157,6 +157,23 @@ def test_first_clause_bounds():
         SegmentsConfig(first_min_words=5, first_max_words=3)
 
 
+def test_the_first_clause_ends_at_its_comma_before_the_next_token():
+    def first_segment_after(tokens: list[str], first_min_words: int = 1) -> list[tuple[int, str]]:
+        chunker = TextChunker(12, first_min_words=first_min_words, first_max_words=6)
+        return [(index, segment) for index, token in enumerate(tokens) for segment in chunker.push(token)]
+
+    # A comma after a word ends the first clause as soon as its token is in, not one token later.
+    assert first_segment_after(["Sure", ",", " I", " can"])[0] == (1, "Sure,")
+    assert first_segment_after(["Of", " course,", " I"], first_min_words=2)[0] == (1, "Of course,")
+    # Too few words for the bound, or a comma after a digit ("1,000" may go on): no early cut.
+    assert first_segment_after(["Sure,", " I"], first_min_words=2) == []
+    assert first_segment_after(["It", " costs", " 1", ",", "000", " dollars", " now", " ok", " then"])[0] == (
+        8, "It costs 1,000 dollars now ok")
+    # Later segments still wait for the whitespace: a comma there is not known to end a clause.
+    chunker = TextChunker(2, first_min_words=1, first_max_words=6)
+    assert chunker.push("Sure,") == ["Sure,"] and chunker.push(" I can help you,") == []
+
+
 async def test_a_held_reply_is_confirmed_only_for_the_same_words():
     async def emit(event):
         raise AssertionError("a held turn sends nothing")
@@ -190,3 +207,22 @@ async def test_a_final_that_arrives_after_the_caller_went_on_waits_for_the_rest(
 
     call, _ = await _call(_config(), script, model, tts)
     assert _users(call) == ["I need a table for two."]
+
+
+async def test_a_lagging_asr_final_waits_for_the_utterance_the_caller_went_on_with():
+    model, tts = Model(REPLY), Synthesizer()
+
+    async def script(asr, call, transport):
+        # Both utterances have ended before the first one's final comes (a loaded ASR).
+        for kind, utterance_id in (("speech_started", 0), ("speech_stopped", 0), ("speech_started", 1),
+                                   ("speech_stopped", 1)):
+            _say(asr, call, kind, utterance_id=utterance_id)
+        _say(asr, call, "final", "I was wondering if you could", 0)
+        await asyncio.sleep(1.5)  # longer than the turn's silence: the first words alone must not be a turn
+        assert not model.requests and not _users(call)
+        _say(asr, call, "final", "help me with my order.", 1)
+        await asyncio.sleep(2.5)
+
+    call, transport = await _call(_config(), script, model, tts)
+    assert _users(call) == ["I was wondering if you could help me with my order."]
+    assert len(model.requests) == 1 and len(transport.of_type("agent_audio_start")) == 1
