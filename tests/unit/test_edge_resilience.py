@@ -135,13 +135,9 @@ async def stage(request):
     await server.stop(None)
 
 
-@pytest.mark.parametrize(("stage", "gate"), [([Recognizer(fault)], gate) for gate in (None, SpeechGateConfig())
-                                             for fault in ("die", "stall", "no_final")],
-                         indirect=["stage"], ids=[f"{gate}-{fault}" for gate in ("ungated", "gated")
-                                                  for fault in ("died", "stalled", "final-overdue")])
-async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage, gate):
-    clients, servicer = stage
-    asr = AsrStream(clients, RATE, 300, FAST, gate=gate)
+async def speak_until_final(asr: AsrStream, frames: int) -> list:
+    """100 ms caller frames in real time (1 s of silence, then speech) until the stream's final
+    or `frames` of them; the stream's events up to the final."""
     events = []
 
     async def read():
@@ -151,13 +147,24 @@ async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage, gate)
                 return
 
     reader = asyncio.create_task(read())
-    for index in range(30):  # 100 ms frames in real time: 1 s of silence, then speech
+    for index in range(frames):
         if reader.done():
             break
         asr.send(float_to_pcm16(np.full(RATE // 10, 0.0 if index < 10 else 0.1, np.float32)))
         await asyncio.sleep(0.1)
     await asyncio.wait_for(reader, 5)
     asr.cancel()
+    return events
+
+
+@pytest.mark.parametrize(("stage", "gate"), [([Recognizer(fault)], gate) for gate in (None, SpeechGateConfig())
+                                             for fault in ("die", "stall", "no_final")],
+                         indirect=["stage"], ids=[f"{gate}-{fault}" for gate in ("ungated", "gated")
+                                                  for fault in ("died", "stalled", "final-overdue")])
+async def test_asr_replays_the_unfinished_utterance_on_a_new_stream(stage, gate):
+    clients, servicer = stage
+    asr = AsrStream(clients, RATE, 300, FAST, gate=gate)
+    events = await speak_until_final(asr, frames=30)
     assert len(servicer.streams) == 2 and asr.retries == 1
     # The second stream heard the utterance from its start, not only what came after the failure.
     assert servicer.speech[1] >= 0.8 and servicer.streams[1] - servicer.speech[1] <= FAST.asr_preroll_s + 0.11
@@ -176,22 +183,7 @@ async def test_asr_running_behind_still_gets_the_utterance_from_its_onset_on_a_n
     clients, servicer = stage
     asr = AsrStream(clients, RATE, 300, ResilienceConfig(retry_attempts=2, retry_backoff_ms=10, response_timeout_s=3.0,
                                                          stall_timeout_s=3.0), gate=SpeechGateConfig())
-    events = []
-
-    async def read():
-        async for event in asr.events():
-            events.append(event)
-            if event.WhichOneof("event") == "final":
-                return
-
-    reader = asyncio.create_task(read())
-    for index in range(40):  # 100 ms frames in real time: 1 s of silence, then speech
-        if reader.done():
-            break
-        asr.send(float_to_pcm16(np.full(RATE // 10, 0.0 if index < 10 else 0.1, np.float32)))
-        await asyncio.sleep(0.1)
-    await asyncio.wait_for(reader, 5)
-    asr.cancel()
+    events = await speak_until_final(asr, frames=40)
     assert len(servicer.streams) == 2 and asr.retries == 1
     starts = [e.speech_started.audio_offset_s for e in events if e.WhichOneof("event") == "speech_started"]
     # Had the replay been cut to the last pre-roll when the late onset arrived, the new stream's
