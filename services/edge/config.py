@@ -75,9 +75,9 @@ class PreemptiveConfig(Config):
     enabled: bool = True
     # The ASR's VAD ends an utterance after this much silence; its final starts the reply (LLM and
     # TTS), held until the turn is confirmed (min_silence_ms, or the end-of-turn model). Values
-    # above the turn's own silence have no effect. 100 ms: ~40 ms less TTFAT than 150, and no
-    # reply thrown away in the benchmark's runs (docs/benchmarks.md, TTFAT levers).
-    silence_ms: int = Field(100, ge=50, le=3000)
+    # above the turn's own silence have no effect. 100 ms takes ~40 ms off TTFAT, but the VAD then
+    # also ends utterances at a caller's comma pauses (docs/benchmarks.md, TTFAT levers): 150.
+    silence_ms: int = Field(150, ge=50, le=3000)
 
 
 class SegmentsConfig(Config):

@@ -73,8 +73,10 @@ async def test_asr_replica_killed_mid_utterance(edge_ws_url, edge_secret, ray_cl
     finals = [e for e in result.events if e["type"] == "transcript" and e["final"]]
     metrics = result.of_type("metrics")
     # The utterance cut by the kill still reached a final transcript (replayed), and both turns ran.
-    assert len(finals) == 2 and len(metrics) == 2, [
-        (e["utterance_id"], e["t"], e.get("start_s"), e["text"][:24]) for e in finals]
+    # Counted in turns: the ASR's VAD may end an utterance at a pause inside the sentence, which
+    # gives two finals for one turn (the edge joins them).
+    assert finals and finals[0]["utterance_id"] == 0 and finals[0]["t"] < 30, finals
+    assert len(metrics) == 2, [(e["utterance_id"], e["t"], e["text"][:24]) for e in finals]
     assert retries >= 1
     assert result.close_code == 1000
     await assert_quiet(ray_client)

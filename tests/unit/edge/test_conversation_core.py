@@ -58,7 +58,7 @@ async def test_a_greeting_interrupted_before_any_audio_leaves_no_assistant_text(
         async def script():
             await asyncio.sleep(0.3)
             asr.user_says("hello")
-        await run_call(call, transport, script, 0.4)  # confirmed at 300 ms of silence: 200 ms after the final
+        await run_call(call, transport, script, 0.4)  # confirmed at 300 ms of silence: 150 ms after the final
     assert transport.of_type("interruption")[0] == {**transport.of_type("interruption")[0], "turn_id": 1,
                                                     "heard_text": ""}
     assert not [e for e in transport.events if e["type"].startswith("agent_audio") and e["turn_id"] == 1]
