@@ -29,7 +29,7 @@ def _config(**turn_taking) -> EdgeConfig:
 
 
 def _say(asr: Recognizer, call: CascadeCall, kind: str, text: str = "", utterance_id: int = 0) -> None:
-    """One ASR event; the VAD's speech_stopped comes after its 100 ms of silence."""
+    """One ASR event; the VAD's speech_stopped comes after its 150 ms of silence."""
     script_asr(asr, call, kind, text, utterance_id, stopped_after_s=0.1)
 
 

@@ -103,9 +103,9 @@ async def test_in_a_call_a_cut_sentence_waits_for_the_rest_and_a_question_is_ans
         task = asyncio.create_task(call.run())
         feeder = asyncio.create_task(transport.speak(6.0, level=0.0))  # silence between utterances
         try:
-            # The VAD ends utterances after the preemptive silence (100 ms): a reply starts, held, while
+            # The VAD ends utterances after the preemptive silence (150 ms): a reply starts, held, while
             # the model is asked; it is played after the short silence if the caller sounds done.
-            assert call.endpointing.silence_ms == 100
+            assert call.endpointing.silence_ms == 150
             await utterance(call, transport, CUT[0], 0)
             await asyncio.sleep(0.6)
             assert not transport.of_type("agent_text")  # held: the caller sounded unfinished
