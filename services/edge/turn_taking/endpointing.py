@@ -24,7 +24,7 @@ from functools import cache
 
 import numpy as np
 
-from services.common.audio import resample
+from services.common.audio import pcm16_to_float, resample
 from services.common.recent_audio import RecentAudio
 from services.edge.config import TurnTakingConfig
 from services.edge.turn_taking.end_of_turn import EndOfTurnDetector, SilenceEndpointing
@@ -146,7 +146,7 @@ class Endpointing:
             cut_s = self._stop_offset_s + self.silence_ms / 1000
             drop = int(max(0.0, self._audio_end_s - cut_s) * self._input_rate)
         pcm = self._audio.held(drop_newest=drop)
-        return resample(pcm.astype(np.float32) / 32768.0, self._input_rate, SAMPLE_RATE)
+        return resample(pcm16_to_float(pcm.tobytes()), self._input_rate, SAMPLE_RATE)
 
     async def _finish(self) -> None:
         text, self._text, self._confirm_at, self._needed_s = " ".join(self._text), [], None, self._done_s
