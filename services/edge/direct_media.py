@@ -34,8 +34,8 @@ logger = logging.getLogger("ray.serve")
 
 MEDIA_PATH = "/v1/conversation"
 RETRY_AFTER_S = 2  # a full replica: another try is likely routed to another one
-SHUTDOWN_GRACE_S = 5.0
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # after the drain: connections still open get this long to close
+SHUTDOWN_GRACE_S = 5.0  # after the drain: connections still open get this long to close
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # bound to every interface: the advertised host is the node IP
 
 
 @dataclass(frozen=True)
