@@ -3,6 +3,7 @@
     python load/turn_latency.py [--levels 1 10 50] [--utterances 3] [--end-of-turn silence|smart_turn]
                                 [--asr-ms 50 --ttft-ms 100 --tok-ms 20 --ttfb-ms 80 --silence-ms 300]
                                 [--edge segments.first_min_words=1 turn_taking.preemptive.silence_ms=100 ...]
+                                [--transport websocket|direct]
                                 [--out out/turn_latency.json]
 
 Starts its own local Ray cluster (GCS 6450, dashboard 8350, HTTP 18500, gRPC 19500) running the
@@ -11,6 +12,8 @@ the ASR's VAD ends the utterance, a known 28-word reply streamed at `ttft_ms` + 
 token, audio `ttfb_ms` after each text segment. For each level N, N WebSocket callers connect
 (starts spread over 3 s), each speaks `--utterances` questions synthesized by espeak-ng, waits
 out the agent's reply in silence after each, and stays connected throughout (real time).
+`--transport direct` admits each call with `POST /v1/calls` and holds it on the edge replica's
+direct media endpoint instead of Serve's HTTP proxy (docs/websocket-protocol.md, "Direct media").
 
 Per turn: TTFAT at the caller = the first agent audio frame of the reply (after its
 `agent_audio_start`) minus the time the frame holding the end of the caller's speech actually
@@ -92,15 +95,28 @@ def turn_rows(call: TimedCall, bounds: list[tuple[int, int]]) -> list[dict]:
     return rows
 
 
-async def run_level(url: str, token: str, callers: int, utterances: int, processes) -> dict:
+async def call_target(url: str, transport: str) -> tuple[str, str]:
+    """(the URL to open the call on, its token): over Serve's proxy, or admitted for direct media
+    with a token of its own (the direct endpoint spends it)."""
+    token = caller_token()
+    if transport == "websocket":
+        return url, token
+    from services.edge.caller import admit
+
+    return await admit(url.replace("ws://", "http://").removesuffix("/v1/conversation"), token), token
+
+
+async def run_level(url: str, transport: str, callers: int, utterances: int, processes) -> dict:
     rng = random.Random(callers)
     plans = [caller_audio(index, utterances, rng) for index in range(callers)]
+    targets = [await call_target(url, transport) for _ in plans]
     lag: list[float] = []
     stop = asyncio.Event()
     lagging = asyncio.create_task(loop_lag(lag, stop))
     cpu_before, wall_before = cpu_by_group(processes), time.monotonic()
-    calls = await asyncio.gather(*(timed_call(url, token, audio, RATE, [b for pair in bounds for b in pair],
-                                              tail_s=1.0) for audio, bounds in plans))
+    calls = await asyncio.gather(*(timed_call(media_url, token, audio, RATE, [b for pair in bounds for b in pair],
+                                              tail_s=1.0)
+                                   for (media_url, token), (audio, bounds) in zip(targets, plans, strict=True)))
     wall = time.monotonic() - wall_before
     cpu_after = cpu_by_group(processes)
     stop.set()
@@ -141,12 +157,12 @@ def table(levels: list[dict], budget: float) -> str:
     return "\n".join(lines)
 
 
-async def run_levels(url: str, levels: list[int], utterances: int, processes) -> list[dict]:
-    token, results = caller_token(), []
-    await timed_call(url, token, np.zeros(RATE, np.float32), RATE, [], tail_s=0.5)  # warm the path
+async def run_levels(url: str, transport: str, levels: list[int], utterances: int, processes) -> list[dict]:
+    results = []
+    await timed_call(*await call_target(url, transport), np.zeros(RATE, np.float32), RATE, [], tail_s=0.5)  # warm
     for callers in levels:
         print(f"-- {callers} caller(s)", flush=True)
-        level = await run_level(url, token, callers, utterances, processes)
+        level = await run_level(url, transport, callers, utterances, processes)
         print(json.dumps({k: v for k, v in level.items() if k != "cpu_s"}), flush=True)
         results.append(level)
         await asyncio.sleep(3)
@@ -163,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--edge", nargs="*", default=[], metavar="PATH=VALUE", type=edge_setting,
                         help="edge args to set, e.g. segments.first_min_words=1 turn_taking.preemptive.silence_ms=100")
+    parser.add_argument("--transport", choices=("websocket", "direct"), default="websocket")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "turn_latency.json")
     args = parser.parse_args(argv)
     edge_args = nested(args.edge)
@@ -174,13 +191,15 @@ def main(argv: list[str] | None = None) -> int:
         import psutil
 
         processes = [*cluster_processes(cluster), psutil.Process()]
-        levels = asyncio.run(run_levels(url, args.levels, args.utterances, processes))
+        levels = asyncio.run(run_levels(url, args.transport, args.levels, args.utterances, processes))
     mode = "serial (no preemptive reply)" if args.no_preemptive else "preemptive reply"
-    print(f"\nreference engines {timings}, end of turn {args.end_of_turn}, {mode}, edge args {edge_args}\n\n"
+    print(f"\nreference engines {timings}, end of turn {args.end_of_turn}, {mode}, {args.transport} transport, "
+          f"edge args {edge_args}\n\n"
           f"{table(levels, budget)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"timings": vars(timings), "end_of_turn": args.end_of_turn, "budget_ms": budget,
                                     "preemptive": not args.no_preemptive, "edge_args": edge_args,
+                                    "transport": args.transport,
                                     "levels": levels, "loadavg_after": os.getloadavg()}, indent=1))
     print(f"-> {args.out}")
     return 0 if all(level["answered"] for level in levels) else 1

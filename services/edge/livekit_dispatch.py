@@ -157,10 +157,12 @@ class RoomAgents:
             try:
                 await transport.close()
             finally:
-                del self.rooms[room]
-                if not self.rooms and self._poll is not None:
-                    self._poll.cancel()  # no room left to be told to leave, no claim to keep alive
-                await asyncio.shield(self.registry.release(room, self.holder))
+                try:  # the cluster forgets the room before this replica does: no window holds neither
+                    await asyncio.shield(self.registry.release(room, self.holder))
+                finally:
+                    del self.rooms[room]
+                    if not self.rooms and self._poll is not None:
+                        self._poll.cancel()  # no room left to be told to leave, no claim to keep alive
 
     def _start_polling(self) -> None:
         if self._poll is None or self._poll.done():

@@ -121,11 +121,16 @@ async def test_http_dispatch_runs_a_turn_with_captions_metrics_and_agent_audio(
         assert [c.text for c in agent_captions if c.final] == spoken
         assert [c.final for c in agent_captions] == [False, True] * (len(agent_captions) // 2)
         assert all(c.track_sid == agent_track_sid(human) for c in agent_captions)
-        # The state a stock frontend shows, from the agent's participant attribute.
+        # The state a stock frontend shows, from the agent's participant attribute. The agent is
+        # `listening` again after the reply's end events; the attribute travels apart from them.
+        states = await human.wait_for("agent_state", 10, count=4)
+        assert [e["state"] for e in states][:4] == ["listening", "thinking", "speaking", "listening"]
         agent = next(p for p in human.room.remote_participants.values() if p.identity == AGENT)
+        for _ in range(100):
+            if agent.attributes.get("lk.agent.state") == "listening":
+                break
+            await asyncio.sleep(0.1)
         assert agent.attributes["lk.agent.state"] == "listening"
-        assert [e["state"] for e in human.of_type("agent_state")][:4] == ["listening", "thinking", "speaking",
-                                                                         "listening"]
         # The agent's voice reached the human through the room (tiny TTS: noise, but not silence).
         assert human.voiced_seconds_between(0.0, float("inf")) > 0.3
     finally:

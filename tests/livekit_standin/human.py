@@ -36,6 +36,14 @@ class Caption:
     text: str
 
 
+async def read_whole(reader: rtc.TextStreamReader) -> str | None:
+    """A text stream's text, or None when the room closed before all of it arrived."""
+    try:
+        return await reader.read_all()
+    except rtc.StreamError:
+        return None
+
+
 @dataclass
 class Human:
     url: str
@@ -114,15 +122,18 @@ class Human:
     def _on_caption(self, reader: rtc.TextStreamReader, sender: str) -> None:
         async def read() -> None:
             attributes = reader.info.attributes
-            text = await reader.read_all()
-            self.captions.append(Caption(sender, attributes.get("lk.transcribed_track_id", ""),
-                                         attributes.get("lk.segment_id", ""),
-                                         attributes.get("lk.transcription_final") == "true", text))
+            text = await read_whole(reader)
+            if text is not None:
+                self.captions.append(Caption(sender, attributes.get("lk.transcribed_track_id", ""),
+                                             attributes.get("lk.segment_id", ""),
+                                             attributes.get("lk.transcription_final") == "true", text))
         self._spawn(read())
 
     def _on_chat(self, reader: rtc.TextStreamReader, sender: str) -> None:
         async def read() -> None:
-            self.chat.append((sender, await reader.read_all()))
+            text = await read_whole(reader)
+            if text is not None:
+                self.chat.append((sender, text))
         self._spawn(read())
 
     def of_type(self, kind: str) -> list[dict]:
