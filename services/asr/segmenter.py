@@ -10,6 +10,9 @@ hysteresis (voiced from p >= threshold, unvoiced again below threshold - 0.15), 
 - in speech, min_silence_ms of unvoiced windows end the utterance: SpeechStopped (offset of the
   end of the last voiced window) then UtteranceEnded with the audio from pre_roll_ms before the
   start to pre_roll_ms after the end (less where the stream has less);
+- with pause_ms set, pause_ms of unvoiced windows inside an utterance are a pause: SpeechPaused
+  with the utterance's audio so far, and SpeechResumed if a voiced window follows before the
+  utterance ends (a pause is a hint; the utterance goes on);
 - an utterance whose audio reaches max_utterance_s is cut there (SpeechStopped at the cut, then
   UtteranceEnded); speech that goes on opens a new utterance starting at the cut.
 
@@ -48,7 +51,22 @@ class UtteranceEnded:
     end_s: float = 0.0  # stream time just after audio[-1]
 
 
-SegmenterEvent = SpeechStarted | SpeechStopped | UtteranceEnded
+@dataclass(frozen=True)
+class SpeechPaused:
+    speech_end_s: float  # where the speech before the pause ended
+    utterance_id: int
+    audio: np.ndarray = field(compare=False, repr=False)  # the utterance so far, pre-roll included
+    start_s: float = 0.0  # stream time of audio[0]
+    end_s: float = 0.0  # stream time just after audio[-1]
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    offset_s: float
+    utterance_id: int
+
+
+SegmenterEvent = SpeechStarted | SpeechStopped | UtteranceEnded | SpeechPaused | SpeechResumed
 
 _SILENCE, _CANDIDATE, _SPEECH = "silence", "candidate", "speech"
 
@@ -66,6 +84,7 @@ class UtteranceSegmenter:
         min_silence_ms: int = 300,
         pre_roll_ms: int = 200,
         max_utterance_s: float = 30.0,
+        pause_ms: int = 0,
     ):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
@@ -73,6 +92,8 @@ class UtteranceSegmenter:
             raise ValueError("min_speech_ms and pre_roll_ms must be >= 0, min_silence_ms > 0")
         if max_utterance_s * SAMPLE_RATE < 2 * WINDOW_SAMPLES:
             raise ValueError(f"max_utterance_s is too short: {max_utterance_s}")
+        if pause_ms < 0 or (pause_ms and pause_ms >= min_silence_ms):
+            raise ValueError(f"pause_ms must be 0 (off) or below min_silence_ms ({min_silence_ms}), got {pause_ms}")
         self.vad = vad if vad is not None else StreamingVAD()
         self.threshold = threshold
         self.neg_threshold = max(threshold - HYSTERESIS, 0.01)
@@ -80,6 +101,7 @@ class UtteranceSegmenter:
         self.min_silence_samples = _ms_to_samples(min_silence_ms)
         self.pre_roll_samples = _ms_to_samples(pre_roll_ms)
         self.max_utterance_samples = int(max_utterance_s * SAMPLE_RATE)
+        self.pause_samples = _ms_to_samples(pause_ms)
 
         self._pending = np.zeros(0, dtype=np.float32)  # samples short of a whole window
         self._samples_in = 0  # samples pushed
@@ -97,6 +119,7 @@ class UtteranceSegmenter:
         self._speech_end = 0
         self._voiced_run = 0
         self._silence_run = 0
+        self._paused = False  # a SpeechPaused was sent for the silence run in progress
         self._utterance_id = -1
 
     # --- public state -------------------------------------------------------------------------
@@ -192,6 +215,9 @@ class UtteranceSegmenter:
         # _SPEECH
         self._append(window)
         if self._voiced:
+            if self._paused:
+                self._paused = False
+                events.append(SpeechResumed(start / SAMPLE_RATE, self._utterance_id))
             self._speech_end = end
             self._silence_run = 0
         else:
@@ -199,6 +225,12 @@ class UtteranceSegmenter:
             if self._silence_run >= self.min_silence_samples:
                 self._end_utterance(events, self._speech_end)
                 return
+            if self.pause_samples and not self._paused and self._silence_run >= self.pause_samples:
+                self._paused = True
+                audio = np.concatenate(self._chunks)
+                start_s = self._audio_start / SAMPLE_RATE
+                events.append(SpeechPaused(self._speech_end / SAMPLE_RATE, self._utterance_id, audio, start_s,
+                                           start_s + audio.size / SAMPLE_RATE))
         self._check_cap(end, events)
 
     def _remember(self, audio: np.ndarray) -> None:
@@ -255,3 +287,4 @@ class UtteranceSegmenter:
         self._state = _SILENCE
         self._chunks, self._chunk_samples = [], 0
         self._voiced_run = self._silence_run = 0
+        self._paused = False

@@ -4,6 +4,10 @@ The reader feeds audio to the segmenter as it arrives; a single decoder task run
 decodes never pile up: at most one partial is pending, finals are never dropped, and every event
 of an utterance is emitted before the next utterance's final.
 
+A pause inside an utterance (when the client asks for them) is decoded at once with the final's
+options; when the utterance then ends with no speech after the pause, its final reuses that
+decode, so a client that starts its reply on the pause loses nothing and the engine decodes once.
+
 With tracing on, each decode adds two children to the stream's server span: `asr.queue` (the
 job waiting for the replica's engine worker, from when its audio was ready) and `asr.decode`.
 """
@@ -42,6 +46,7 @@ class StreamSettings:
     partial_interval_s: float | None  # None: no partials
     progress_interval_s: float | None  # None: no Progress events
     max_frame_bytes: int
+    pause_ms: int = 0  # 0: no pause decodes
 
     @classmethod
     def from_request(cls, request: asr_pb2.RecognitionConfig, defaults: ASRConfig) -> StreamSettings:
@@ -54,6 +59,10 @@ class StreamSettings:
             raise invalid_argument(f"progress_interval_ms must be 0 or {MIN_PROGRESS_MS}-{MAX_PROGRESS_MS}, "
                                    f"got {request.progress_interval_ms}")
         partial_ms = request.partial_interval_ms or defaults.partial_interval_ms
+        min_silence_ms = request.min_silence_ms or defaults.min_silence_ms
+        if request.pause_ms < 0 or (request.pause_ms and request.pause_ms >= min_silence_ms):
+            raise invalid_argument(f"pause_ms must be 0 or below the stream's min_silence_ms ({min_silence_ms}), "
+                                   f"got {request.pause_ms}")
         return cls(
             sample_rate=rate,
             options=DecodeOptions(
@@ -61,10 +70,11 @@ class StreamSettings:
                 beam_size=request.beam_size or defaults.beam_size,
                 word_timestamps=request.word_timestamps,
             ),
-            min_silence_ms=request.min_silence_ms or defaults.min_silence_ms,
+            min_silence_ms=min_silence_ms,
             partial_interval_s=None if partial_ms < 0 else partial_ms / 1000,
             progress_interval_s=request.progress_interval_ms / 1000 or None,
             max_frame_bytes=rate * defaults.max_frame_ms // 1000 * 2,
+            pause_ms=request.pause_ms,
         )
 
 
@@ -80,6 +90,15 @@ def frame_audio(request: asr_pb2.RecognizeRequest, settings: StreamSettings) -> 
     raise invalid_argument(f"unexpected `{kind}` message after the config")
 
 
+@dataclass
+class _Pause:
+    """A pause inside an utterance: its decode, once done, and whether the caller went on since."""
+
+    speech_end_s: float
+    resumed: bool = False
+    result: asr_pb2.Transcript | None = None
+
+
 @dataclass(frozen=True)
 class _Decode:
     utterance_id: int
@@ -88,6 +107,8 @@ class _Decode:
     end_s: float
     final: bool
     queued_at: float = field(default_factory=time.monotonic)  # its audio was ready to decode
+    # A pause's decode (not final), or the pause whose decode a final reuses when it is done.
+    pause: _Pause | None = None
 
 
 _END = object()
@@ -101,6 +122,7 @@ class RecognitionSession:
         self._events: asyncio.Queue = asyncio.Queue()
         self._decodes: asyncio.Queue = asyncio.Queue()
         self._pending_partial: _Decode | None = None
+        self._open_pause: _Pause | None = None  # the utterance in progress paused, not resumed since
         self._utterances = 0
 
     async def run(self, requests: AsyncIterator[asr_pb2.RecognizeRequest]) -> AsyncIterator[asr_pb2.RecognizeResponse]:
@@ -123,6 +145,7 @@ class RecognitionSession:
             min_silence_ms=settings.min_silence_ms,
             pre_roll_ms=self._config.pre_roll_ms,
             max_utterance_s=self._config.max_utterance_s,
+            pause_ms=settings.pause_ms,
         )
         next_partial_at = 0.0
         next_progress_at = settings.progress_interval_s
@@ -156,7 +179,20 @@ class RecognitionSession:
         elif isinstance(event, seg.UtteranceEnded):
             self._utterances += 1
             self._pending_partial = None  # the final supersedes it
-            self._decodes.put_nowait(_Decode(event.utterance_id, event.audio, event.start_s, event.end_s, True))
+            pause, self._open_pause = self._open_pause, None
+            self._decodes.put_nowait(_Decode(event.utterance_id, event.audio, event.start_s, event.end_s, True,
+                                             pause=pause))
+        elif isinstance(event, seg.SpeechPaused):
+            self._pending_partial = None  # the pause's decode is newer
+            self._open_pause = _Pause(event.speech_end_s)
+            self._decodes.put_nowait(_Decode(event.utterance_id, event.audio, event.start_s, event.end_s, False,
+                                             pause=self._open_pause))
+        elif isinstance(event, seg.SpeechResumed):
+            if self._open_pause is not None:
+                self._open_pause.resumed = True
+                self._open_pause = None
+            self._emit(speech_resumed=asr_pb2.SpeechResumed(
+                audio_offset_s=event.offset_s, utterance_id=event.utterance_id))
 
     def _request_partial(self, segmenter: seg.UtteranceSegmenter) -> None:
         audio = segmenter.current_audio()
@@ -178,21 +214,41 @@ class RecognitionSession:
                 if pending is None or pending.utterance_id != job[1]:
                     continue
                 job, self._pending_partial = pending, None
-            started = time.perf_counter()
-            result, began, ended = await self._worker.run(
-                telemetry.timed, self._engine.transcribe, job.audio, options if job.final else partial_options)
-            transcript = asr_pb2.Transcript(
-                utterance_id=job.utterance_id, text=result.text.strip(), start_s=job.start_s, end_s=job.end_s,
-                language=result.language, decode_s=time.perf_counter() - started,
-                words=[common_pb2.WordTiming(word=w.word, start_s=job.start_s + w.start_s, end_s=job.start_s + w.end_s,
-                                             probability=w.probability) for w in result.words],
-            )
-            self._emit(**{"final" if job.final else "partial": transcript})
-            metrics.observe_queue_wait("asr", began - job.queued_at)
-            if self._span.is_recording():
-                self._trace_decode(job, transcript.text, began, ended)
+            pause = job.pause
+            if job.final and pause is not None and pause.result is not None:
+                # Nothing was said after the pause: the final's words are the pause's.
+                transcript = asr_pb2.Transcript()
+                transcript.CopyFrom(pause.result)
+                transcript.end_s, transcript.decode_s = job.end_s, 0.0
+                self._emit(final=transcript)
+                continue
+            if pause is not None and not job.final and pause.resumed:
+                continue  # the caller went on before its decode began
+            transcript = await self._transcribe(job, options if job.final or pause else partial_options)
+            if job.final:
+                self._emit(final=transcript)
+            elif pause is None:
+                self._emit(partial=transcript)
+            else:
+                pause.result = transcript
+                if not pause.resumed:
+                    self._emit(pause=asr_pb2.Pause(transcript=transcript, speech_end_s=pause.speech_end_s))
         self._emit(summary=self._summary)
         self._events.put_nowait(_END)
+
+    async def _transcribe(self, job: _Decode, options: DecodeOptions) -> asr_pb2.Transcript:
+        started = time.perf_counter()
+        result, began, ended = await self._worker.run(telemetry.timed, self._engine.transcribe, job.audio, options)
+        transcript = asr_pb2.Transcript(
+            utterance_id=job.utterance_id, text=result.text.strip(), start_s=job.start_s, end_s=job.end_s,
+            language=result.language, decode_s=time.perf_counter() - started,
+            words=[common_pb2.WordTiming(word=w.word, start_s=job.start_s + w.start_s, end_s=job.start_s + w.end_s,
+                                         probability=w.probability) for w in result.words],
+        )
+        metrics.observe_queue_wait("asr", began - job.queued_at)
+        if self._span.is_recording():
+            self._trace_decode(job, transcript.text, began, ended)
+        return transcript
 
     def _emit(self, **event) -> None:
         self._events.put_nowait(asr_pb2.RecognizeResponse(**event))

@@ -20,9 +20,11 @@ class Recognize:
     """SpeechRecognition.Recognize requests."""
 
     @staticmethod
-    def config(sample_rate: int, *, min_silence_ms: int = 0, progress_interval_ms: int = 0) -> asr_pb2.RecognizeRequest:
+    def config(sample_rate: int, *, min_silence_ms: int = 0, progress_interval_ms: int = 0,
+               pause_ms: int = 0) -> asr_pb2.RecognizeRequest:
         return asr_pb2.RecognizeRequest(config=asr_pb2.RecognitionConfig(
-            sample_rate_hz=sample_rate, min_silence_ms=min_silence_ms, progress_interval_ms=progress_interval_ms))
+            sample_rate_hz=sample_rate, min_silence_ms=min_silence_ms, progress_interval_ms=progress_interval_ms,
+            pause_ms=pause_ms))
 
     @staticmethod
     def audio(pcm: bytes) -> asr_pb2.RecognizeRequest:

@@ -66,7 +66,8 @@ class CascadeCall(CallCore):
 
     async def _open(self, metadata: Metadata) -> None:
         self.asr = AsrStream(self.stages, self.transport.input_sample_rate, self.endpointing.silence_ms,
-                             self.config.resilience, metadata, gate=self.config.stages.speech_gate)
+                             self.config.resilience, metadata, gate=self.config.stages.speech_gate,
+                             pause_ms=self.endpointing.pause_ms)
 
     def _start(self, tasks: asyncio.TaskGroup) -> None:
         self._tasks = tasks
@@ -123,6 +124,10 @@ class CascadeCall(CallCore):
                 self._speech_end = self.asr.wall_time_at(event.speech_stopped.audio_offset_s)
                 self._vad_stopped = time.monotonic()
                 await self.emit(UserSpeechStopped(event.speech_stopped.utterance_id))
+            elif kind == "speech_resumed":
+                await self._discard_preemptive()  # the caller goes on after a pause
+            elif kind == "pause":
+                await self._on_pause_transcript(event.pause)
             elif kind in ("partial", "final"):
                 transcript = getattr(event, kind)
                 if kind == "final":
@@ -133,6 +138,18 @@ class CascadeCall(CallCore):
                 elif (await self.overlap.final(self.turn, transcript.text, transcript.language, transcript.utterance_id)
                       or self.turn is None):  # no agent turn: even a final without words ends a pause
                     await self.endpointing.final(transcript.text, transcript.utterance_id)
+
+    async def _on_pause_transcript(self, pause) -> None:
+        """The caller's words so far, decoded at a pause inside their utterance: an interim
+        transcript; with the agent silent, the reply to them may start (held)."""
+        transcript = pause.transcript
+        await self.emit(Transcript(transcript.utterance_id, transcript.text, final=False))
+        if self.turn is not None:
+            await self.overlap.partial(self.turn, transcript.text, transcript.language, self.asr.sent_s)
+            return
+        self._speech_end = self.asr.wall_time_at(pause.speech_end_s)  # the held reply's TTFAT counts from here
+        self._vad_stopped = time.monotonic()
+        await self.endpointing.paused(transcript.text, transcript.utterance_id)
 
     async def _on_user_turn(self, text: str, utterance_id: int | None) -> None:
         held = self.preemptive.confirm(text)

@@ -78,6 +78,10 @@ class PreemptiveConfig(Config):
     # above the turn's own silence have no effect. 100 ms takes ~40 ms off TTFAT, but the VAD then
     # also ends utterances at a caller's comma pauses (docs/benchmarks.md, TTFAT levers): 150.
     silence_ms: int = Field(150, ge=50, le=3000)
+    # Sooner still: the ASR decodes the utterance so far at a pause this long inside it (0: off),
+    # without ending the utterance, and the reply starts on that. If the caller goes on, the reply
+    # is thrown away; if not, the utterance's final reuses the decode. Below silence_ms to count.
+    pause_ms: int = Field(64, ge=0, le=3000)
 
 
 class SegmentsConfig(Config):

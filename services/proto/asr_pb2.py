@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.proto import common_pb2 as parley_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13parley/v1/asr.proto\x12\tparley.v1\x1a\x16parley/v1/common.proto\"\x98\x01\n\x10RecognizeRequest\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.parley.v1.RecognitionConfigH\x00\x12&\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x15.parley.v1.AudioChunkH\x00\x12!\n\x05\x66lush\x18\x03 \x01(\x0b\x32\x10.parley.v1.FlushH\x00\x42\t\n\x07request\"\xbc\x01\n\x11RecognitionConfig\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\x05\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x11\n\tbeam_size\x18\x03 \x01(\x05\x12\x16\n\x0emin_silence_ms\x18\x04 \x01(\x05\x12\x1b\n\x13partial_interval_ms\x18\x05 \x01(\x05\x12\x17\n\x0fword_timestamps\x18\x06 \x01(\x08\x12\x1c\n\x14progress_interval_ms\x18\x07 \x01(\x05\"\xac\x02\n\x11RecognizeResponse\x12\x32\n\x0espeech_started\x18\x01 \x01(\x0b\x32\x18.parley.v1.SpeechStartedH\x00\x12\x32\n\x0espeech_stopped\x18\x02 \x01(\x0b\x32\x18.parley.v1.SpeechStoppedH\x00\x12(\n\x07partial\x18\x03 \x01(\x0b\x32\x15.parley.v1.TranscriptH\x00\x12&\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x15.parley.v1.TranscriptH\x00\x12+\n\x07summary\x18\x05 \x01(\x0b\x32\x18.parley.v1.StreamSummaryH\x00\x12\'\n\x08progress\x18\x06 \x01(\x0b\x32\x13.parley.v1.ProgressH\x00\x42\x07\n\x05\x65vent\"=\n\rSpeechStarted\x12\x16\n\x0e\x61udio_offset_s\x18\x01 \x01(\x01\x12\x14\n\x0cutterance_id\x18\x02 \x01(\x05\"=\n\rSpeechStopped\x12\x16\n\x0e\x61udio_offset_s\x18\x01 \x01(\x01\x12\x14\n\x0cutterance_id\x18\x02 \x01(\x05\"\x9a\x01\n\nTranscript\x12\x14\n\x0cutterance_id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\x12\x10\n\x08language\x18\x05 \x01(\t\x12$\n\x05words\x18\x06 \x03(\x0b\x32\x15.parley.v1.WordTiming\x12\x10\n\x08\x64\x65\x63ode_s\x18\x07 \x01(\x01\"\x1b\n\x08Progress\x12\x0f\n\x07\x61udio_s\x18\x01 \x01(\x01\"4\n\rStreamSummary\x12\x0f\n\x07\x61udio_s\x18\x01 \x01(\x01\x12\x12\n\nutterances\x18\x02 \x01(\x05\x32_\n\x11SpeechRecognition\x12J\n\tRecognize\x12\x1b.parley.v1.RecognizeRequest\x1a\x1c.parley.v1.RecognizeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13parley/v1/asr.proto\x12\tparley.v1\x1a\x16parley/v1/common.proto\"\x98\x01\n\x10RecognizeRequest\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.parley.v1.RecognitionConfigH\x00\x12&\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x15.parley.v1.AudioChunkH\x00\x12!\n\x05\x66lush\x18\x03 \x01(\x0b\x32\x10.parley.v1.FlushH\x00\x42\t\n\x07request\"\xce\x01\n\x11RecognitionConfig\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\x05\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x11\n\tbeam_size\x18\x03 \x01(\x05\x12\x16\n\x0emin_silence_ms\x18\x04 \x01(\x05\x12\x1b\n\x13partial_interval_ms\x18\x05 \x01(\x05\x12\x17\n\x0fword_timestamps\x18\x06 \x01(\x08\x12\x1c\n\x14progress_interval_ms\x18\x07 \x01(\x05\x12\x10\n\x08pause_ms\x18\x08 \x01(\x05\"\x83\x03\n\x11RecognizeResponse\x12\x32\n\x0espeech_started\x18\x01 \x01(\x0b\x32\x18.parley.v1.SpeechStartedH\x00\x12\x32\n\x0espeech_stopped\x18\x02 \x01(\x0b\x32\x18.parley.v1.SpeechStoppedH\x00\x12(\n\x07partial\x18\x03 \x01(\x0b\x32\x15.parley.v1.TranscriptH\x00\x12&\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x15.parley.v1.TranscriptH\x00\x12+\n\x07summary\x18\x05 \x01(\x0b\x32\x18.parley.v1.StreamSummaryH\x00\x12\'\n\x08progress\x18\x06 \x01(\x0b\x32\x13.parley.v1.ProgressH\x00\x12!\n\x05pause\x18\x07 \x01(\x0b\x32\x10.parley.v1.PauseH\x00\x12\x32\n\x0espeech_resumed\x18\x08 \x01(\x0b\x32\x18.parley.v1.SpeechResumedH\x00\x42\x07\n\x05\x65vent\"=\n\rSpeechStarted\x12\x16\n\x0e\x61udio_offset_s\x18\x01 \x01(\x01\x12\x14\n\x0cutterance_id\x18\x02 \x01(\x05\"=\n\rSpeechStopped\x12\x16\n\x0e\x61udio_offset_s\x18\x01 \x01(\x01\x12\x14\n\x0cutterance_id\x18\x02 \x01(\x05\"H\n\x05Pause\x12)\n\ntranscript\x18\x01 \x01(\x0b\x32\x15.parley.v1.Transcript\x12\x14\n\x0cspeech_end_s\x18\x02 \x01(\x01\"=\n\rSpeechResumed\x12\x16\n\x0e\x61udio_offset_s\x18\x01 \x01(\x01\x12\x14\n\x0cutterance_id\x18\x02 \x01(\x05\"\x9a\x01\n\nTranscript\x12\x14\n\x0cutterance_id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\x12\x10\n\x08language\x18\x05 \x01(\t\x12$\n\x05words\x18\x06 \x03(\x0b\x32\x15.parley.v1.WordTiming\x12\x10\n\x08\x64\x65\x63ode_s\x18\x07 \x01(\x01\"\x1b\n\x08Progress\x12\x0f\n\x07\x61udio_s\x18\x01 \x01(\x01\"4\n\rStreamSummary\x12\x0f\n\x07\x61udio_s\x18\x01 \x01(\x01\x12\x12\n\nutterances\x18\x02 \x01(\x05\x32_\n\x11SpeechRecognition\x12J\n\tRecognize\x12\x1b.parley.v1.RecognizeRequest\x1a\x1c.parley.v1.RecognizeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOGNIZEREQUEST']._serialized_start=59
   _globals['_RECOGNIZEREQUEST']._serialized_end=211
   _globals['_RECOGNITIONCONFIG']._serialized_start=214
-  _globals['_RECOGNITIONCONFIG']._serialized_end=402
-  _globals['_RECOGNIZERESPONSE']._serialized_start=405
-  _globals['_RECOGNIZERESPONSE']._serialized_end=705
-  _globals['_SPEECHSTARTED']._serialized_start=707
-  _globals['_SPEECHSTARTED']._serialized_end=768
-  _globals['_SPEECHSTOPPED']._serialized_start=770
-  _globals['_SPEECHSTOPPED']._serialized_end=831
-  _globals['_TRANSCRIPT']._serialized_start=834
-  _globals['_TRANSCRIPT']._serialized_end=988
-  _globals['_PROGRESS']._serialized_start=990
-  _globals['_PROGRESS']._serialized_end=1017
-  _globals['_STREAMSUMMARY']._serialized_start=1019
-  _globals['_STREAMSUMMARY']._serialized_end=1071
-  _globals['_SPEECHRECOGNITION']._serialized_start=1073
-  _globals['_SPEECHRECOGNITION']._serialized_end=1168
+  _globals['_RECOGNITIONCONFIG']._serialized_end=420
+  _globals['_RECOGNIZERESPONSE']._serialized_start=423
+  _globals['_RECOGNIZERESPONSE']._serialized_end=810
+  _globals['_SPEECHSTARTED']._serialized_start=812
+  _globals['_SPEECHSTARTED']._serialized_end=873
+  _globals['_SPEECHSTOPPED']._serialized_start=875
+  _globals['_SPEECHSTOPPED']._serialized_end=936
+  _globals['_PAUSE']._serialized_start=938
+  _globals['_PAUSE']._serialized_end=1010
+  _globals['_SPEECHRESUMED']._serialized_start=1012
+  _globals['_SPEECHRESUMED']._serialized_end=1073
+  _globals['_TRANSCRIPT']._serialized_start=1076
+  _globals['_TRANSCRIPT']._serialized_end=1230
+  _globals['_PROGRESS']._serialized_start=1232
+  _globals['_PROGRESS']._serialized_end=1259
+  _globals['_STREAMSUMMARY']._serialized_start=1261
+  _globals['_STREAMSUMMARY']._serialized_end=1313
+  _globals['_SPEECHRECOGNITION']._serialized_start=1315
+  _globals['_SPEECHRECOGNITION']._serialized_end=1410
 # @@protoc_insertion_point(module_scope)

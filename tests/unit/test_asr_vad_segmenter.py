@@ -294,6 +294,33 @@ def test_short_pauses_do_not_end_the_utterance():
     assert kinds(events) == ["SpeechStarted", "SpeechStopped", "UtteranceEnded"]
 
 
+def test_a_pause_inside_an_utterance_is_told_with_the_audio_so_far_and_a_resume_after_it():
+    # Speech, a 200 ms pause (pause_ms 64: told; min_silence_ms 300: not an end), speech, silence.
+    stream = scripted((0.0, 0.5), (0.9, 0.5), (0.0, 0.2), (0.9, 0.5), (0.0, 0.5))
+    events = push_chunked(scripted_segmenter(min_silence_ms=300, pause_ms=64), stream, 20)
+    assert kinds(events) == ["SpeechStarted", "SpeechPaused", "SpeechResumed", "SpeechPaused",
+                             "SpeechStopped", "UtteranceEnded"]
+    started, paused, resumed, last_pause, stopped, ended = events
+    assert {e.utterance_id for e in events} == {0}
+    first_end = started.offset_s + round(0.5 * SR / WINDOW_SAMPLES) * W
+    assert paused.speech_end_s == pytest.approx(first_end)
+    # Told after 2 silent windows (64 ms), with everything from the pre-roll up to then.
+    assert paused.end_s == pytest.approx(first_end + 2 * W)
+    assert paused.start_s == pytest.approx(ended.start_s)
+    assert paused.audio.size == round((paused.end_s - paused.start_s) * SR)
+    assert resumed.offset_s == pytest.approx(first_end + round(0.2 * SR / WINDOW_SAMPLES) * W)
+    # The pause before the end is told too, with the speech end that the stop then reports.
+    assert last_pause.speech_end_s == pytest.approx(stopped.offset_s)
+    # Without pause_ms the same stream tells no pause: it is opt-in.
+    assert "SpeechPaused" not in kinds(push_chunked(scripted_segmenter(min_silence_ms=300), stream, 20))
+
+
+@pytest.mark.parametrize("pause_ms", [-1, 300, 400])
+def test_pause_ms_must_be_below_min_silence(pause_ms):
+    with pytest.raises(ValueError, match="pause_ms"):
+        scripted_segmenter(min_silence_ms=300, pause_ms=pause_ms)
+
+
 def test_max_utterance_cuts_long_speech_and_keeps_memory_bounded():
     stream = scripted((0.0, 0.5), (0.9, 5.0), (0.0, 1.0))
     seg = scripted_segmenter(max_utterance_s=2.0)

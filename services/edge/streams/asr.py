@@ -65,10 +65,10 @@ class AsrStream:
     """One call's recognizer stream, continuous across re-opens."""
 
     def __init__(self, stages: StageClients, sample_rate: int, min_silence_ms: int, config: ResilienceConfig,
-                 metadata: Metadata = (), gate: SpeechGateConfig | None = None):
+                 metadata: Metadata = (), gate: SpeechGateConfig | None = None, pause_ms: int = 0):
         self._stages, self._rate, self._config, self._metadata = stages, sample_rate, config, metadata
         self.gate = SpeechGate(gate, sample_rate) if gate is not None and gate.enabled else None
-        self._min_silence_ms = min_silence_ms
+        self._min_silence_ms, self._pause_ms = min_silence_ms, pause_ms
         self._budget = RetryBudget("asr", config)
         self._call = self._open()
         self._sent: deque[tuple[float, bytes]] = deque()  # (stream offset, audio) kept for replay
@@ -87,7 +87,8 @@ class AsrStream:
         self._deadline = Deadline(self._due)
 
     def _open(self) -> BidiCall:
-        first = Recognize.config(self._rate, min_silence_ms=self._min_silence_ms, progress_interval_ms=PROGRESS_MS)
+        first = Recognize.config(self._rate, min_silence_ms=self._min_silence_ms, progress_interval_ms=PROGRESS_MS,
+                                 pause_ms=self._pause_ms)
         return BidiCall(self._stages.asr.Recognize, first, self._stages.config.asr_application, self._metadata)
 
     @property
@@ -164,9 +165,12 @@ class AsrStream:
     def _shift(self, event):
         kind = event.WhichOneof("event")
         body = getattr(event, kind) if kind else None
-        if kind in ("speech_started", "speech_stopped"):
+        if kind in ("speech_started", "speech_stopped", "speech_resumed"):
             body.audio_offset_s = self._offsets.to_call(body.audio_offset_s)
-        if kind in ("speech_started", "speech_stopped", "partial", "final"):
+        elif kind == "pause":
+            body.speech_end_s = self._offsets.to_call(body.speech_end_s)
+            body = body.transcript
+        if kind in ("speech_started", "speech_stopped", "speech_resumed", "pause", "partial", "final"):
             body.utterance_id += self._utterance_base
         if kind == "speech_started":
             self._speech_from = body.audio_offset_s

@@ -12,7 +12,8 @@ The ASR's VAD ends an utterance after the shortest of these silences (with preem
 `preemptive.silence_ms`), so a final comes early: `on_pause` is told the turn's text at once and
 may start a reply, held until `on_turn` confirms it: once the rest of the turn's silence has
 passed after the final with no new speech, checked as caller audio arrives and by a timer
-(`wake`) for a caller whose audio stops.
+(`wake`) for a caller whose audio stops. Earlier still, the ASR decodes the utterance so far at a
+shorter pause inside it (`preemptive.pause_ms`, `paused`): `on_pause` is told then.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class Endpointing:
         # What the ASR's VAD waits before it ends an utterance (and a preemptive reply may start).
         done_ms = round(self._done_s * 1000)
         self.silence_ms = min(done_ms, settings.preemptive.silence_ms) if self._on_pause else done_ms
+        # ... and the pause inside an utterance at which it decodes the words so far (0: never).
+        pause_ms = settings.preemptive.pause_ms if self._on_pause else 0
+        self.pause_ms = pause_ms if pause_ms < self.silence_ms else 0
         # The caller's recent PCM as it came (int16, input rate): decoded and resampled only when read.
         self._input_rate = input_rate
         self._audio = RecentAudio(_KEEP_S * input_rate, np.int16) if self.uses_audio else None
@@ -98,6 +102,13 @@ class Endpointing:
     def speech_stopped(self, offset_s: float) -> None:
         self._stop_offset_s = offset_s
         self._speaking = False
+
+    async def paused(self, text: str, utterance_id: int) -> None:
+        """The ASR's decode of the caller's utterance so far, at a short pause inside it: a reply
+        may start on the turn's words with it (the caller may yet go on: it is only held)."""
+        if self._on_pause is None or not text.strip() or utterance_id < self._latest_utterance:
+            return
+        await self._on_pause(" ".join([*self._text, text.strip()]), utterance_id)
 
     async def final(self, text: str, utterance_id: int) -> None:
         """A final transcript that is the caller's (not a backchannel); it may have no words (noise

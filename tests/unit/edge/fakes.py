@@ -79,14 +79,20 @@ class Recognizer(asr_pb2_grpc.SpeechRecognitionServicer):
 
     def __init__(self):
         self.script: asyncio.Queue = asyncio.Queue()
+        self.configs: list[asr_pb2.RecognitionConfig] = []  # each stream's first message
 
     async def Recognize(self, requests, context):
-        reader = asyncio.create_task(_drain(requests))
+        reader = asyncio.create_task(self._read(requests))
         try:
             while True:
                 yield await self.script.get()
         finally:
             reader.cancel()
+
+    async def _read(self, requests) -> None:
+        async for request in requests:
+            if request.WhichOneof("request") == "config":
+                self.configs.append(request.config)
 
     def user_says(self, text: str, utterance_id: int = 0) -> None:
         for event in (asr_pb2.RecognizeResponse(speech_started=asr_pb2.SpeechStarted(utterance_id=utterance_id)),
@@ -244,14 +250,17 @@ async def run_call(call, transport: FakeTransport, script, seconds: float) -> No
 def script_asr(asr: Recognizer, call, kind: str, text: str = "", utterance_id: int = 0,
                stopped_after_s: float = 0.0) -> None:
     """Script one ASR event at the call's current stream offset (`speech_stopped` dated
-    `stopped_after_s` back: the silence the VAD heard before deciding)."""
+    `stopped_after_s` back: the silence the VAD heard before deciding; so is a `pause`)."""
     offset = call.asr.sent_s
-    if kind == "speech_started":
-        event = asr_pb2.RecognizeResponse(speech_started=asr_pb2.SpeechStarted(utterance_id=utterance_id,
-                                                                              audio_offset_s=offset))
+    if kind in ("speech_started", "speech_resumed"):
+        event = asr_pb2.RecognizeResponse(**{kind: {"utterance_id": utterance_id, "audio_offset_s": offset}})
     elif kind == "speech_stopped":
         event = asr_pb2.RecognizeResponse(speech_stopped=asr_pb2.SpeechStopped(
             utterance_id=utterance_id, audio_offset_s=offset - stopped_after_s))
+    elif kind == "pause":  # the utterance so far, decoded at a pause inside it
+        event = asr_pb2.RecognizeResponse(pause=asr_pb2.Pause(
+            transcript=asr_pb2.Transcript(utterance_id=utterance_id, text=text, language="en"),
+            speech_end_s=offset - stopped_after_s))
     else:
         event = asr_pb2.RecognizeResponse(**{kind: asr_pb2.Transcript(utterance_id=utterance_id, text=text,
                                                                        language="en")})

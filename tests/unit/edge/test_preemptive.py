@@ -38,9 +38,10 @@ def _utterance(asr: Recognizer, call: CascadeCall, text: str, utterance_id: int)
         _say(asr, call, kind, text, utterance_id)
 
 
-async def _call(config: EdgeConfig, script, model: Model, tts: Synthesizer, seconds: float = 6.0):
+async def _call(config: EdgeConfig, script, model: Model, tts: Synthesizer, seconds: float = 6.0,
+                asr: Recognizer | None = None):
     """A call whose caller streams silence in real time throughout; `script` plays the ASR's part."""
-    asr = Recognizer()
+    asr = asr or Recognizer()
     async with Stages(asr, model, tts) as stages:
         transport = FakeTransport(greeting=False)
         call = CascadeCall(transport, stages.clients, config, "p1")
@@ -226,3 +227,68 @@ async def test_a_lagging_asr_final_waits_for_the_utterance_the_caller_went_on_wi
     call, transport = await _call(_config(), script, model, tts)
     assert _users(call) == ["I was wondering if you could help me with my order."]
     assert len(model.requests) == 1 and len(transport.of_type("agent_audio_start")) == 1
+
+
+async def test_a_reply_starts_on_the_asrs_pause_decode_and_the_final_with_the_same_words_keeps_it():
+    model, tts = Model(REPLY), Synthesizer()
+    seen: dict = {}
+
+    async def script(asr, call, transport):
+        _say(asr, call, "speech_started", utterance_id=0)
+        await asyncio.sleep(0.2)
+        script_asr(asr, call, "pause", "Can I book a table for four tonight?", 0, stopped_after_s=0.064)
+        await asyncio.sleep(0.3)  # the utterance is not over yet: the ASR's VAD waits 150 ms
+        seen.update(requests=len(model.requests), held=call.preemptive.turn is not None, frames=len(transport.frames))
+        _say(asr, call, "speech_stopped", utterance_id=0)
+        _say(asr, call, "final", "Can I book a table for four tonight?", 0)
+        await asyncio.sleep(2.5)
+
+    asr = Recognizer()
+    call, transport = await _call(_config(), script, model, tts, asr=asr)
+    # The edge asked the ASR for pause decodes shorter than the silence that ends an utterance.
+    [config] = asr.configs
+    assert config.pause_ms == 64 and config.min_silence_ms == 150
+    # The reply started on the pause, held; the final said the same words: the same reply played.
+    assert seen == {"requests": 1, "held": True, "frames": 0}
+    assert len(model.requests) == 1 and model.cancelled == 0 and transport.frames
+    assert _users(call) == ["Can I book a table for four tonight?"]
+    assert transport.of_type("metrics")[0]["preemptive"] is True and call.preemptive.confirmed == 1
+    # The pause's words reached the client as an interim transcript.
+    interim = [e["text"] for e in transport.of_type("transcript") if not e["final"]]
+    assert interim == ["Can I book a table for four tonight?"]
+
+
+async def test_speech_resumed_after_a_pause_discards_the_reply_started_on_it():
+    model, tts = Model(REPLY, delay_s=0.2), Synthesizer()
+    seen: dict = {}
+
+    async def script(asr, call, transport):
+        _say(asr, call, "speech_started", utterance_id=0)
+        script_asr(asr, call, "pause", "I would like to book a table", 0, stopped_after_s=0.064)
+        await asyncio.sleep(0.4)
+        seen["held"] = call.preemptive.turn is not None
+        _say(asr, call, "speech_resumed", utterance_id=0)  # the caller goes on: same utterance
+        await asyncio.sleep(0.4)
+        seen.update(cancelled=model.cancelled, held_after=call.preemptive.turn is not None)
+        _say(asr, call, "speech_stopped", utterance_id=0)
+        _say(asr, call, "final", "I would like to book a table for four people.", 0)
+        await asyncio.sleep(4.0)
+
+    call, transport = await _call(_config(), script, model, tts)
+    assert seen == {"held": True, "cancelled": 1, "held_after": False}
+    assert [r.messages[-1].content for r in model.requests] == ["I would like to book a table",
+                                                                "I would like to book a table for four people."]
+    assert _users(call) == ["I would like to book a table for four people."]
+    assert transport.of_type("metrics")[0]["discarded_replies"] == 1
+
+
+@pytest.mark.parametrize(("preemptive", "asked"), [({}, 64), ({"pause_ms": 0}, 0), ({"pause_ms": 150}, 0),
+                                                    ({"enabled": False}, 0)])
+async def test_pause_decodes_are_asked_for_only_below_the_utterance_silence_with_preemptive_replies(
+        preemptive, asked):
+    async def script(asr, call, transport):
+        await asyncio.sleep(0.1)
+
+    asr = Recognizer()
+    await _call(_config(preemptive=preemptive), script, Model(REPLY), Synthesizer(), seconds=0.5, asr=asr)
+    assert [config.pause_ms for config in asr.configs] == [asked]
