@@ -148,7 +148,7 @@ class CascadeCall(CallCore):
             await self.overlap.partial(self.turn, transcript.text, transcript.language, self.asr.sent_s)
             return
         self._speech_end = self.asr.wall_time_at(pause.speech_end_s)  # the held reply's TTFAT counts from here
-        self._vad_stopped = time.monotonic()
+        self._vad_stopped = time.monotonic() - transcript.decode_s  # when the pause was heard, less its decode
         await self.endpointing.paused(transcript.text, transcript.utterance_id)
 
     async def _on_user_turn(self, text: str, utterance_id: int | None) -> None:
