@@ -255,7 +255,8 @@ class RecognitionSession:
 
     def _trace_decode(self, job: _Decode, text: str, began: float, ended: float) -> None:
         parent = trace.set_span_in_context(self._span)
-        facts = {attr.UTTERANCE_ID: job.utterance_id, attr.ASR_FINAL: job.final}
+        facts = {attr.UTTERANCE_ID: job.utterance_id, attr.ASR_FINAL: job.final,
+                 attr.ASR_PAUSE: job.pause is not None and not job.final}
         _tracer.start_span(attr.SPAN_ASR_QUEUE, parent, attributes=facts,
                            start_time=telemetry.epoch_ns(job.queued_at)).end(telemetry.epoch_ns(began))
         decode = _tracer.start_span(attr.SPAN_ASR_DECODE, parent, start_time=telemetry.epoch_ns(began), attributes={

