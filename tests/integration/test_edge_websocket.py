@@ -46,9 +46,9 @@ async def test_a_turn_completes_with_consistent_metrics(edge_ws_url, edge_secret
     assert metrics["first_sentence_ms"] >= metrics["llm_ttft_ms"]
     assert metrics["ttfat_ms"] >= sum(metrics[name] for name in parts) - 1.0
     # The reply starts on the ASR's decode at a 64 ms pause (2 VAD windows, then up to a 40 ms
-    # frame and the hop); the rest of the turn's silence (300 ms) is in turn_confirm_ms, while the
-    # reply is prepared.
-    assert 60 <= metrics["endpointing_ms"] <= 1000
+    # frame and the hop; a little less where the caller's frames arrived unevenly); the rest of
+    # the turn's silence (300 ms) is in turn_confirm_ms, while the reply is prepared.
+    assert 30 <= metrics["endpointing_ms"] <= 1000
     assert metrics["turn_confirm_ms"] is not None and metrics["turn_confirm_ms"] >= 0
     # Agent audio came at the real-time pace, not in a burst.
     seconds = result.audio.size / result.output_sample_rate
