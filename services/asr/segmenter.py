@@ -71,6 +71,12 @@ SegmenterEvent = SpeechStarted | SpeechStopped | UtteranceEnded | SpeechPaused |
 _SILENCE, _CANDIDATE, _SPEECH = "silence", "candidate", "speech"
 
 
+def check_pause_ms(pause_ms: int, min_silence_ms: int) -> None:
+    """A pause is 0 (off) or a silence shorter than the one that ends an utterance."""
+    if pause_ms < 0 or (pause_ms and pause_ms >= min_silence_ms):
+        raise ValueError(f"pause_ms must be 0 (off) or below min_silence_ms ({min_silence_ms}), got {pause_ms}")
+
+
 def _ms_to_samples(ms: float) -> int:
     return int(round(ms * SAMPLE_RATE / 1000))
 
@@ -92,8 +98,7 @@ class UtteranceSegmenter:
             raise ValueError("min_speech_ms and pre_roll_ms must be >= 0, min_silence_ms > 0")
         if max_utterance_s * SAMPLE_RATE < 2 * WINDOW_SAMPLES:
             raise ValueError(f"max_utterance_s is too short: {max_utterance_s}")
-        if pause_ms < 0 or (pause_ms and pause_ms >= min_silence_ms):
-            raise ValueError(f"pause_ms must be 0 (off) or below min_silence_ms ({min_silence_ms}), got {pause_ms}")
+        check_pause_ms(pause_ms, min_silence_ms)
         self.vad = vad if vad is not None else StreamingVAD()
         self.threshold = threshold
         self.neg_threshold = max(threshold - HYSTERESIS, 0.01)

@@ -60,9 +60,10 @@ class StreamSettings:
                                    f"got {request.progress_interval_ms}")
         partial_ms = request.partial_interval_ms or defaults.partial_interval_ms
         min_silence_ms = request.min_silence_ms or defaults.min_silence_ms
-        if request.pause_ms < 0 or (request.pause_ms and request.pause_ms >= min_silence_ms):
-            raise invalid_argument(f"pause_ms must be 0 or below the stream's min_silence_ms ({min_silence_ms}), "
-                                   f"got {request.pause_ms}")
+        try:
+            seg.check_pause_ms(request.pause_ms, min_silence_ms)
+        except ValueError as error:
+            raise invalid_argument(str(error)) from None
         return cls(
             sample_rate=rate,
             options=DecodeOptions(

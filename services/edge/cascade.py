@@ -34,6 +34,7 @@ from services.edge.turn_taking.endpointing import Endpointing, detector_for
 from services.edge.turn_taking.idle import IdleAction, IdleCaller, IdleHangUp
 from services.edge.turn_taking.overlap import Overlap
 from services.edge.turn_taking.preemptive import PreemptiveReply
+from services.proto import asr_pb2
 
 
 class CascadeCall(CallCore):
@@ -139,7 +140,7 @@ class CascadeCall(CallCore):
                       or self.turn is None):  # no agent turn: even a final without words ends a pause
                     await self.endpointing.final(transcript.text, transcript.utterance_id)
 
-    async def _on_pause_transcript(self, pause) -> None:
+    async def _on_pause_transcript(self, pause: asr_pb2.Pause) -> None:
         """The caller's words so far, decoded at a pause inside their utterance: an interim
         transcript; with the agent silent, the reply to them may start (held)."""
         transcript = pause.transcript
