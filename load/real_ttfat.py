@@ -2,7 +2,7 @@
 
     parley up                      # the real CPU set (serve_config.cpu.yaml, `parley models cpu`)
     python load/real_ttfat.py [--turns 20] [--url ws://127.0.0.1:8000/v1/conversation]
-                              [--config serve_config.cpu.yaml] [--out out/real_ttfat.json]
+                              [--config serve_config.cpu.yaml] [--models cpu-fast] [--out out/real_ttfat.json]
     python load/real_ttfat.py --own-cluster   # starts and stops its own cluster (GCS 6445,
                                               # dashboard 8345, HTTP 18450, gRPC 19450) instead
 
@@ -198,12 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--url", default="ws://127.0.0.1:8000/v1/conversation")
     parser.add_argument("--config", type=Path, default=ROOT / "serve_config.cpu.yaml")
+    parser.add_argument("--models", default=None,
+                        help="point the config at this model set first (e.g. cpu-fast: Whisper tiny.en)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "real_ttfat.json")
     parser.add_argument("--skip-engines", action="store_true", help="only the calls, no in-process engine timings")
     parser.add_argument("--own-cluster", action="store_true", help="start a private cluster (see the ports above)")
     parser.add_argument("--engines-only", action="store_true", help="no calls: only the in-process engine timings")
     parser.add_argument("--engine-threads", type=int, help="override every engine's thread count in-process")
     args = parser.parse_args(argv)
+    if args.models:
+        from services.cluster import render_config
+
+        target = ROOT / "out" / f"serve_config.{args.models}.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        args.config = render_config(args.config, target, models=args.models)
 
     import jwt
 

@@ -3,8 +3,8 @@ orchestration benchmark (turn_latency.py) and the turn-taking evaluation (turn_e
 
 The config is serve_config.cpu.yaml with the cascade's applications only (asr, llm, tts, edge),
 LiveKit off, each stage's engine replaced by its reference engine (or, for the evaluation, the
-ASR kept real: Whisper must hear which words a caller said), and the edge's end of turn set to
-silence endpointing or Smart Turn.
+ASR kept real, Whisper base or another model directory: Whisper must hear which words a caller
+said), and the edge's end of turn set to silence endpointing or Smart Turn.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = "load.reference_engines"
 STAGES = ("asr", "llm", "tts", "edge")
+WHISPER_BASE = "models/cpu/whisper-base"
 STREAMS_PER_REPLICA = 256  # one ASR and one TTS stream per call: room for every caller of a run
 
 
@@ -49,9 +50,10 @@ class Ports:
 
 def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_turn: str = "silence",
                      real_asr: bool = False, preemptive: bool = True, edge_args: dict | None = None,
-                     partials: bool = True) -> Path:
-    """Write the serve config (see the module docstring) to `target`. `edge_args` are merged into
-    the edge's args last (a benchmark's lever: `{"segments": {"first_min_words": 1}}`)."""
+                     partials: bool = True, asr_model: str = WHISPER_BASE) -> Path:
+    """Write the serve config (see the module docstring) to `target`. With `real_asr` the ASR runs
+    Whisper from `asr_model`. `edge_args` are merged into the edge's args last (a benchmark's
+    lever: `{"segments": {"first_min_words": 1}}`)."""
     from services.cluster import render_config
 
     render_config(ROOT / "serve_config.cpu.yaml", target, http_port=ports.http, grpc_port=ports.grpc,
@@ -60,7 +62,9 @@ def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_tur
     apps = {app["name"]: app for app in config["applications"]}
     if not partials:  # a partial decode in flight at the end of speech delays the final
         apps["asr"]["args"]["partial_interval_ms"] = 600_000
-    if not real_asr:
+    if real_asr:
+        apps["asr"]["args"]["engine"]["model"] = asr_model
+    else:
         apps["asr"]["args"]["engine"] = {"kind": f"{ENGINES}:ReferenceASR", "asr_ms": timings.asr_ms,
                                          "num_workers": 64}
         # No partial transcripts: the reference ASR answers every decode after asr_ms, and a
@@ -100,7 +104,7 @@ def _merge(target: dict, overrides: dict) -> None:
 @contextmanager
 def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "silence", real_asr: bool = False,
                       preemptive: bool = True, edge_args: dict | None = None, partials: bool = True,
-                      log=print) -> Iterator[tuple[str, object]]:
+                      asr_model: str = WHISPER_BASE, log=print) -> Iterator[tuple[str, object]]:
     """A private local cluster running the reference config; yields (the edge's WebSocket URL, the
     LocalCluster). The cluster is stopped after."""
     from services.cluster import LocalCluster
@@ -109,7 +113,8 @@ def reference_cluster(timings: Timings, ports: Ports, *, end_of_turn: str = "sil
                            env={"RAY_AUTH_MODE": "disabled", "RAY_SERVE_LOG_TO_STDERR": "0"})
     with tempfile.TemporaryDirectory() as tmp:
         config = reference_config(Path(tmp) / "serve.yaml", timings, ports, end_of_turn=end_of_turn, real_asr=real_asr,
-                                  preemptive=preemptive, edge_args=edge_args, partials=partials)
+                                  preemptive=preemptive, edge_args=edge_args, partials=partials,
+                                  asr_model=asr_model)
         cluster.stop()  # a cluster of ours left behind by an interrupted run
         cluster.start(log=log)
         try:

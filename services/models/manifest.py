@@ -106,6 +106,11 @@ class ModelSet(Config):
 
     @model_validator(mode="after")
     def _sources(self) -> ModelSet:
+        stages = [model.stage for model in self.models.values()]
+        if len(stages) != len(set(stages)):
+            # A set points each stage at one model (services/models/overlay.py).
+            raise ValueError(f"a set has one model per stage; these stages have several: "
+                             f"{sorted({stage for stage in stages if stages.count(stage) > 1})}")
         for name, model in self.models.items():
             needs = {"registry": bool(model.wheels), "hub": bool(model.repo and model.files),
                      "builder": bool(model.builder)}[self.source]

@@ -78,9 +78,11 @@ def missing_models(config: dict, workdir: Path) -> list[str]:
 
 
 def fetch_command_for(path: str) -> str:
-    """The command that makes a missing model directory, judged by its set's root."""
+    """The command that makes a missing model directory: the first set with that root that has a
+    model of that name (cpu and cpu-fast share a root)."""
     for name, model_set in load_manifest().sets.items():
-        if path.startswith(model_set.root.rstrip("/") + "/"):
+        root = model_set.root.rstrip("/") + "/"
+        if path.startswith(root) and path[len(root):].split("/")[0] in model_set.models:
             if model_set.source == "hub":
                 return f"parley models pull {name.removeprefix('hub-')}"
             return f"parley models {name}"

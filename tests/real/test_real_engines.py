@@ -16,6 +16,8 @@ from services.asr.engine import SAMPLE_RATE, DecodeOptions
 from services.common.audio import resample
 from tests.speech import espeak, wer
 
+TINY_EN_WER_BOUND = 0.25  # measured 18.8% at beam 1, the same as base
+
 SENTENCES = (
     "The capital of France is Paris.",
     "Please book a table for two people tonight.",
@@ -46,6 +48,16 @@ def test_whisper_transcribes_espeak_speech(whisper, spoken, beam_size, bound):
     for reference, heard in pairs:
         print(f"  {reference!r} -> {heard!r}")
     assert score <= bound
+
+
+def test_whisper_tiny_en_transcribes_espeak_speech(whisper_tiny_en, spoken):
+    """The cpu-fast set's ASR: fetched, loaded and decoding English (its speed: docs/benchmarks.md)."""
+    heard = [whisper_tiny_en.transcribe(audio, DecodeOptions(beam_size=1)).text for audio in spoken]
+    score = wer(list(zip(SENTENCES, heard)))
+    print(f"\nWhisper tiny.en on espeak-ng speech, beam 1: WER {score:.1%}")
+    for reference, text in zip(SENTENCES, heard):
+        print(f"  {reference!r} -> {text!r}")
+    assert score <= TINY_EN_WER_BOUND
 
 
 def test_kokoro_speech_transcribes_back(whisper, kokoro):

@@ -22,14 +22,32 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGE_CONFIGS = {"asr": ASRConfig, "llm": LLMConfig, "tts": TTSConfig, "moshi": MoshiConfig}
 
 
-def test_every_registry_file_has_a_pinned_hash_size_and_license():
-    cpu = load_manifest().get("cpu")
-    assert {spec.stage for spec in cpu.models.values()} == {"asr", "llm", "tts", "turn"}
-    for name, spec in cpu.models.items():
+@pytest.mark.parametrize("set_name", ["cpu", "cpu-fast"])
+def test_every_registry_file_has_a_pinned_hash_size_and_license(set_name):
+    model_set = load_manifest().get(set_name)
+    assert {spec.stage for spec in model_set.models.values()} == {"asr", "llm", "tts", "turn"}
+    for name, spec in model_set.models.items():
         assert spec.license and spec.wheels, name
         for path, file in {**spec.files, **spec.inputs}.items():
             assert file.sha256 and file.size and file.parts, f"{name}/{path}"
-    assert load_manifest().get("cpu").models["kokoro-82m-onnx"].engine["default_voice"] == "jf_alpha"
+    assert model_set.models["kokoro-82m-onnx"].engine["default_voice"] == "jf_alpha"
+
+
+def test_cpu_fast_differs_from_cpu_only_in_its_asr_and_shares_the_root():
+    cpu, fast = load_manifest().get("cpu"), load_manifest().get("cpu-fast")
+    assert fast.root == cpu.root
+    shared = {name: spec for name, spec in fast.models.items() if spec.stage != "asr"}
+    assert shared == {name: spec for name, spec in cpu.models.items() if spec.stage != "asr"}
+    [asr] = [name for name, spec in fast.models.items() if spec.stage == "asr"]
+    assert asr == "whisper-tiny.en" and asr not in cpu.models
+
+
+def test_a_set_has_one_model_per_stage():
+    data = yaml.safe_load((ROOT / "services/models/manifest.yaml").read_text())
+    cpu = data["sets"]["cpu"]["models"]
+    cpu["whisper-tiny.en"] = data["sets"]["cpu-fast"]["models"]["whisper-tiny.en"]
+    with pytest.raises(ValidationError, match=r"one model per stage.*\['asr'\]"):
+        Manifest.model_validate(data)
 
 
 def test_the_manifest_rejects_parts_from_unlisted_wheels():
@@ -40,7 +58,7 @@ def test_the_manifest_rejects_parts_from_unlisted_wheels():
         Manifest.model_validate(data)
 
 
-@pytest.mark.parametrize("set_name", ["cpu", "tiny", "hub-cpu", "hub-gpu"])
+@pytest.mark.parametrize("set_name", ["cpu", "cpu-fast", "tiny", "hub-cpu", "hub-gpu"])
 def test_each_set_gives_configs_the_stages_accept(set_name):
     model_set = load_manifest().get(set_name)
     base = yaml.safe_load((ROOT / model_set.base_config).read_text())
@@ -79,6 +97,8 @@ def test_missing_models_name_the_command_that_makes_them(tmp_path):
     missing = missing_models(base, tmp_path)  # an empty directory: nothing fetched
     assert "asr: models/cpu/whisper-base" in missing and "moshi: models/tiny/moshi" in missing
     assert fetch_command_for("models/cpu/whisper-base") == "parley models cpu"
+    assert fetch_command_for("models/cpu/whisper-tiny.en") == "parley models cpu-fast"
+    assert fetch_command_for("models/cpu/smart-turn-v3.2") == "parley models cpu"
     assert fetch_command_for("models/tiny/moshi") == "parley models tiny"
     assert fetch_command_for("models/hub-gpu/kokoro-82m") == "parley models pull gpu"
 

@@ -173,3 +173,9 @@ def test_the_reference_config_can_turn_the_real_asrs_partials_off_and_set_edge_a
         assert ("partial_interval_ms" in apps["asr"]) is not partials
         assert apps["edge"]["turn_taking"]["preemptive"] == {"enabled": True, "silence_ms": 96}
         assert apps["edge"]["turn_taking"]["end_of_turn"]["kind"] == "smart_turn"
+        assert apps["asr"]["engine"]["model"] == "models/cpu/whisper-base"
+    tiny_en = reference_config(tmp_path / "tiny.en.yaml", Timings(), ports, real_asr=True,
+                               asr_model="models/cpu/whisper-tiny.en")
+    apps = {app["name"]: app["args"] for app in yaml.safe_load(tiny_en.read_text())["applications"]}
+    assert apps["asr"]["engine"]["kind"] == "faster_whisper"
+    assert apps["asr"]["engine"]["model"] == "models/cpu/whisper-tiny.en"
