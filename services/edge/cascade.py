@@ -158,7 +158,7 @@ class CascadeCall(CallCore):
             await self._discard_preemptive()  # it answered other words
         if self.turn is not None:
             await self.interrupt()
-        self.history.add("user", text)
+        self.history.add_user(text)
         if held is not None:  # play the reply prepared for exactly these words
             held.timeline.turn_confirmed = time.monotonic()
             self.turn = held

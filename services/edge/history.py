@@ -45,6 +45,20 @@ class ChatHistory:
             self._chars -= len(old.content) + sum(len(c.arguments_json) + len(c.name) for c in old.tool_calls)
         return message
 
+    def add_user(self, content: str) -> Message:
+        """A caller turn. One that follows a reply the caller never heard (cut before its first
+        audio: they went on after a pause) joins the turn that reply answered: they said one
+        thing, and some chat templates refuse two user messages in a row."""
+        if len(self._messages) >= 2:
+            unheard, previous = self._messages[-1], self._messages[-2]
+            if (unheard.role == "assistant" and unheard.interrupted and not unheard.content and not unheard.tool_calls
+                    and previous.role == "user"):
+                self._messages.pop()
+                self._messages.pop()
+                self._chars -= len(previous.content)
+                content = f"{previous.content} {content}"
+        return self.add("user", content)
+
     def resolve(self, message: Message, content: str) -> None:
         """Fill in a placeholder's content (a late tool result); a no-op once it was dropped."""
         for index, kept in enumerate(self._messages):

@@ -63,13 +63,16 @@ class InterruptPolicy:
             return not words_of(text)  # no list for the language: only silence is a backchannel
         return words.matches(text)
 
-    def on_speech(self, speech_s: float) -> Verdict:
-        """The caller has been speaking over the agent for `speech_s` (VAD)."""
+    def on_speech(self, speech_s: float, agent_heard: bool = True) -> Verdict:
+        """The caller has been speaking over the agent turn for `speech_s` (VAD). A reply the
+        caller has not heard yet (`agent_heard` False: still thinking) is held at once: the
+        caller is going on after a pause, and holding it costs them nothing; their words then
+        decide, as for a barge-in."""
         if not self._enabled:
             return Verdict.WAIT
         if speech_s >= self._long_s:
             return Verdict.INTERRUPT  # long enough to be a turn, whatever its words turn out to be
-        return Verdict.PAUSE if speech_s >= self._pause_s else Verdict.WAIT
+        return Verdict.PAUSE if speech_s >= self._pause_s or not agent_heard else Verdict.WAIT
 
     def on_partial(self, text: str, language: str = "", speech_s: float = 0.0) -> Verdict:
         """A partial transcript of speech over the agent: interrupt as soon as real words come,

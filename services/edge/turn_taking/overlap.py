@@ -1,7 +1,8 @@
 """Caller speech over an agent turn, from its onset to a verdict (services/edge/turn_taking/interrupt.py).
 
 Enough speech pauses the agent's audio (the caller hears it stop within `barge_in_min_speech_ms`)
-while the LLM and TTS go on filling the queue. Then a transcript with real words, or speech long
+while the LLM and TTS go on filling the queue; a reply not heard yet is held at the speech's onset
+(a caller going on after a pause is not answered mid-sentence). Then a transcript with real words, or speech long
 enough, interrupts the turn; a backchannel, a final without words, or no transcript within
 `false_interruption_timeout_ms` of the speech ending resumes the agent where it stopped (a false
 interruption). The timeout is checked as caller audio arrives, so it needs no task of its own.
@@ -51,7 +52,7 @@ class Overlap:
         if turn is None:
             return
         if self._speech_from is not None:
-            verdict = self.policy.on_speech(sent_s - self._speech_from)
+            verdict = self.policy.on_speech(sent_s - self._speech_from, agent_heard=turn.audio_started)
             if verdict is Verdict.INTERRUPT:
                 await self._interrupt()
             elif verdict is Verdict.PAUSE:

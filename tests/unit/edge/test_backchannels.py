@@ -62,10 +62,14 @@ def test_speech_length_bounds():
     policy = InterruptPolicy(TurnTakingConfig(barge_in_min_speech_ms=300, barge_in_long_speech_ms=1000))
     assert policy.on_speech(0.29) is Verdict.WAIT and policy.on_speech(0.3) is Verdict.PAUSE
     assert policy.on_speech(1.0) is Verdict.INTERRUPT
+    # A reply not heard yet is held at the first speech; speech long enough still interrupts it.
+    assert policy.on_speech(0.0, agent_heard=False) is Verdict.PAUSE
+    assert policy.on_speech(1.0, agent_heard=False) is Verdict.INTERRUPT
     assert policy.on_partial("what about", "en", speech_s=0.1) is Verdict.WAIT  # too short to trust
     assert policy.on_partial("what about", "en", speech_s=0.4) is Verdict.INTERRUPT
     assert policy.on_partial("mm-hmm", "en", speech_s=0.9) is Verdict.WAIT
     assert InterruptPolicy(TurnTakingConfig(barge_in=False)).on_speech(5.0) is Verdict.WAIT
+    assert InterruptPolicy(TurnTakingConfig(barge_in=False)).on_speech(0.0, agent_heard=False) is Verdict.WAIT
     with pytest.raises(ValueError):
         TurnTakingConfig(barge_in_min_speech_ms=800, barge_in_long_speech_ms=500)
     with pytest.raises(ValueError):

@@ -292,3 +292,49 @@ async def test_pause_decodes_are_asked_for_only_below_the_utterance_silence_with
     asr = Recognizer()
     await _call(_config(preemptive=preemptive), script, Model(REPLY), Synthesizer(), seconds=0.5, asr=asr)
     assert [config.pause_ms for config in asr.configs] == [asked]
+
+
+async def test_a_caller_going_on_before_the_reply_is_heard_holds_it_at_once_and_says_one_turn():
+    """The turn was confirmed (a short pause taken for its end) and the reply is still thinking
+    when the caller goes on: it is held at their first speech, not after barge_in_min_speech_ms,
+    their words interrupt it before any of it played, and both utterances are one caller turn."""
+    model, tts = Model(REPLY, delay_s=0.25), Synthesizer()  # the first clause takes ~0.5 s
+    seen: dict = {}
+
+    async def script(asr, call, transport):
+        _utterance(asr, call, "Could you move my appointment to", 0)
+        await asyncio.sleep(0.35)  # the turn is confirmed (100 ms of silence), its reply thinking
+        seen["first_turn"] = call.turn.id
+        _say(asr, call, "speech_started", utterance_id=1)
+        await asyncio.sleep(0.5)
+        seen.update(frames=len(transport.frames), paused=[e["turn_id"] for e in transport.of_type("agent_paused")])
+        _say(asr, call, "speech_stopped", utterance_id=1)
+        _say(asr, call, "final", "next Tuesday morning?", 1)
+        await asyncio.sleep(3.0)
+
+    call, transport = await _call(_config(min_silence_ms=100, preemptive={"enabled": False}), script, model, tts)
+    assert seen["paused"] == [seen["first_turn"]] and seen["frames"] == 0
+    assert not [e for e in transport.of_type("agent_audio_start") if e["turn_id"] == seen["first_turn"]]
+    assert transport.of_type("interruption")[0]["heard_text"] == ""
+    joined = "Could you move my appointment to next Tuesday morning?"
+    assert [r.messages[-1].content for r in model.requests] == ["Could you move my appointment to", joined]
+    assert call.history.messages()[1:] == [("user", joined), ("assistant", REPLY)]
+
+
+async def test_a_cough_before_the_reply_is_heard_holds_it_and_then_it_plays_whole():
+    model, tts = Model(REPLY, delay_s=0.25), Synthesizer()
+
+    async def script(asr, call, transport):
+        _utterance(asr, call, "What time is it?", 0)
+        await asyncio.sleep(0.35)
+        _say(asr, call, "speech_started", utterance_id=1)
+        await asyncio.sleep(0.2)
+        _say(asr, call, "speech_stopped", utterance_id=1)
+        _say(asr, call, "final", "", 1)  # no words: noise
+        await asyncio.sleep(3.0)
+
+    call, transport = await _call(_config(min_silence_ms=100, preemptive={"enabled": False}), script, model, tts)
+    types = [event["type"] for event in transport.events]
+    assert types.count("agent_paused") == types.count("agent_resumed") == 1 and "interruption" not in types
+    assert call.history.messages()[1:] == [("user", "What time is it?"), ("assistant", REPLY)]
+    assert len(model.requests) == 1
