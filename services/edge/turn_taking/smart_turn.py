@@ -2,10 +2,13 @@
 
 The model reads the last 8 s of the caller's audio (16 kHz; shorter audio is zero-padded at the
 start) as Whisper log-mel features, 80 bins x 800 frames, and returns the probability that the
-caller has finished their turn. It hears prosody (a falling pitch, a trailing "and..."), so a
-caller who pauses mid-thought gets more time than one who asked a complete question. The model
-file comes from a registry wheel (services/models/manifest.yaml, `parley models cpu`); nothing
-of the package that ships it is imported.
+caller has finished their turn. It hears prosody (a falling pitch, a trailing "and..."), so a caller
+who pauses mid-thought gets more time than one who asked a complete question. The transcript has a
+say too: Whisper writes an ellipsis where the caller trailed off ("I need a taxi from the airport
+to..."), and such a turn is unfinished whatever the audio sounds like (robotic or flat speech fools
+the prosody model more than it fools Whisper). The model file comes from a registry wheel
+(services/models/manifest.yaml, `parley models cpu`); nothing of the package that ships it is
+imported.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ from services.edge.turn_taking.features import SAMPLE_RATE, whisper_log_mel
 
 MODEL_FILE = "smart-turn-v3.2-cpu.onnx"
 WINDOW_S = 8
+TRAILING_OFF = ("...", "…")  # how Whisper ends the words of a caller who trailed off
+
+
+def trails_off(text: str) -> bool:
+    """The transcript ends in an ellipsis: the caller left the sentence hanging."""
+    return text.rstrip().endswith(TRAILING_OFF)
 
 
 class SmartTurn:
@@ -54,7 +63,7 @@ class SmartTurn:
         return float(np.asarray(output).reshape(-1)[0])
 
     def is_end_of_turn(self, final_text: str, audio: np.ndarray | None = None) -> bool:
-        if not final_text.strip():
+        if not final_text.strip() or trails_off(final_text):
             return False
         if audio is None or audio.size == 0:
             return True  # nothing to judge by: the silence decides, as without the model

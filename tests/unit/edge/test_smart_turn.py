@@ -51,6 +51,17 @@ def test_a_complete_question_ends_the_turn_and_a_cut_sentence_does_not(detector)
     assert not strict.is_end_of_turn(COMPLETE[0], _paused(COMPLETE[0]))
 
 
+def test_words_that_trail_off_are_unfinished_whatever_the_audio(detector):
+    """Whisper's ellipsis ("...to...") says the caller left the sentence hanging: the complete
+    question's audio, which alone ends the turn, does not end it with such words."""
+    audio = _paused(COMPLETE[0])
+    calls = detector.calls
+    assert detector.is_end_of_turn("I need a taxi from the airport to.", audio)
+    assert not detector.is_end_of_turn("I need a taxi from the airport to...", audio)
+    assert not detector.is_end_of_turn("What I really want to know is… ", audio)
+    assert detector.calls == calls + 1  # the words alone decided: no model run for them
+
+
 def test_cpu_per_call_is_counted(detector):
     # What a call costs is a benchmark (load/gpu_bench.py --sections smart_turn); here: it is counted.
     audio = _paused(COMPLETE[1])
