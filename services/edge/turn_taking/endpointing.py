@@ -19,6 +19,7 @@ shorter pause inside it (`preemptive.pause_ms`, `paused`): `on_pause` is told th
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import cache
@@ -32,6 +33,10 @@ from services.edge.turn_taking.end_of_turn import EndOfTurnDetector, SilenceEndp
 from services.edge.turn_taking.features import SAMPLE_RATE
 
 _KEEP_S = 10  # caller audio kept for the detector (it reads the last 8 s)
+# A detector that has not answered by then is not waited for: the silence decides, as without a
+# model (a stuck model run must not leave the caller's turn unconfirmed for the rest of the call).
+DETECTOR_TIMEOUT_S = 2.0
+logger = logging.getLogger(__name__)
 
 
 @cache
@@ -81,6 +86,7 @@ class Endpointing:
         self._speaking = False  # the caller speaks now (a final may come after their next words began)
         self._latest_utterance = -1  # the caller's latest utterance (an older one's final waits for its final)
         self.waits = 0  # turns the detector held back (the caller sounded unfinished)
+        self.detector_timeouts = 0
 
     def push(self, pcm: bytes, rate: int) -> None:
         """Caller audio as sent to the ASR."""
@@ -145,7 +151,13 @@ class Endpointing:
         """The silence after which `text` is the caller's turn: short if they sound done."""
         if not self.uses_audio:
             return self._done_s if self.detector.is_end_of_turn(text) else self._max_s
-        done = await asyncio.to_thread(self.detector.is_end_of_turn, text, self._pause_audio())
+        try:
+            done = await asyncio.wait_for(asyncio.to_thread(self.detector.is_end_of_turn, text, self._pause_audio()),
+                                          DETECTOR_TIMEOUT_S)
+        except TimeoutError:
+            self.detector_timeouts += 1
+            logger.warning("the end-of-turn detector took over %.1f s: the silence ends this turn", DETECTOR_TIMEOUT_S)
+            done = True
         if not done:
             self.waits += 1
         return self._done_s if done else self._max_s

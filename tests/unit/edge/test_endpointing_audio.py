@@ -70,3 +70,34 @@ async def test_audio_is_kept_only_for_a_detector_that_reads_it():
     endpointing = Endpointing(SilenceEndpointing(), TurnTakingConfig(), SAMPLE_RATE, on_turn)
     endpointing.push(b"\x00\x01" * 640, SAMPLE_RATE)
     assert endpointing._audio is None
+
+
+async def test_a_detector_that_does_not_answer_is_not_waited_for(monkeypatch):
+    """A stuck model run must not leave the turn unconfirmed for the rest of the call."""
+    import threading
+
+    from services.edge.turn_taking import endpointing as module
+
+    release = threading.Event()
+
+    class _Stuck:
+        needs_audio = True
+
+        def is_end_of_turn(self, final_text: str, audio: np.ndarray | None = None) -> bool:
+            release.wait(10)
+            return False
+
+    turns = []
+
+    async def on_turn(text: str, utterance_id: int) -> None:
+        turns.append(text)
+
+    monkeypatch.setattr(module, "DETECTOR_TIMEOUT_S", 0.2)
+    settings = TurnTakingConfig(end_of_turn={"kind": "smart_turn", "model": "unused"}, preemptive={"enabled": False})
+    endpointing = Endpointing(_Stuck(), settings, SAMPLE_RATE, on_turn)
+    endpointing.push(b"\x00\x01" * 640, SAMPLE_RATE)
+    try:
+        await endpointing.final("book a table", 0)
+    finally:
+        release.set()
+    assert turns == ["book a table"] and endpointing.detector_timeouts == 1
