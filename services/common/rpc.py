@@ -105,9 +105,22 @@ def as_stage_error(error: BaseException, stage: str) -> StageError:
         return error
     if isinstance(error, AudioFormatError):
         return invalid_argument(str(error))
+    if _caller_went_away(error):
+        logger.info("%s stream ended: the caller cancelled it", stage)
+        return StageError(grpc.StatusCode.CANCELLED, f"the {stage} stream was cancelled by its caller")
     logger.error("%s stream failed", stage, exc_info=error)
     return StageError(grpc.StatusCode.INTERNAL, f"the {stage} stage failed ({type(error).__name__}); "
                                                 "see the replica's log")
+
+
+def _caller_went_away(error: BaseException) -> bool:
+    """Serve's proxy cancelled the stream's read of the caller's messages: the caller hung up (a
+    normal end of a call, not a failure of the stage)."""
+    try:
+        from ray.exceptions import TaskCancelledError
+    except ImportError:  # a stage run without Ray (tests in process)
+        return False
+    return isinstance(error, TaskCancelledError)
 
 
 def grpc_stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
