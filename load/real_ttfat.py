@@ -3,6 +3,7 @@
     parley up                      # the real CPU set (serve_config.cpu.yaml, `parley models cpu`)
     python load/real_ttfat.py [--turns 20] [--url ws://127.0.0.1:8000/v1/conversation]
                               [--config serve_config.cpu.yaml] [--models cpu-fast] [--out out/real_ttfat.json]
+                              [--edge segments.first_max_words=3 ...]
     python load/real_ttfat.py --own-cluster   # starts and stops its own cluster (GCS 6445,
                                               # dashboard 8345, HTTP 18450, gRPC 19450) instead
 
@@ -40,6 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from load.reference_cluster import edge_setting, merge, nested  # noqa: E402
 from services.edge import caller  # noqa: E402
 from tests.speech import espeak  # noqa: E402
 
@@ -168,9 +170,9 @@ OWN_PORTS = {"gcs": 6445, "dashboard": 8345, "http": 18450, "grpc": 19450}
 
 
 @contextlib.contextmanager
-def own_cluster(config_path: Path):
-    """A private local cluster running the config's cascade (no moshi, no LiveKit); yields the
-    edge's WebSocket URL."""
+def own_cluster(config_path: Path, edge_args: dict | None = None):
+    """A private local cluster running the config's cascade (no moshi, no LiveKit, `edge_args`
+    merged into the edge's args); yields the edge's WebSocket URL."""
     from services.cluster import LocalCluster, render_config
 
     cluster = LocalCluster(gcs_port=OWN_PORTS["gcs"], dashboard_port=OWN_PORTS["dashboard"], num_cpus=4, workdir=ROOT,
@@ -182,6 +184,7 @@ def own_cluster(config_path: Path):
         for app in data["applications"]:
             if app["name"] == "edge":
                 app["args"]["livekit"] = {"enabled": False}
+                merge(app["args"], edge_args or {})
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         cluster.stop()
         cluster.start()
@@ -200,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "serve_config.cpu.yaml")
     parser.add_argument("--models", default=None,
                         help="point the config at this model set first (e.g. cpu-fast: Whisper tiny.en)")
+    parser.add_argument("--edge", nargs="*", default=[], metavar="PATH=VALUE", type=edge_setting,
+                        help="with --own-cluster: edge args to set, e.g. segments.first_max_words=3")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "real_ttfat.json")
     parser.add_argument("--skip-engines", action="store_true", help="only the calls, no in-process engine timings")
     parser.add_argument("--own-cluster", action="store_true", help="start a private cluster (see the ports above)")
@@ -227,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({os.cpu_count()} CPUs)")
     rows: list[dict] = []
     if not args.engines_only:
-        with own_cluster(args.config) if args.own_cluster else contextlib.nullcontext(args.url) as url:
+        with own_cluster(args.config, nested(args.edge)) if args.own_cluster else contextlib.nullcontext(args.url) as url:
             rows = asyncio.run(run_turns(url, token, args.turns))
     load_after = os.getloadavg()
     print(f"\n{table(rows)}\n\nload average after the calls: {load_after[0]:.2f} {load_after[1]:.2f}")

@@ -87,16 +87,16 @@ def reference_config(target: Path, timings: Timings, ports: Ports, *, end_of_tur
         turn_taking["end_of_turn"] = {"kind": "silence"}
     else:
         turn_taking["end_of_turn"] = {"kind": "smart_turn", "model": "models/cpu/smart-turn-v3.2"}
-    _merge(edge, edge_args or {})
+    merge(edge, edge_args or {})
     target.write_text(yaml.safe_dump(config, sort_keys=False))
     return target
 
 
-def _merge(target: dict, overrides: dict) -> None:
+def merge(target: dict, overrides: dict) -> None:
     """Merge `overrides` into `target` in place, mappings key by key."""
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
+            merge(target[key], value)
         else:
             target[key] = value
 

@@ -150,12 +150,12 @@ def test_a_wait_for_the_agent_sits_on_a_frame_boundary_where_the_overlap_starts(
 def test_benchmark_edge_settings_nest_and_merge_into_the_edge_args():
     import argparse
 
-    from load.reference_cluster import _merge, edge_setting, nested
+    from load.reference_cluster import edge_setting, merge, nested
 
     settings = nested([edge_setting("segments.first_min_words=1"), edge_setting("turn_taking.preemptive.silence_ms=100")])
     assert settings == {"segments": {"first_min_words": 1}, "turn_taking": {"preemptive": {"silence_ms": 100}}}
     edge = {"turn_taking": {"min_silence_ms": 300, "preemptive": {"enabled": True}}}
-    _merge(edge, settings)
+    merge(edge, settings)
     assert edge == {"turn_taking": {"min_silence_ms": 300, "preemptive": {"enabled": True, "silence_ms": 100}},
                     "segments": {"first_min_words": 1}}
     with pytest.raises(argparse.ArgumentTypeError):
