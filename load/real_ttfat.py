@@ -79,7 +79,7 @@ async def run_turns(url: str, token: str, turns: int) -> list[dict]:
         heard = " ".join(e["text"] for e in result.of_type("transcript") if e["final"])
         said = " ".join(e["text"] for e in result.of_type("agent_text"))
         row = {"turn": index + 1, "question": question, "heard": heard, "reply": said,
-               **({k: metrics[-1].get(k) for k in (*COMPONENTS, "interrupted")} if metrics else {})}
+               **({k: metrics[-1].get(k) for k in (*COMPONENTS, "interrupted", "underruns")} if metrics else {})}
         results.append(row)
         ttfat = row.get("ttfat_ms")
         print(f"turn {index + 1:2d}: TTFAT {'-' if ttfat is None else f'{ttfat:.0f} ms':>8s}  "
