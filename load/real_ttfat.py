@@ -211,16 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines-only", action="store_true", help="no calls: only the in-process engine timings")
     parser.add_argument("--engine-threads", type=int, help="override every engine's thread count in-process")
     args = parser.parse_args(argv)
-    if args.models:
-        from services.cluster import render_config
-
-        target = ROOT / "out" / f"serve_config.{args.models}.yaml"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        args.config = render_config(args.config, target, models=args.models)
-
     import jwt
 
-    from services.cli import edge_secret
+    from services.cli import config_for_models, edge_secret
+
+    args.config = config_for_models(args.config, args.models)  # as `parley up --models` deploys it
     from services.edge.auth import ALGORITHM, mint_token
 
     secret = edge_secret(args.config)

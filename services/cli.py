@@ -47,7 +47,7 @@ def _up(args: argparse.Namespace) -> int:
     if not args.config.exists():
         print(f"error: {args.config} not found (run from the repo root, or pass --config)", file=sys.stderr)
         return 2
-    args.config = _config_for_models(args.config, args.models)
+    args.config = config_for_models(args.config, args.models)
     cluster = _cluster(args)
     if not cluster.is_running():
         for port in serve_ports(args.config):
@@ -60,7 +60,7 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_for_models(config: Path, models: str | None) -> Path:
+def config_for_models(config: Path, models: str | None) -> Path:
     """The config to deploy: `config` pointed at a model set (if named); every model it loads must exist."""
     import yaml
 

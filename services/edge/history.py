@@ -24,6 +24,11 @@ class Message:
     tool_calls: tuple[Any, ...] = ()  # an assistant message: its calls (llm_pb2.ToolCall)
 
 
+def _size(message: Message) -> int:
+    """A message's share of the budget: its text and its tool calls."""
+    return len(message.content) + sum(len(call.arguments_json) + len(call.name) for call in message.tool_calls)
+
+
 class ChatHistory:
     def __init__(self, system_prompt: str, max_context_tokens: int):
         self.system_prompt = system_prompt
@@ -38,11 +43,10 @@ class ChatHistory:
         self._messages.append(message)
         if self.listener is not None:
             self.listener(message)
-        self._chars += len(content) + sum(len(call.arguments_json) + len(call.name) for call in tool_calls)
+        self._chars += _size(message)
         # Drop the oldest turns, never the newest message, so memory and prompt stay bounded.
         while self._chars + len(self.system_prompt) > self.max_chars and len(self._messages) > 1:
-            old = self._messages.popleft()
-            self._chars -= len(old.content) + sum(len(c.arguments_json) + len(c.name) for c in old.tool_calls)
+            self._chars -= _size(self._messages.popleft())
         return message
 
     def add_user(self, content: str) -> Message:
@@ -53,9 +57,8 @@ class ChatHistory:
             unheard, previous = self._messages[-1], self._messages[-2]
             if (unheard.role == "assistant" and unheard.interrupted and not unheard.content and not unheard.tool_calls
                     and previous.role == "user"):
-                self._messages.pop()
-                self._messages.pop()
-                self._chars -= len(previous.content)
+                for _ in range(2):
+                    self._chars -= _size(self._messages.pop())
                 content = f"{previous.content} {content}"
         return self.add("user", content)
 

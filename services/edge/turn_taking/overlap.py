@@ -2,10 +2,10 @@
 
 Enough speech pauses the agent's audio (the caller hears it stop within `barge_in_min_speech_ms`)
 while the LLM and TTS go on filling the queue; a reply not heard yet is held at the speech's onset
-(a caller going on after a pause is not answered mid-sentence). Then a transcript with real words, or speech long
-enough, interrupts the turn; a backchannel, a final without words, or no transcript within
-`false_interruption_timeout_ms` of the speech ending resumes the agent where it stopped (a false
-interruption). The timeout is checked as caller audio arrives, so it needs no task of its own.
+(a caller going on after a pause is not answered mid-sentence). Then a transcript with real words,
+or speech long enough, interrupts the turn; a backchannel, a final without words, or no transcript
+within `false_interruption_timeout_ms` of the speech ending resumes the agent where it stopped (a
+false interruption). The timeout is checked as caller audio arrives, so it needs no task of its own.
 """
 
 from __future__ import annotations
