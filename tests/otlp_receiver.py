@@ -39,6 +39,7 @@ class ReceivedSpan:
     attributes: dict
     resource: dict
     status_code: int  # 0 unset, 1 ok, 2 error
+    links: tuple[str, ...] = ()  # the span ids it links to
 
     @property
     def service(self) -> str:
@@ -62,7 +63,8 @@ class OTLPReceiver(trace_service_pb2_grpc.TraceServiceServicer):
             ReceivedSpan(span.name, span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.kind,
                          span.start_time_unix_nano, span.end_time_unix_nano,
                          {kv.key: _value(kv.value) for kv in span.attributes},
-                         {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}, span.status.code)
+                         {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}, span.status.code,
+                         tuple(link.span_id.hex() for link in span.links))
             for resource_spans in request.resource_spans
             for scope_spans in resource_spans.scope_spans
             for span in scope_spans.spans

@@ -23,6 +23,12 @@ The trace of one conversation (Serve's own spans in parentheses):
           (Serve proxy and replica spans)
             parley.v1.SpeechSynthesis/Synthesize   tts replica server span
               tts.queue, tts.synthesize            per segment: waiting for the engine worker, synthesis
+
+The edge replica's fallback line is synthesized once, for all its calls, in traces of its own:
+
+    fallback_line                                  edge client span, linked to the conversation that asked
+      (Serve proxy and replica spans)
+        parley.v1.SpeechSynthesis/Synthesize       tts replica server span (tts.queue, tts.synthesize)
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ SPAN_LLM_QUEUE = "llm.queue"            # the request waiting in the engine's qu
 SPAN_TTS_QUEUE = "tts.queue"            # a segment waiting for the replica's engine worker
 SPAN_TTS_SYNTHESIZE = "tts.synthesize"  # one sentence or clause synthesized
 SPAN_TOOL = "execute_tool"              # edge: one tool call, from its start to its result
+# Edge, a trace of its own: synthesizing the replica's fallback line (shared by its calls, linked
+# to the conversation that asked for it); its TTS RPC's spans are under it.
+SPAN_FALLBACK_LINE = "fallback_line"
 
 # -- OpenTelemetry semantic conventions -------------------------------------------------------------
 

@@ -65,7 +65,8 @@ class CallCore:
                 await self.emit(Ready(self.id, self.transport.input_sample_rate, self.transport.output_sample_rate,
                                       mode=self.mode))
                 await self.set_agent_state("listening")
-                self.fallback.warm(self.stages, self.persona.voice, self.transport.output_sample_rate)
+                self.fallback.warm(self.stages, self.persona.voice, self.transport.output_sample_rate,
+                                  self.tracing.span_context)
                 self.transport.on_dtmf = self.on_dtmf
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self.playout.run(), name=f"{self.id}:playout")

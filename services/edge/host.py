@@ -103,7 +103,7 @@ class CallHost:
         self.room_calls: set[str] = set()  # those of self.calls held in LiveKit rooms
         self.recent_turns: deque[TurnTimeline] = deque(maxlen=1024)  # for stats() and benchmarks
         self.turn_metrics = metrics.TurnMetricsObserver()  # Prometheus histograms and counters
-        self.fallback = FallbackLine(config.resilience.fallback_text)  # shared by the replica's calls
+        self.fallback = FallbackLine(config.resilience.fallback_text, tracer)  # shared by the replica's calls
         self.records = RecordSender()  # post-call records being delivered
 
     # -- admission and checks at `start` -----------------------------------------------------------

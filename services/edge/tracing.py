@@ -49,6 +49,11 @@ class ConversationTracing:
     def _on(self) -> bool:
         return self._span.get_span_context().is_valid
 
+    @property
+    def span_context(self) -> trace.SpanContext:
+        """The `conversation` span's context (invalid with tracing off), for links from other traces."""
+        return self._span.get_span_context()
+
     # -- the call -----------------------------------------------------------------------------------
 
     @contextmanager
