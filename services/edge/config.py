@@ -40,8 +40,9 @@ class StagesConfig(Config):
 # Words that acknowledge without taking the turn, per language (ASR language codes). Whisper's
 # usual hearings of them ("Amen" for "mm-hmm") are listed too.
 DEFAULT_BACKCHANNELS = {
+    # "amen" and "and": how Whisper often writes a "mm-hmm" ("Amen.", "And M-M-M-M").
     "en": ["mm-hmm", "mhm", "mm", "hmm", "uh-huh", "uh huh", "yeah", "yep", "yes", "right", "okay", "ok", "sure",
-           "i see", "got it", "alright", "cool", "nice", "great", "amen", "aha", "ah", "oh", "uh", "um"],
+           "i see", "got it", "alright", "cool", "nice", "great", "amen", "and", "aha", "ah", "oh", "uh", "um"],
     "fr": ["oui", "ouais", "d'accord", "ok", "mm", "hmm", "ah", "oh", "voilà", "bien sûr", "exactement"],
     "de": ["ja", "jaja", "genau", "okay", "ok", "mhm", "mm", "hmm", "aha", "ach so", "stimmt", "richtig"],
     "es": ["sí", "vale", "claro", "ya", "ajá", "mm", "hmm", "ok", "bueno", "exacto"],

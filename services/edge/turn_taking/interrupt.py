@@ -16,6 +16,9 @@ from services.edge.config import TurnTakingConfig
 
 # Letters (any script), digits and apostrophes make words; hyphens split "mm-hmm" into two.
 _WORD = re.compile(r"[\w']+")
+# A hum: "m", "mm", "hmm", "mhm"... in any language. Whisper writes a long one as many
+# ("M-M-M-M-M"), so a run of hums counts as one word.
+_HUM = re.compile(r"h*m+(?:h+m*)*")
 
 
 class Verdict(enum.Enum):
@@ -40,9 +43,11 @@ class BackchannelWords:
         self.max_words = max_words
 
     def matches(self, text: str) -> bool:
-        """True for a short utterance made only of backchannel words (and for no words at all)."""
+        """True for a short utterance made only of backchannel words and hums (and for no words at all)."""
         words = words_of(text)
-        return len(words) <= self.max_words and all(word in self.words for word in words)
+        hums = [bool(_HUM.fullmatch(word)) for word in words]
+        words = [word for i, word in enumerate(words) if not (hums[i] and i and hums[i - 1])]
+        return len(words) <= self.max_words and all(word in self.words or _HUM.fullmatch(word) for word in words)
 
 
 class InterruptPolicy:
