@@ -187,12 +187,16 @@ class CascadeCall(CallCore):
             self.tracing.turn_discarded(turn.timeline)
 
     def _tick_after(self, delay_s: float) -> None:
-        """Check the end of turn again after `delay_s`, even if no caller audio comes (a task of the call)."""
-        async def tick() -> None:
+        """Confirm the held turn once it is due, even if no caller audio comes (a task of the call)."""
+        async def confirm_when_due() -> None:
             await asyncio.sleep(delay_s)
+            # An event loop may wake a timer a little early (uvloop counts whole milliseconds), and
+            # a caller who stopped streaming brings no other check: sleep out the rest.
+            while (remaining_s := self.endpointing.due_in()) is not None and remaining_s > 0:
+                await asyncio.sleep(remaining_s)
             await self.endpointing.tick()
 
-        self._tasks.create_task(tick(), name=f"{self.id}:endpointing")
+        self._tasks.create_task(confirm_when_due(), name=f"{self.id}:endpointing")
 
     async def _check_idle(self) -> None:
         action = self.idle.check(agent_busy=self.turn is not None or self.preemptive.turn is not None)

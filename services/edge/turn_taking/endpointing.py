@@ -12,8 +12,9 @@ The ASR's VAD ends an utterance after the shortest of these silences (with preem
 `preemptive.silence_ms`), so a final comes early: `on_pause` is told the turn's text at once and
 may start a reply, held until `on_turn` confirms it: once the rest of the turn's silence has
 passed after the final with no new speech, checked as caller audio arrives and by a timer
-(`wake`) for a caller whose audio stops. Earlier still, the ASR decodes the utterance so far at a
-shorter pause inside it (`preemptive.pause_ms`, `paused`): `on_pause` is told then.
+(`wake`, which sleeps again while `due_in` is still ahead) for a caller whose audio stops.
+Earlier still, the ASR decodes the utterance so far at a shorter pause inside it
+(`preemptive.pause_ms`, `paused`): `on_pause` is told then.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ class Endpointing:
         """End a held turn whose silence is long enough."""
         if self._confirm_at is not None and time.monotonic() >= self._confirm_at:
             await self._finish()
+
+    def due_in(self) -> float | None:
+        """Seconds until the held words become the turn (<= 0: now), or None with nothing held."""
+        return None if self._confirm_at is None else self._confirm_at - time.monotonic()
 
     def speech_started(self, utterance_id: int = -1) -> None:
         self._confirm_at = None  # the caller goes on: the held words wait for the rest

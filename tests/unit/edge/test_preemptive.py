@@ -89,6 +89,28 @@ async def test_a_reply_starts_at_the_pause_is_held_and_plays_the_moment_the_turn
     assert call.preemptive.confirmed == 1 and call.preemptive.discarded == 0
 
 
+async def test_a_caller_who_stopped_streaming_is_answered_when_the_loop_wakes_the_timer_early(monkeypatch):
+    """uvloop (the loop of Ray's actors) counts timers in whole milliseconds, so the confirming
+    timer may wake a little before the turn is due; a caller whose audio has stopped brings no other
+    check, and the turn must still be confirmed (it once stayed unanswered for the rest of the call)."""
+    real_sleep = asyncio.sleep
+
+    async def early_sleep(delay, result=None):
+        return await real_sleep(max(0.0, delay - 0.003), result)
+
+    model, tts = Model(REPLY), Synthesizer()
+
+    async def script(asr, call, transport):
+        await asyncio.sleep(0.4)  # the caller's audio has stopped (0.5 s of it)
+        monkeypatch.setattr(asyncio, "sleep", early_sleep)
+        _utterance(asr, call, "Can I book a table for four tonight?", 0)
+        await real_sleep(2.5)
+
+    call, transport = await _call(_config(), script, model, tts, seconds=0.5)
+    assert [e["text"] for e in transport.of_type("agent_text")] == tts.texts and tts.texts
+    assert transport.of_type("metrics") and call.preemptive.confirmed == 1
+
+
 async def test_the_caller_going_on_discards_the_reply_its_engines_abort_and_the_history_never_sees_it():
     model, tts = Model(REPLY, delay_s=0.2), Synthesizer()  # still generating when the caller goes on
     seen: dict = {}
