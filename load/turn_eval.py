@@ -1,6 +1,7 @@
 """Turn-taking evaluation: the labelled dialogues of load/eval/dialogues.yaml through the deployed system.
 
     python load/turn_eval.py [--modes smart_turn silence] [--only complete-1 barge_in-2 ...]
+                             [--dialogues my_dialogues.yaml]
                              [--concurrency 3] [--no-partials] [--edge turn_taking.preemptive.silence_ms=100 ...]
                              [--asr-model models/cpu/whisper-tiny.en]
                              [--out out/turn_eval.json]
@@ -14,7 +15,8 @@ call in real time (a few at once); the caller's sounds, the agent's audio and ev
 the caller and scored (load/turn_scoring.py): premature replies, missed barge-ins (no interruption,
 or the agent's audio not stopped within 400 ms of the barge-in's onset), backchannels and noise that
 interrupted, false-interruption recoveries (`agent_resumed`), TTFAT of complete questions, and
-replies to a silent caller. Prints one column per mode.
+replies to a silent caller. Prints one column per mode. `--dialogues` scores a script of your own
+instead, in the same format (the callers' words and pauses of your own calls, say).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from load.eval_set import RATE, Dialogue, load_spec, render  # noqa: E402
+from load.eval_set import RATE, SPEC, Dialogue, load_spec, render  # noqa: E402
 from load.reference_cluster import (  # noqa: E402
     WHISPER_BASE,
     Ports,
@@ -111,6 +113,8 @@ def table(summaries: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", nargs="+", choices=("smart_turn", "silence"), default=["smart_turn", "silence"])
+    parser.add_argument("--dialogues", type=Path, default=SPEC,
+                        help="the labelled dialogues to run (default: the repo's evaluation set)")
     parser.add_argument("--only", nargs="*", help="dialogue names (category-index) to run")
     parser.add_argument("--concurrency", type=int, default=3)
     parser.add_argument("--no-partials", action="store_true",
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asr-model", default=WHISPER_BASE, help="the Whisper model directory the ASR runs")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "turn_eval.json")
     args = parser.parse_args(argv)
-    dialogues = [d for d in load_spec() if not args.only or d.name in args.only]
+    dialogues = [d for d in load_spec(args.dialogues) if not args.only or d.name in args.only]
     results = {}
     for mode in args.modes:
         print(f"== end of turn: {mode}", flush=True)

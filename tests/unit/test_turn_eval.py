@@ -179,3 +179,18 @@ def test_the_reference_config_can_turn_the_real_asrs_partials_off_and_set_edge_a
     apps = {app["name"]: app["args"] for app in yaml.safe_load(tiny_en.read_text())["applications"]}
     assert apps["asr"]["engine"]["kind"] == "faster_whisper"
     assert apps["asr"]["engine"]["model"] == "models/cpu/whisper-tiny.en"
+
+
+def test_an_operators_own_dialogues_load_from_their_file_and_a_bad_category_is_refused(tmp_path):
+    own = tmp_path / "calls.yaml"
+    own.write_text(yaml.safe_dump({"categories": {
+        "pause": [[{"say": "My order number is"}, {"pause": 1.5}, {"say": "seven seven two.", "label": "continuation"}]],
+        "barge_in": [[{"say": "Read me my balance."}, {"wait_agent": 2.0}, {"say": "No, stop.", "label": "barge_in"}]],
+    }}, sort_keys=False))
+    dialogues = load_spec(own)
+    assert [(d.name, d.category) for d in dialogues] == [("pause-1", "pause"), ("barge_in-1", "barge_in")]
+    assert dialogues[0].steps[1].pause == 1.5 and dialogues[1].steps[1].wait_agent == 2.0
+
+    own.write_text(yaml.safe_dump({"categories": {"chitchat": [[{"say": "hello"}]]}}))
+    with pytest.raises(ValidationError, match="chitchat"):
+        load_spec(own)
