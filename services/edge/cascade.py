@@ -31,7 +31,7 @@ from services.edge.tools.toolset import ToolSet
 from services.edge.turn import Turn
 from services.edge.turn_taking import EndOfTurnDetector, InterruptPolicy
 from services.edge.turn_taking.endpointing import Endpointing, detector_for
-from services.edge.turn_taking.idle import IdleAction, IdleCaller, IdleHangUp
+from services.edge.turn_taking.idle import IDLE_RECHECK_S, IdleAction, IdleCaller, IdleHangUp
 from services.edge.turn_taking.overlap import Overlap
 from services.edge.turn_taking.preemptive import PreemptiveReply
 from services.proto import asr_pb2
@@ -74,6 +74,8 @@ class CascadeCall(CallCore):
         self._tasks = tasks
         tasks.create_task(self._pump_caller_audio(), name=f"{self.id}:caller")
         tasks.create_task(self._read_asr(), name=f"{self.id}:asr")
+        if self.idle.enabled:
+            tasks.create_task(self._watch_idle(), name=f"{self.id}:idle")
         self.transport.on_user_text = self._on_user_text
         if self.persona.greeting and self.transport.wants_greeting:
             self._begin_turn(TurnTimeline(self._next_turn_id()), fixed_text=self.persona.greeting)
@@ -198,8 +200,19 @@ class CascadeCall(CallCore):
 
         self._tasks.create_task(confirm_when_due(), name=f"{self.id}:endpointing")
 
+    def _agent_busy(self) -> bool:
+        return self.turn is not None or self.preemptive.turn is not None
+
+    async def _watch_idle(self) -> None:
+        """Check the idle clock when it is due, also for a line that sends no audio; a clock that
+        stands (someone speaking) is looked at again every IDLE_RECHECK_S."""
+        while self._goodbye is None:
+            due_s = self.idle.due_in(self._agent_busy())
+            await asyncio.sleep(IDLE_RECHECK_S if due_s is None else min(due_s, IDLE_RECHECK_S))
+            await self._check_idle()
+
     async def _check_idle(self) -> None:
-        action = self.idle.check(agent_busy=self.turn is not None or self.preemptive.turn is not None)
+        action = self.idle.check(agent_busy=self._agent_busy())
         if action is IdleAction.NONE or self._goodbye is not None:
             return
         final = action is IdleAction.GOODBYE

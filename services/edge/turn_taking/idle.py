@@ -4,7 +4,8 @@ Idle time counts while neither side speaks: from the end of the agent's last tur
 last speech, once its transcript is in (a slow ASR still working on the caller's words is no
 silence to re-prompt). After `idle_reprompt_s` the agent says `idle_reprompt_text` (once per
 silence); after `max_idle_s` it says `idle_goodbye_text` and ends the call, which otherwise
-holds its stage streams until `max_call_s`. Checked as caller audio arrives, so it needs no task of its own.
+holds its stage streams until `max_call_s`. Checked as caller audio arrives and, for a line that
+sends none (a muted track, a client that stops streaming), by a timer of the call (`due_in`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import time
 
 from services.edge.config import TurnTakingConfig
 from services.edge.transport import CallerHungUp
+
+# How often the call's timer looks at a clock that stands (someone speaking); once it runs again,
+# the timer sleeps to its deadline, so only an idle_reprompt_s shorter than this can come late.
+IDLE_RECHECK_S = 1.0
 
 
 class IdleHangUp(CallerHungUp):
@@ -52,14 +57,34 @@ class IdleCaller:
             self._transcribing = False
             self._since = time.monotonic()
 
+    @property
+    def enabled(self) -> bool:
+        return bool(self._reprompt_s or self._max_s)
+
     def check(self, agent_busy: bool) -> IdleAction:
         """What to do now, given whether the agent holds a turn."""
         if agent_busy or self._speaking or self._transcribing:
             return IdleAction.NONE
         idle = time.monotonic() - self._since
-        if self._max_s and idle >= self._max_s - (self._reprompt_s if self._reprompted else 0):
+        goodbye_s, reprompt_s = self._thresholds()
+        if goodbye_s is not None and idle >= goodbye_s:
             return IdleAction.GOODBYE
-        if self._reprompt_s and not self._reprompted and idle >= self._reprompt_s:
+        if reprompt_s is not None and idle >= reprompt_s:
             self._reprompted = True
             return IdleAction.REPROMPT
         return IdleAction.NONE
+
+    def due_in(self, agent_busy: bool) -> float | None:
+        """Seconds until `check` has something to do; None while the clock stands (someone is
+        speaking, the caller's words are being transcribed) or nothing is left to do."""
+        if agent_busy or self._speaking or self._transcribing:
+            return None
+        due = [s for s in self._thresholds() if s is not None]
+        return max(0.0, min(due) - (time.monotonic() - self._since)) if due else None
+
+    def _thresholds(self) -> tuple[float | None, float | None]:
+        """Idle seconds at which the goodbye and the re-prompt are due (None: not configured, or done).
+        The re-prompt's own turn restarts the clock, so the goodbye comes max_idle_s after the last speech."""
+        goodbye_s = self._max_s - (self._reprompt_s if self._reprompted else 0) if self._max_s else None
+        reprompt_s = self._reprompt_s if self._reprompt_s and not self._reprompted else None
+        return goodbye_s, reprompt_s

@@ -30,10 +30,29 @@ async def test_a_silent_caller_is_reprompted_once_then_the_call_ends_politely():
     assert [prompt["final"] for prompt in prompts] == [False, True]
     texts = [event["text"] for event in transport.of_type("agent_text")]
     assert texts == ["Are you still there?", "I haven't heard from you, so I'll end the call now. Goodbye!"]
-    # Re-prompt after 0.5 s of silence; the goodbye 0.7 s after the re-prompt has played (0.8 s).
-    assert 0.45 <= prompts[0]["t"] <= 0.75 and 1.9 <= prompts[1]["t"] <= 2.4, prompts
+    _assert_prompted_on_time(transport)
     ends = transport.of_type("agent_audio_end")
     assert len(ends) == 2 and not ends[-1]["interrupted"]  # the goodbye was played to its end
+
+
+def _assert_prompted_on_time(transport: FakeTransport) -> None:
+    """Re-prompt after 0.5 s of silence; the goodbye 0.7 s (max_idle_s less idle_reprompt_s) after
+    the re-prompt has played."""
+    reprompt, goodbye = transport.of_type("idle_prompt")
+    reprompt_played = transport.of_type("agent_audio_end")[0]["t"]
+    assert 0.45 <= reprompt["t"] <= 0.75, reprompt
+    assert 0.65 <= goodbye["t"] - reprompt_played <= 1.0, (goodbye, reprompt_played)
+
+
+async def test_a_caller_whose_line_sends_no_audio_is_reprompted_and_hung_up_on_time():
+    # A muted LiveKit track, or a WebSocket client that stops sending frames: no caller audio
+    # arrives to check the idle clock on, so the call's own timer must.
+    async with Stages(Recognizer(), Model(), Synthesizer()) as stages:
+        transport = FakeTransport(greeting=False)
+        call = CascadeCall(transport, stages.clients, _config(), "i0")
+        await asyncio.wait_for(call.run(), 6)  # returns by itself: the agent hung up
+    assert [prompt["final"] for prompt in transport.of_type("idle_prompt")] == [False, True]
+    _assert_prompted_on_time(transport)
 
 
 async def test_a_caller_who_answers_the_reprompt_is_not_hung_up_on():
