@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.choices["up"]
     up.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     up.add_argument("--timeout", type=float, default=600)
-    up.add_argument("--models", default=None, help="point the config at a model set first: cpu, tiny, hub-cpu, hub-gpu")
+    up.add_argument("--models", default=None, help="point the config at a model set first: cpu, cpu-fast, tiny, hub-cpu, hub-gpu")
 
     demo = commands.add_parser("demo", help="call each stage once and show what it took")
     demo.add_argument("--grpc", default="127.0.0.1:9000")
