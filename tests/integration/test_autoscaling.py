@@ -82,13 +82,22 @@ def replica_states(cluster: LocalCluster) -> list[str]:
     return [replica["state"] for replica in deployment.get("replicas", [])]
 
 
-async def wait_until(condition, timeout_s: float, what: str) -> float:
+def deployment_state(cluster: LocalCluster) -> str:
+    """What Serve says of the deployment: for a timeout's message."""
+    deployment = cluster.applications()["asr"]["deployments"]["SpeechRecognition"]
+    replicas = [(replica.get("replica_id"), replica.get("state")) for replica in deployment.get("replicas", [])]
+    return (f"status {deployment.get('status')} ({deployment.get('status_trigger')}), "
+            f"target {deployment.get('target_num_replicas')}, message {deployment.get('message')!r}, "
+            f"replicas {replicas}, autoscaling {str(deployment.get('autoscaling_detail'))[:500]}")
+
+
+async def wait_until(condition, timeout_s: float, what: str, cluster: LocalCluster) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         if await asyncio.to_thread(condition):
             return time.monotonic() - started
         await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; {deployment_state(cluster)}")
 
 
 class LiveStream:
@@ -123,7 +132,7 @@ async def test_sessions_scale_the_stage_up_and_down_without_cutting_a_call(scali
     async with clients.open_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
         streams = [LiveStream(channel) for _ in range(4)]
         scale_up_s = await wait_until(lambda: replica_states(scaling_cluster).count("RUNNING") == 2, 120,
-                                      "a second replica for 4 sessions at 2 per replica")
+                                      "a second replica for 4 sessions at 2 per replica", scaling_cluster)
         replicas = list_actors(address=scaling_cluster.dashboard, detail=True,
                                filters=[("class_name", "=", REPLICA_CLASS), ("state", "=", "ALIVE")])
         assert len(replicas) == 2
@@ -134,9 +143,10 @@ async def test_sessions_scale_the_stage_up_and_down_without_cutting_a_call(scali
             events = await stream.end()
             assert events[-1].HasField("summary")  # ended by the caller, cleanly
         await wait_until(lambda: replica_states(scaling_cluster).count("RUNNING") == 1, 120,
-                         "the deployment to go back to one replica")
+                         "the deployment to go back to one replica", scaling_cluster)
         await asyncio.sleep(2)  # the live call keeps streaming across the scale-down
         events = await streams[0].end()
         assert events[-1].HasField("summary") and events[-1].summary.audio_s > 5
-        await wait_until(lambda: len(replica_states(scaling_cluster)) == 1, 60, "the drained replica to go")
+        await wait_until(lambda: len(replica_states(scaling_cluster)) == 1, 60, "the drained replica to go",
+                         scaling_cluster)
     print(f"\nload step -> second replica RUNNING: {scale_up_s:.1f} s")
