@@ -206,7 +206,7 @@ class CascadeCall(CallCore):
     async def _watch_idle(self) -> None:
         """Check the idle clock when it is due, also for a line that sends no audio; a clock that
         stands (someone speaking) is looked at again every IDLE_RECHECK_S."""
-        while self._goodbye is None:
+        while True:  # ended with the call's tasks (after the goodbye, unless the caller cuts it short)
             due_s = self.idle.due_in(self._agent_busy())
             await asyncio.sleep(IDLE_RECHECK_S if due_s is None else min(due_s, IDLE_RECHECK_S))
             await self._check_idle()
