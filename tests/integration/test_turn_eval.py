@@ -11,8 +11,9 @@ on its words; no partial transcripts, see eval_config), the reference LLM and TT
 (load/reference_engines.py: the agent's timing is known) and an edge calling them with the CPU
 config's Smart Turn end of turn, except: `max_silence_ms` 4500 (a 3.5 s mid-thought pause, longer
 than a loaded ASR takes for its final, is then Smart Turn's to judge, not the silence cap's) and a
-short idle re-prompt (4 s) and end (7 s), longer than any silence the other dialogues leave while
-the agent is not speaking. Without models/cpu it skips (fails in CI).
+short idle re-prompt (4 s) and end (7 s), longer than any silence the dialogues leave while the
+agent is not speaking (a caller listening on after the dialogue may be re-prompted: that is no
+reply, `_agent_turns`). Without models/cpu it skips (fails in CI).
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def _dialogue(name: str) -> Dialogue:
 
 
 def _agent_turns(call) -> set[int]:
-    return {event["turn_id"] for _, event in call.of_type("agent_audio_start")}
+    """The agent's turns with audio, less idle re-prompts: a caller listening on after their last
+    words sends no audio and is idle after `idle_reprompt_s`, like any caller who goes quiet."""
+    prompts = {event["turn_id"] for _, event in call.of_type("idle_prompt")}
+    return {event["turn_id"] for _, event in call.of_type("agent_audio_start")} - prompts
 
 
 async def test_turn_eval_scores_an_answer_and_a_barge_in(eval_edge, edge_secret):
