@@ -6,10 +6,8 @@ of an utterance, with the agent silent, nothing is decided on the next 40 ms of 
 only the end of their speech matters. So loud frames are joined into messages of up to
 `asr_speech_frame_ms`, and a quiet frame (under `asr_quiet_dbfs`: perhaps the pause that ends the
 utterance) goes at once with what was held, so the ASR's VAD hears a pause as soon as it would
-without the framer. So does the first loud frame after a quiet one: speech going on after a pause
-throws away a reply the edge may have started at it (and the ASR drops a pause decode that the
-resumed speech overtakes). While the agent speaks every frame goes at once: a barge-in's onset is
-timed by the ASR. A line noisier than `asr_quiet_dbfs` hears its pauses up to one message late.
+without the framer. While the agent speaks every frame goes at once: a barge-in's onset is timed by
+the ASR. A line noisier than `asr_quiet_dbfs` hears its pauses up to one message late.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ class SpeechFramer:
         self._rate = sample_rate
         self._held: list[tuple[float, bytes]] = []
         self._held_s = 0.0
-        self._loud = False  # the last frame looked at was loud
 
     def push(self, chunks: list[tuple[float, bytes]], hold: bool) -> list[tuple[float, bytes]]:
         """The chunks to send now. `hold`: the caller is mid-utterance and nothing waits on the
@@ -36,17 +33,8 @@ class SpeechFramer:
         self._held_s += sum(len(pcm) for _, pcm in chunks) / 2 / self._rate
         if not self._held:
             return []
-        if hold and self._keeps(chunks):
+        if hold and chunks and self._held_s < self._max_s and pcm_rms(chunks[-1][1]) >= self._quiet_rms:
             return []
-        self._loud = self._loud and hold
         out = joined(self._held, self._rate)
         self._held, self._held_s = [], 0.0
         return out
-
-    def _keeps(self, chunks: list[tuple[float, bytes]]) -> bool:
-        """Whether what is held may wait for more: speech that has been going on, under the limit."""
-        if not chunks:
-            return True  # nothing new (the gate held it back)
-        loud, was_loud = pcm_rms(chunks[-1][1]) >= self._quiet_rms, self._loud
-        self._loud = loud
-        return loud and was_loud and self._held_s < self._max_s

@@ -23,28 +23,25 @@ def push_all(framer: SpeechFramer, levels: list[float], hold: bool = True) -> li
 
 
 def test_mid_utterance_speech_goes_in_messages_of_up_to_the_limit():
-    sent = push_all(SpeechFramer(120, -40.0, RATE), [LOUD] * 7)
-    # The onset at once (speech after quiet: its timing matters), then 120 ms a message.
-    assert [len(chunks) for chunks in sent] == [1, 0, 0, 1, 0, 0, 1]
+    sent = push_all(SpeechFramer(120, -40.0, RATE), [LOUD] * 9)
+    assert [len(chunks) for chunks in sent] == [0, 0, 1] * 3
     assert [(offset, len(pcm)) for chunks in sent for offset, pcm in chunks] == [
-        (pytest.approx(0.0), FRAME_BYTES), (pytest.approx(0.04), 3 * FRAME_BYTES), (pytest.approx(0.16), 3 * FRAME_BYTES)]
+        (pytest.approx(0.0), 3 * FRAME_BYTES), (pytest.approx(0.12), 3 * FRAME_BYTES), (pytest.approx(0.24), 3 * FRAME_BYTES)]
 
 
-def test_a_pause_and_the_speech_after_it_go_at_once():
-    sent = push_all(SpeechFramer(200, -40.0, RATE), [LOUD, LOUD, LOUD, QUIET, QUIET, LOUD, LOUD])
-    assert [len(chunks) for chunks in sent] == [1, 0, 0, 1, 1, 1, 0]
-    (offset, pcm), = sent[3]  # the pause is not kept waiting: it leaves with the held speech
-    assert offset == pytest.approx(FRAME_S) and len(pcm) == 3 * FRAME_BYTES
-    assert sent[4] == [(pytest.approx(4 * FRAME_S), frame(QUIET))]
-    assert sent[5] == [(pytest.approx(5 * FRAME_S), frame(LOUD))]  # speech again: the caller goes on
+def test_a_quiet_frame_goes_at_once_with_what_was_held():
+    sent = push_all(SpeechFramer(200, -40.0, RATE), [LOUD, LOUD, QUIET, QUIET, LOUD])
+    assert sent[:2] == [[], []]
+    (offset, pcm), = sent[2]  # the pause is not kept waiting: it leaves with the held speech
+    assert offset == pytest.approx(0.0) and len(pcm) == 3 * FRAME_BYTES
+    assert sent[3] == [(pytest.approx(3 * FRAME_S), frame(QUIET))] and sent[4] == []
 
 
 def test_nothing_is_held_outside_an_utterance_or_while_the_agent_speaks():
     framer = SpeechFramer(120, -40.0, RATE)
     assert all(len(chunks) == 1 for chunks in push_all(framer, [LOUD] * 4, hold=False))
-    assert framer.push([(0.16, frame(LOUD))], hold=True)  # holding starts: this frame is an onset
-    assert framer.push([(0.2, frame(LOUD))], hold=True) == []
-    assert framer.push([], hold=False) == [(0.2, frame(LOUD))]  # held speech leaves when holding ends
+    framer.push([(0.0, frame(LOUD))], hold=True)
+    assert framer.push([], hold=False) == [(0.0, frame(LOUD))]  # held speech leaves when holding ends
     assert framer.push([], hold=True) == []
 
 
@@ -78,10 +75,9 @@ async def _messages_for_speech(urgent: bool, framer: SpeechFramer | None) -> tup
 
 
 async def test_a_stream_sends_a_third_of_the_messages_mid_utterance_and_every_frame_while_the_agent_speaks():
-    # Through a real gRPC stream, counted by the recognizer.
     framer = SpeechFramer(120, -40.0, RATE)
     joined, joined_latency = await _messages_for_speech(urgent=False, framer=framer)
-    assert joined == 1 + 29 // 3 and joined_latency < 0.5  # the onset, then 120 ms a message
+    assert joined == 10 and joined_latency < 0.5
     every_frame, _ = await _messages_for_speech(urgent=True, framer=SpeechFramer(120, -40.0, RATE))
     without, _ = await _messages_for_speech(urgent=False, framer=None)
     assert every_frame == without == 30
