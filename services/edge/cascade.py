@@ -25,7 +25,6 @@ from services.edge.history import ChatHistory
 from services.edge.playout import Segment
 from services.edge.streams.asr import AsrStream
 from services.edge.streams.base import Metadata, StageUnavailable
-from services.edge.streams.speech_framer import SpeechFramer
 from services.edge.streams.tts import TtsStream
 from services.edge.tools.loop import ReplyLoop
 from services.edge.tools.toolset import ToolSet
@@ -67,10 +66,9 @@ class CascadeCall(CallCore):
         return self.tracing.asr_call(self.transport.input_sample_rate)
 
     async def _open(self, metadata: Metadata) -> None:
-        stages, rate = self.config.stages, self.transport.input_sample_rate
-        framer = SpeechFramer(stages.asr_speech_frame_ms, stages.asr_quiet_dbfs, rate) if stages.asr_speech_frame_ms else None
-        self.asr = AsrStream(self.stages, rate, self.endpointing.silence_ms, self.config.resilience, metadata,
-                             gate=stages.speech_gate, pause_ms=self.endpointing.pause_ms, framer=framer)
+        self.asr = AsrStream(self.stages, self.transport.input_sample_rate, self.endpointing.silence_ms,
+                             self.config.resilience, metadata, gate=self.config.stages.speech_gate,
+                             pause_ms=self.endpointing.pause_ms)
 
     def _start(self, tasks: asyncio.TaskGroup) -> None:
         self._tasks = tasks
@@ -105,7 +103,7 @@ class CascadeCall(CallCore):
             pending += await self.transport.receive_audio()
             if len(pending) < frame_bytes:
                 continue
-            self.asr.send(bytes(pending), urgent=self.turn is not None)  # the agent holds a turn: barge-in
+            self.asr.send(bytes(pending))
             self.endpointing.push(bytes(pending), self.transport.input_sample_rate)
             pending.clear()
             await self.endpointing.tick()

@@ -34,18 +34,7 @@ class StagesConfig(Config):
     moshi_application: str = "moshi"
     # Caller audio is batched into frames of this size for the ASR stream (cost is per message).
     asr_frame_ms: int = Field(40, ge=20, le=500)
-    # Mid-utterance, with the agent silent, loud frames are joined into messages of up to this
-    # much audio (0: off); a frame under asr_quiet_dbfs (a pause) goes at once with them, so the
-    # end of speech is heard as soon (services/edge/streams/speech_framer.py).
-    asr_speech_frame_ms: int = Field(120, ge=0, le=1000)
-    asr_quiet_dbfs: float = Field(-40.0, ge=-90, le=-10)
     speech_gate: SpeechGateConfig = SpeechGateConfig()
-
-    @model_validator(mode="after")
-    def _framing(self) -> StagesConfig:
-        if self.asr_speech_frame_ms and self.asr_speech_frame_ms < self.asr_frame_ms:
-            raise ValueError("stages.asr_speech_frame_ms must be 0 (off) or at least asr_frame_ms")
-        return self
 
 
 # Words that acknowledge without taking the turn, per language (ASR language codes). Whisper's

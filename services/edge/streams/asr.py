@@ -27,7 +27,6 @@ import grpc
 from services.common.requests import Recognize
 from services.edge.config import ResilienceConfig, SpeechGateConfig
 from services.edge.streams.base import BidiCall, Deadline, Metadata, RetryBudget, StageClients, StageTimeout
-from services.edge.streams.speech_framer import SpeechFramer
 from services.edge.streams.speech_gate import SpeechGate
 
 # The ASR stream reports its progress this often (in audio): how the edge tells a quiet caller
@@ -66,11 +65,9 @@ class AsrStream:
     """One call's recognizer stream, continuous across re-opens."""
 
     def __init__(self, stages: StageClients, sample_rate: int, min_silence_ms: int, config: ResilienceConfig,
-                 metadata: Metadata = (), gate: SpeechGateConfig | None = None, pause_ms: int = 0,
-                 framer: SpeechFramer | None = None):
+                 metadata: Metadata = (), gate: SpeechGateConfig | None = None, pause_ms: int = 0):
         self._stages, self._rate, self._config, self._metadata = stages, sample_rate, config, metadata
         self.gate = SpeechGate(gate, sample_rate) if gate is not None and gate.enabled else None
-        self.framer = framer
         self._min_silence_ms, self._pause_ms = min_silence_ms, pause_ms
         self._budget = RetryBudget("asr", config)
         self._call = self._open()
@@ -98,16 +95,13 @@ class AsrStream:
     def retries(self) -> int:
         return self._budget.retries
 
-    def send(self, pcm: bytes, urgent: bool = False) -> None:
+    def send(self, pcm: bytes) -> None:
         """Caller audio (PCM s16le at the stream's rate) that reached the edge just now: counted,
-        and sent to the ASR unless the speech gate holds it back as silence (or the speech framer,
-        mid-utterance, joins it to the next; `urgent`: the agent speaks, a barge-in is timed)."""
+        and sent to the ASR unless the speech gate holds it back as silence."""
         offset_s = self.sent_s
         self.sent_s += len(pcm) / 2 / self._rate
         self._clock.append((self.sent_s, time.monotonic()))
         chunks = [(offset_s, pcm)] if self.gate is None else self.gate.push(offset_s, pcm, self._speech_from is not None)
-        if self.framer is not None:
-            chunks = self.framer.push(chunks, hold=self._speech_from is not None and not urgent)
         for chunk_offset_s, chunk in chunks:
             self._call.send(Recognize.audio(chunk))
             self._sent.append((chunk_offset_s, chunk))

@@ -80,7 +80,6 @@ class Recognizer(asr_pb2_grpc.SpeechRecognitionServicer):
     def __init__(self):
         self.script: asyncio.Queue = asyncio.Queue()
         self.configs: list[asr_pb2.RecognitionConfig] = []  # each stream's first message
-        self.audio: list[tuple[float, int]] = []  # (arrival, bytes) of each audio message
 
     async def Recognize(self, requests, context):
         reader = asyncio.create_task(self._read(requests))
@@ -94,8 +93,6 @@ class Recognizer(asr_pb2_grpc.SpeechRecognitionServicer):
         async for request in requests:
             if request.WhichOneof("request") == "config":
                 self.configs.append(request.config)
-            elif request.WhichOneof("request") == "audio":
-                self.audio.append((time.monotonic(), len(request.audio.pcm)))
 
     def user_says(self, text: str, utterance_id: int = 0) -> None:
         for event in (asr_pb2.RecognizeResponse(speech_started=asr_pb2.SpeechStarted(utterance_id=utterance_id)),
