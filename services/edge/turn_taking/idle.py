@@ -63,7 +63,7 @@ class IdleCaller:
 
     def check(self, agent_busy: bool) -> IdleAction:
         """What to do now, given whether the agent holds a turn."""
-        if agent_busy or self._speaking or self._transcribing:
+        if self._stands(agent_busy):
             return IdleAction.NONE
         idle = time.monotonic() - self._since
         goodbye_s, reprompt_s = self._thresholds()
@@ -77,10 +77,14 @@ class IdleCaller:
     def due_in(self, agent_busy: bool) -> float | None:
         """Seconds until `check` has something to do; None while the clock stands (someone is
         speaking, the caller's words are being transcribed) or nothing is left to do."""
-        if agent_busy or self._speaking or self._transcribing:
+        if self._stands(agent_busy):
             return None
         due = [s for s in self._thresholds() if s is not None]
         return max(0.0, min(due) - (time.monotonic() - self._since)) if due else None
+
+    def _stands(self, agent_busy: bool) -> bool:
+        """The clock does not run while someone speaks or the caller's words are not in yet."""
+        return agent_busy or self._speaking or self._transcribing
 
     def _thresholds(self) -> tuple[float | None, float | None]:
         """Idle seconds at which the goodbye and the re-prompt are due (None: not configured, or done).
